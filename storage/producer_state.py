@@ -1,0 +1,454 @@
+"""Idempotent-producer state of one partition: PID → epoch, recent batch sequences, open txn.
+
+The leader checks every batch of an idempotent producer against this state before it is
+appended (`check`), then records it with its assigned offsets (`update`):
+
+- a batch whose (first seq, last seq) matches one of the producer's last 5 batches is a
+  retry: it is not appended again, the caller answers with the original offsets;
+- a sequence that does not follow the last one is `OutOfOrderSequenceError` (a gap);
+- an epoch below the producer's current one is `InvalidProducerEpochError` (a fenced zombie);
+  a higher epoch must restart its sequence at 0.
+
+Sequences are int32 and wrap from 2**31-1 to 0. Followers and log recovery rebuild the same
+state without checks through `update_from_batch`, in log order.
+
+The state is snapshotted to `<20-digit offset>.snapshot` in the partition directory, the
+offset being the log end the state covers, so that opening a log replays only the batches
+past the newest snapshot. Format (big-endian): u16 version, u32 CRC-32C of the body, then
+the body: i64 map end offset, i32 producer count, per producer: i64 pid, i16 epoch, i32
+coordinator epoch, i64 txn first offset (-1 none), u8 batch count, per batch: i32 first seq,
+i32 last seq, i64 first offset, i64 last offset, i64 max timestamp. A snapshot failing its
+CRC, version or length is deleted and the state rebuilt from an older one plus the log.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import crc32c
+
+from qnode.storage.errors import CorruptRecordError, StorageError
+from qnode.storage.record_batch import HEADER_SIZE, BatchHeader
+
+INT32_MAX = 2**31 - 1
+NO_PRODUCER_ID = -1
+NO_PRODUCER_EPOCH = -1
+NO_SEQUENCE = -1
+DEDUPE_WINDOW = 5  # batches remembered per producer, as Kafka's max.in.flight bound
+SNAPSHOT_SUFFIX = ".snapshot"
+SNAPSHOT_VERSION = 1
+CONTROL_ABORT = 0
+CONTROL_COMMIT = 1
+
+_HEAD = struct.Struct(">HI")
+_BODY_HEAD = struct.Struct(">qi")
+_PRODUCER = struct.Struct(">qhiqB")
+_BATCH = struct.Struct(">iiqqq")
+_SNAPSHOT_RE = re.compile(r"^(\d{20})\.snapshot$")
+
+
+class ProducerStateError(StorageError):
+    """Base of the idempotence errors a produce can get."""
+
+
+class OutOfOrderSequenceError(ProducerStateError):
+    """The batch's first sequence does not follow the producer's last one (wire: 45)."""
+
+
+class InvalidProducerEpochError(ProducerStateError):
+    """The batch's producer epoch is older than the current one: a fenced producer (wire: 47)."""
+
+
+class CorruptSnapshotError(ProducerStateError):
+    """A snapshot file that fails its CRC, version or length check."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchMeta:
+    """What producer state needs from one batch header, with the offsets it has in the log."""
+
+    producer_id: int
+    producer_epoch: int
+    base_sequence: int
+    first_offset: int
+    last_offset: int
+    max_timestamp: int
+    is_transactional: bool = False
+    control_type: int | None = None  # CONTROL_ABORT / CONTROL_COMMIT for control batches
+    coordinator_epoch: int = -1
+
+    @classmethod
+    def from_header(cls, hdr: BatchHeader, buf: bytes | bytearray | memoryview | None = None,
+                    coordinator_epoch: int = -1) -> BatchMeta:
+        """From a `record_batch.BatchHeader`; a control batch needs `buf` to read its type."""
+        control = None
+        if hdr.is_control:
+            if buf is None:
+                raise ValueError("a control batch needs its bytes to read the marker type")
+            control = control_type_of(buf, hdr)
+        return cls(hdr.producer_id, hdr.producer_epoch, hdr.base_sequence, hdr.base_offset,
+                   hdr.last_offset, hdr.max_timestamp, hdr.is_transactional, control,
+                   coordinator_epoch)
+
+    @property
+    def last_sequence(self) -> int:
+        # Offsets, not record counts: compaction keeps a batch's offset span and sequences.
+        return add_sequence(self.base_sequence, self.last_offset - self.first_offset)
+
+    @property
+    def is_idempotent(self) -> bool:
+        return self.producer_id != NO_PRODUCER_ID
+
+
+@dataclass(frozen=True, slots=True)
+class BatchEntry:
+    """One remembered batch of a producer (the dedupe window holds the last five)."""
+
+    first_seq: int
+    last_seq: int
+    first_offset: int
+    last_offset: int
+    timestamp: int
+
+
+@dataclass(slots=True)
+class ProducerEntry:
+    producer_id: int
+    epoch: int = NO_PRODUCER_EPOCH
+    coordinator_epoch: int = -1
+    current_txn_first_offset: int = -1
+    batches: deque[BatchEntry] = field(default_factory=lambda: deque(maxlen=DEDUPE_WINDOW))
+
+    @property
+    def last_seq(self) -> int:
+        return self.batches[-1].last_seq if self.batches else NO_SEQUENCE
+
+    @property
+    def last_offset(self) -> int:
+        return self.batches[-1].last_offset if self.batches else -1
+
+    @property
+    def last_timestamp(self) -> int:
+        return self.batches[-1].timestamp if self.batches else -1
+
+
+@dataclass(frozen=True, slots=True)
+class DuplicateBatch:
+    """A retried batch already in the log: answer with these offsets, do not append."""
+
+    first_offset: int
+    last_offset: int
+    timestamp: int
+
+
+@dataclass(frozen=True, slots=True)
+class CompletedTxn:
+    """A transaction closed by a control batch (feeds the aborted-txn index and the LSO)."""
+
+    producer_id: int
+    first_offset: int
+    last_offset: int
+    is_aborted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LoadReport:
+    """What `load` did: the snapshot used (offset or None) and snapshots discarded as corrupt."""
+
+    snapshot_offset: int | None
+    discarded: tuple[str, ...]
+
+
+def _varint(buf: bytes | bytearray | memoryview, pos: int) -> tuple[int, int]:
+    shift = value = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise CorruptRecordError("truncated varint in control record")
+        b = buf[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return (value >> 1) ^ -(value & 1), pos  # zigzag
+        shift += 7
+
+
+def control_type_of(buf: bytes | bytearray | memoryview, hdr: BatchHeader) -> int:
+    """Marker type (CONTROL_ABORT / CONTROL_COMMIT) from a control batch's first record key.
+
+    Control batches are never compressed; the key is int16 version, int16 type.
+    """
+    pos = hdr.position + HEADER_SIZE
+    _, pos = _varint(buf, pos)  # record length
+    pos += 1  # attributes
+    _, pos = _varint(buf, pos)  # timestamp delta
+    _, pos = _varint(buf, pos)  # offset delta
+    key_len, pos = _varint(buf, pos)
+    if key_len < 4 or pos + 4 > hdr.position + hdr.size:
+        raise CorruptRecordError(f"control batch at {hdr.base_offset} has a bad key")
+    return struct.unpack_from(">h", buf, pos + 2)[0]
+
+
+def add_sequence(seq: int, delta: int) -> int:
+    """`seq + delta` in the int32 sequence space that wraps from INT32_MAX to 0."""
+    return (seq + delta) % (INT32_MAX + 1)
+
+
+def in_sequence(last_seq: int, next_seq: int) -> bool:
+    return next_seq == last_seq + 1 or (next_seq == 0 and last_seq == INT32_MAX)
+
+
+def snapshot_path(partition_dir: Path, offset: int) -> Path:
+    return partition_dir / f"{offset:020d}{SNAPSHOT_SUFFIX}"
+
+
+def list_snapshots(partition_dir: Path) -> list[tuple[int, Path]]:
+    """(offset, path) of every snapshot file in the directory, oldest first."""
+    found = []
+    for name in os.listdir(partition_dir):
+        m = _SNAPSHOT_RE.match(name)
+        if m:
+            found.append((int(m.group(1)), partition_dir / name))
+    return sorted(found)
+
+
+def encode_snapshot(map_end_offset: int, producers: list[ProducerEntry]) -> bytes:
+    parts = [_BODY_HEAD.pack(map_end_offset, len(producers))]
+    for p in producers:
+        parts.append(_PRODUCER.pack(p.producer_id, p.epoch, p.coordinator_epoch,
+                                    p.current_txn_first_offset, len(p.batches)))
+        for b in p.batches:
+            parts.append(_BATCH.pack(b.first_seq, b.last_seq, b.first_offset, b.last_offset,
+                                     b.timestamp))
+    body = b"".join(parts)
+    return _HEAD.pack(SNAPSHOT_VERSION, crc32c.crc32c(body)) + body
+
+
+def decode_snapshot(data: bytes) -> tuple[int, list[ProducerEntry]]:
+    """Parse a snapshot; raise `CorruptSnapshotError` on any fault."""
+    if len(data) < _HEAD.size + _BODY_HEAD.size:
+        raise CorruptSnapshotError(f"snapshot too short ({len(data)} bytes)")
+    version, crc = _HEAD.unpack_from(data, 0)
+    if version != SNAPSHOT_VERSION:
+        raise CorruptSnapshotError(f"unsupported snapshot version {version}")
+    body = memoryview(data)[_HEAD.size:]
+    if crc32c.crc32c(body) != crc:
+        raise CorruptSnapshotError("snapshot CRC-32C mismatch")
+    try:
+        map_end, count = _BODY_HEAD.unpack_from(body, 0)
+        pos = _BODY_HEAD.size
+        producers = []
+        for _ in range(count):
+            pid, epoch, coord_epoch, txn_first, nb = _PRODUCER.unpack_from(body, pos)
+            pos += _PRODUCER.size
+            entry = ProducerEntry(pid, epoch, coord_epoch, txn_first)
+            for _ in range(nb):
+                entry.batches.append(BatchEntry(*_BATCH.unpack_from(body, pos)))
+                pos += _BATCH.size
+            producers.append(entry)
+    except struct.error as exc:
+        raise CorruptSnapshotError(f"snapshot body truncated: {exc}") from None
+    if pos != len(body):
+        raise CorruptSnapshotError(f"{len(body) - pos} trailing bytes after snapshot body")
+    return map_end, producers
+
+
+class ProducerStateManager:
+    """Producer state of one partition log, with its snapshots in `partition_dir`."""
+
+    def __init__(self, partition_dir: str | os.PathLike[str],
+                 producer_id_expiration_ms: int = 86_400_000) -> None:
+        self._dir = Path(partition_dir)
+        self._expiration_ms = producer_id_expiration_ms
+        self._producers: dict[int, ProducerEntry] = {}
+        self.map_end_offset = 0  # the state reflects every batch below this offset
+
+    # -- queries -------------------------------------------------------------------------
+
+    @property
+    def producers(self) -> dict[int, ProducerEntry]:
+        return self._producers
+
+    def get(self, producer_id: int) -> ProducerEntry | None:
+        return self._producers.get(producer_id)
+
+    def first_unstable_offset(self) -> int | None:
+        """First offset of the oldest open transaction (the LSO bound), or None."""
+        opens = [p.current_txn_first_offset for p in self._producers.values()
+                 if p.current_txn_first_offset >= 0]
+        return min(opens) if opens else None
+
+    # -- leader path ---------------------------------------------------------------------
+
+    def check(self, batch: BatchMeta) -> DuplicateBatch | None:
+        """Validate a batch a client produced, without changing state.
+
+        Returns the original batch when it is a retry of one of the last five; raises
+        `InvalidProducerEpochError` or `OutOfOrderSequenceError`; None means append it.
+        The offsets of `batch` are not looked at.
+        """
+        if not batch.is_idempotent:
+            return None
+        entry = self._producers.get(batch.producer_id)
+        if entry is None:
+            # Unknown producer (new, or its state expired/was deleted with old segments):
+            # accept any sequence, as Kafka does since KIP-360.
+            return None
+        if batch.producer_epoch < entry.epoch:
+            raise InvalidProducerEpochError(
+                f"producer {batch.producer_id} epoch {batch.producer_epoch} is older than "
+                f"the current epoch {entry.epoch}")
+        if batch.control_type is not None:
+            return None  # markers come from the coordinator; they carry no sequence
+        if batch.producer_epoch == entry.epoch:
+            last = batch.last_sequence
+            for b in entry.batches:
+                if b.first_seq == batch.base_sequence and b.last_seq == last:
+                    return DuplicateBatch(b.first_offset, b.last_offset, b.timestamp)
+            # With no batch remembered in this epoch (a marker bumped it), the next must be 0.
+            if not in_sequence(entry.last_seq, batch.base_sequence):
+                raise OutOfOrderSequenceError(
+                    f"producer {batch.producer_id} epoch {batch.producer_epoch}: sequence "
+                    f"{batch.base_sequence} does not follow {entry.last_seq}")
+        elif batch.base_sequence != 0 and entry.epoch != NO_PRODUCER_EPOCH:
+            raise OutOfOrderSequenceError(
+                f"producer {batch.producer_id} bumped epoch {entry.epoch} -> "
+                f"{batch.producer_epoch} must restart at sequence 0, got {batch.base_sequence}")
+        return None
+
+    def check_and_update(self, batch: BatchMeta) -> DuplicateBatch | None:
+        """`check`, then `update` when the batch is new; its offsets must be the final ones."""
+        dup = self.check(batch)
+        if dup is None:
+            self.update(batch)
+        return dup
+
+    def update(self, batch: BatchMeta) -> CompletedTxn | None:
+        """Record a batch appended at its offsets; returns the txn a control batch closes."""
+        if batch.last_offset >= self.map_end_offset:
+            self.map_end_offset = batch.last_offset + 1
+        if not batch.is_idempotent:
+            return None
+        entry = self._producers.get(batch.producer_id)
+        if entry is None:
+            entry = self._producers[batch.producer_id] = ProducerEntry(batch.producer_id)
+        if batch.producer_epoch > entry.epoch:
+            entry.epoch = batch.producer_epoch
+            entry.batches.clear()  # a new epoch restarts the sequence space
+        if batch.control_type is not None:
+            completed = None
+            if entry.current_txn_first_offset >= 0:
+                completed = CompletedTxn(batch.producer_id, entry.current_txn_first_offset,
+                                         batch.last_offset,
+                                         batch.control_type == CONTROL_ABORT)
+            entry.current_txn_first_offset = -1
+            entry.coordinator_epoch = batch.coordinator_epoch
+            return completed
+        if batch.is_transactional and entry.current_txn_first_offset < 0:
+            entry.current_txn_first_offset = batch.first_offset
+        entry.batches.append(BatchEntry(batch.base_sequence, batch.last_sequence,
+                                        batch.first_offset, batch.last_offset,
+                                        batch.max_timestamp))
+        return None
+
+    def update_from_batch(self, batch: BatchMeta) -> CompletedTxn | None:
+        """Replay a batch already in the log (recovery, follower), with no sequence checks."""
+        return self.update(batch)
+
+    # -- expiry and truncation ------------------------------------------------------------
+
+    def remove_expired_producers(self, now_ms: int) -> list[int]:
+        """Forget producers idle for `producer.id.expiration.ms` with no open transaction."""
+        expired = [pid for pid, p in self._producers.items()
+                   if p.current_txn_first_offset < 0
+                   and now_ms - p.last_timestamp >= self._expiration_ms]
+        for pid in expired:
+            del self._producers[pid]
+        return expired
+
+    def truncate_head(self, log_start_offset: int) -> None:
+        """Old segments were deleted: forget producers whose last batch is gone, and snapshots.
+
+        A producer with an open transaction is kept: its markers are still to come.
+        """
+        gone = [pid for pid, p in self._producers.items()
+                if p.last_offset < log_start_offset and p.current_txn_first_offset < 0]
+        for pid in gone:
+            del self._producers[pid]
+        for offset, path in list_snapshots(self._dir):
+            if offset < log_start_offset:
+                path.unlink(missing_ok=True)
+        if self.map_end_offset < log_start_offset:
+            self.map_end_offset = log_start_offset
+
+    def truncate_fully_and_start_at(self, offset: int) -> None:
+        """The whole log was replaced (follower truncated to empty): reset state, drop snapshots."""
+        self._producers.clear()
+        for _, path in list_snapshots(self._dir):
+            path.unlink(missing_ok=True)
+        self.map_end_offset = offset
+
+    # -- snapshots -----------------------------------------------------------------------
+
+    def take_snapshot(self) -> Path:
+        """Write the state at `map_end_offset` atomically (tmp, fsync, rename)."""
+        data = encode_snapshot(self.map_end_offset, list(self._producers.values()))
+        path = snapshot_path(self._dir, self.map_end_offset)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fd = os.open(self._dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return path
+
+    def load(self, log_start_offset: int, log_end_offset: int) -> LoadReport:
+        """Load the newest valid snapshot within [log start, log end]; drop the others above.
+
+        After this the owner replays the log's batches from `map_end_offset` up to the log
+        end through `update_from_batch`. Snapshots past the log end (the log was truncated)
+        or corrupt ones are deleted; with none usable the state starts empty at log start.
+        """
+        self._producers = {}
+        self.map_end_offset = log_start_offset
+        discarded: list[str] = []
+        for offset, path in reversed(list_snapshots(self._dir)):
+            if offset > log_end_offset:
+                path.unlink(missing_ok=True)
+                continue
+            if offset < log_start_offset:
+                break
+            try:
+                map_end, producers = decode_snapshot(path.read_bytes())
+                if map_end != offset:
+                    raise CorruptSnapshotError(f"snapshot says offset {map_end}, name {offset}")
+            except (CorruptSnapshotError, OSError) as exc:
+                discarded.append(f"{path.name}: {exc}")
+                path.unlink(missing_ok=True)
+                continue
+            self._producers = {p.producer_id: p for p in producers
+                               if p.last_offset >= log_start_offset
+                               or p.current_txn_first_offset >= 0}
+            self.map_end_offset = map_end
+            return LoadReport(map_end, tuple(discarded))
+        return LoadReport(None, tuple(discarded))
+
+    def truncate_and_reload(self, log_start_offset: int, log_end_offset: int) -> LoadReport:
+        """The log was truncated: reload from the newest snapshot not past the new log end."""
+        return self.load(log_start_offset, log_end_offset)
+
+    def delete_snapshots_before(self, offset: int, keep: int = 2) -> None:
+        """Drop old snapshots below `offset`, keeping the newest `keep` of all of them."""
+        snaps = list_snapshots(self._dir)
+        for snap_offset, path in snaps[:max(0, len(snaps) - keep)]:
+            if snap_offset < offset:
+                path.unlink(missing_ok=True)
