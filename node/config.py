@@ -337,7 +337,9 @@ def load_config(path: str | os.PathLike[str] | None = None,
     return build_config(values, source=source)
 
 
-def validate_topic_config(configs: Mapping[str, Any], source: str = "topic config") -> dict[str, str]:
+def validate_topic_config(
+    configs: Mapping[str, Any], source: str = "topic config"
+) -> dict[str, str]:
     """Topic-level configs (Kafka names, string or typed values) → normalized Kafka strings.
 
     Raises NodeConfigError naming the key, the value and what is allowed. Only topic-level keys
