@@ -338,3 +338,30 @@ def valid_prefix(
         good.append(hdr)
         pos += hdr.size
     return pos, good
+
+
+# The producer's builder and the consumer's reader live in their own modules (they import the
+# layout above); they are reachable from here too, as docs/internals.md promises, resolved on
+# first use so the modules do not import each other in a cycle.
+_REEXPORTS = {
+    "BatchBuilder": "batch_builder",
+    "ControlType": "batch_builder",
+    "build_control_batch": "batch_builder",
+    "Batch": "batch_reader",
+    "ControlRecord": "batch_reader",
+    "DecodedRecord": "batch_reader",
+    "iter_records": "batch_reader",
+    "parse_control_record": "batch_reader",
+    "read_batches": "batch_reader",
+    "Compression": "compression",
+    "UnsupportedCompressionError": "compression",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _REEXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"qnode.storage.{module}"), name)
