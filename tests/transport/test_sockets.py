@@ -1,0 +1,55 @@
+"""Socket helpers: random binds, oversized messages disconnect the peer, replies to gone peers."""
+
+from __future__ import annotations
+
+import pytest
+import zmq
+
+from qnode.transport.sockets import SocketOptions, dealer_client, router_server, split_endpoint
+
+
+def test_split_endpoint() -> None:
+    assert split_endpoint("tcp://127.0.0.1:9700") == ("tcp", "127.0.0.1", 9700)
+    assert split_endpoint("tcp://127.0.0.1:0") == ("tcp", "127.0.0.1", 0)
+    assert split_endpoint("tcp://127.0.0.1:*") == ("tcp", "127.0.0.1", None)
+    with pytest.raises(ValueError):
+        split_endpoint("127.0.0.1:9700")
+    with pytest.raises(ValueError):
+        split_endpoint("tcp://h:port")
+
+
+def test_router_dealer_round_trip_on_random_port() -> None:
+    ctx = zmq.Context()
+    srv, ep = router_server(ctx, "tcp://127.0.0.1:0")
+    cli = dealer_client(ctx, ep)
+    try:
+        assert split_endpoint(ep)[2]
+        cli.send_multipart([b"h", b"b"])
+        assert srv.poll(5000)
+        ident, *rest = srv.recv_multipart()
+        assert rest == [b"h", b"b"]
+        srv.send_multipart([ident, b"r"])
+        assert cli.poll(5000) and cli.recv_multipart() == [b"r"]
+    finally:
+        cli.close(0)
+        srv.close(0)
+        ctx.term()
+
+
+def test_oversized_message_is_dropped_and_server_keeps_serving() -> None:
+    ctx = zmq.Context()
+    srv, ep = router_server(ctx, "tcp://127.0.0.1:0", SocketOptions(max_msg_bytes=1000))
+    big, small = dealer_client(ctx, ep), dealer_client(ctx, ep)
+    try:
+        big.send_multipart([b"h", b"x" * 5000])
+        small.send_multipart([b"h", b"ok"])
+        assert srv.poll(5000)
+        assert srv.recv_multipart()[1:] == [b"h", b"ok"]
+        assert not srv.poll(200)  # the oversized one never arrives
+        # a reply to a peer that is gone is dropped silently (no ROUTER_MANDATORY)
+        srv.send_multipart([b"\x00nobody", b"r"])
+    finally:
+        big.close(0)
+        small.close(0)
+        srv.close(0)
+        ctx.term()

@@ -1,0 +1,102 @@
+"""ZeroMQ socket helpers: servers (ROUTER) and clients (DEALER) set up the same way everywhere.
+
+Servers cap message size (`socket.request.max.bytes`: zmq disconnects a peer past it), keep
+linger short so a stopping process never hangs on unsent replies, and leave ROUTER_MANDATORY
+off so a reply to a client that went away is dropped instead of raising in the server loop.
+Clients reconnect with backoff on their own (zmq does it; we only bound the interval).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import zmq
+
+DEFAULT_MAX_MSG_BYTES = 104857600  # socket.request.max.bytes in node.toml
+DEFAULT_HWM = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class SocketOptions:
+    max_msg_bytes: int = DEFAULT_MAX_MSG_BYTES
+    sndhwm: int = DEFAULT_HWM
+    rcvhwm: int = DEFAULT_HWM
+    linger_ms: int = 0
+    reconnect_ivl_ms: int = 50
+    reconnect_ivl_max_ms: int = 2000
+    tcp_keepalive: bool = True
+
+
+def split_endpoint(endpoint: str) -> tuple[str, str, int | None]:
+    """`tcp://host:port` → ("tcp", host, port); port None for `*` or a missing port."""
+    scheme, sep, rest = endpoint.partition("://")
+    if not sep:
+        raise ValueError(f"endpoint {endpoint!r} is not of the form scheme://host:port")
+    host, colon, port = rest.rpartition(":")
+    if not colon:
+        return scheme, rest, None
+    if port in ("*", ""):
+        return scheme, host, None
+    if not port.isdigit():
+        raise ValueError(f"endpoint {endpoint!r} has a bad port {port!r}")
+    return scheme, host, int(port)
+
+
+def _common(sock: zmq.Socket, opts: SocketOptions) -> None:
+    sock.setsockopt(zmq.LINGER, opts.linger_ms)
+    sock.setsockopt(zmq.SNDHWM, opts.sndhwm)
+    sock.setsockopt(zmq.RCVHWM, opts.rcvhwm)
+    if opts.tcp_keepalive:
+        sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+
+
+def bind_random(sock: zmq.Socket, host: str = "127.0.0.1") -> str:
+    """Bind `sock` to a free port on `host`; return the endpoint clients should connect to."""
+    port = sock.bind_to_random_port(f"tcp://{host}")
+    return f"tcp://{host}:{port}"
+
+
+def router_server(
+    ctx: zmq.Context, bind: str, opts: SocketOptions | None = None
+) -> tuple[zmq.Socket, str]:
+    """A ROUTER bound to `bind`; `tcp://host:0` or `tcp://host:*` takes a free port.
+
+    Returns the socket and the endpoint actually bound (with the real port).
+    """
+    opts = opts or SocketOptions()
+    sock = ctx.socket(zmq.ROUTER)
+    try:
+        _common(sock, opts)
+        sock.setsockopt(zmq.MAXMSGSIZE, opts.max_msg_bytes)
+        scheme, host, port = split_endpoint(bind)
+        if scheme == "tcp" and not port:
+            endpoint = bind_random(sock, host)
+        else:
+            sock.bind(bind)
+            endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    except BaseException:
+        sock.close(0)
+        raise
+    return sock, endpoint
+
+
+def dealer_client(
+    ctx: zmq.Context,
+    endpoint: str,
+    opts: SocketOptions | None = None,
+    identity: bytes | None = None,
+) -> zmq.Socket:
+    """A DEALER connected to `endpoint`, reconnecting with bounded backoff."""
+    opts = opts or SocketOptions()
+    sock = ctx.socket(zmq.DEALER)
+    try:
+        _common(sock, opts)
+        sock.setsockopt(zmq.RECONNECT_IVL, opts.reconnect_ivl_ms)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, opts.reconnect_ivl_max_ms)
+        if identity is not None:
+            sock.setsockopt(zmq.IDENTITY, identity)
+        sock.connect(endpoint)
+    except BaseException:
+        sock.close(0)
+        raise
+    return sock
