@@ -32,8 +32,9 @@ from pathlib import Path
 
 import crc32c
 
-from qnode.storage.errors import CorruptRecordError, StorageError
-from qnode.storage.record_batch import HEADER_SIZE, BatchHeader
+from qnode.storage.batch_reader import Batch
+from qnode.storage.errors import StorageError
+from qnode.storage.record_batch import BatchHeader
 
 INT32_MAX = 2**31 - 1
 NO_PRODUCER_ID = -1
@@ -164,33 +165,9 @@ class LoadReport:
     discarded: tuple[str, ...]
 
 
-def _varint(buf: bytes | bytearray | memoryview, pos: int) -> tuple[int, int]:
-    shift = value = 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise CorruptRecordError("truncated varint in control record")
-        b = buf[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return (value >> 1) ^ -(value & 1), pos  # zigzag
-        shift += 7
-
-
 def control_type_of(buf: bytes | bytearray | memoryview, hdr: BatchHeader) -> int:
-    """Marker type (CONTROL_ABORT / CONTROL_COMMIT) from a control batch's first record key.
-
-    Control batches are never compressed; the key is int16 version, int16 type.
-    """
-    pos = hdr.position + HEADER_SIZE
-    _, pos = _varint(buf, pos)  # record length
-    pos += 1  # attributes
-    _, pos = _varint(buf, pos)  # timestamp delta
-    _, pos = _varint(buf, pos)  # offset delta
-    key_len, pos = _varint(buf, pos)
-    if key_len < 4 or pos + 4 > hdr.position + hdr.size:
-        raise CorruptRecordError(f"control batch at {hdr.base_offset} has a bad key")
-    return struct.unpack_from(">h", buf, pos + 2)[0]
+    """Marker type (CONTROL_ABORT / CONTROL_COMMIT) of the control batch `hdr` in `buf`."""
+    return int(Batch.from_header(buf, hdr).control_record().type)
 
 
 def add_sequence(seq: int, delta: int) -> int:

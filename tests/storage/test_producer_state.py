@@ -247,3 +247,14 @@ def test_from_header_reads_fields_of_a_real_batch():
     with pytest.raises(ValueError):
         BatchMeta.from_header(rb.BatchHeader(0, 100, 40, 3, 2, 0, rb.CONTROL_MASK,
                                              0, 10, 20, 77, 2, -1, 1))
+
+
+def test_from_header_reads_marker_type_of_a_control_batch():
+    from qnode.storage.batch_builder import ControlType, build_control_batch
+    from qnode.storage.record_batch import iter_batches
+    for ctype, expected in ((ControlType.COMMIT, CONTROL_COMMIT), (ControlType.ABORT,
+                                                                     CONTROL_ABORT)):
+        buf = build_control_batch(ctype, 77, 3, 9, timestamp_ms=5)
+        hdr = next(iter_batches(buf))
+        meta = BatchMeta.from_header(hdr, buf, coordinator_epoch=9)
+        assert meta.control_type == expected and meta.producer_id == 77
