@@ -23,6 +23,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from qnode.storage.errors import ConfigError
+from qnode.storage.log_config import TOPIC_CONFIG_KEYS, LogConfig
+
 LONG_MAX = 9223372036854775807
 _ENDPOINT_RE = re.compile(r"^tcp://(?P<host>[A-Za-z0-9.\-\[\]:*]+):(?P<port>\d{1,5})$")
 _PEER_RE = re.compile(r"^(?P<id>\d+)@(?P<endpoint>tcp://.+)$")
@@ -79,19 +82,21 @@ KEYS: dict[str, Key] = {
         _int("offsets.topic.replication.factor", 1, 1, hi=1000),
         _int("offsets.retention.minutes", 10080, 1),
         _int("offsets.commit.timeout.ms", 5000, 1),
-        _int("group.initial.rebalance.delay.ms", 3000, 0),
-        _int("group.min.session.timeout.ms", 6000, 1),
+        _int("offsets.retention.check.interval.ms", 600000, 1),
+        _int("offset.metadata.max.bytes", 4096, 0),
+        _int("group.initial.rebalance.delay.ms", 0, 0),
+        _int("group.min.session.timeout.ms", 100, 1),
         _int("group.max.session.timeout.ms", 1800000, 1),
         _int("transaction.state.log.num.partitions", 50, 1, hi=10000),
         _int("transaction.state.log.replication.factor", 1, 1, hi=1000),
         _int("transaction.max.timeout.ms", 900000, 1),
         _int("transactional.id.expiration.ms", 604800000, 1),
         # Topic defaults (topic-level configs, Kafka's names and defaults).
-        Key("cleanup.policy", "policy", "delete", "delete, compact or delete,compact",
+        Key("cleanup.policy", "policy", "delete", "delete, compact or compact,delete",
             topic=True),
         _int("segment.bytes", 1073741824, 14, hi=2**31 - 1, topic=True),
         _int("segment.ms", 604800000, 1, topic=True),
-        _int("segment.index.bytes", 10485760, 4, hi=2**31 - 1, topic=True),
+        _int("segment.index.bytes", 10485760, 8, hi=2**31 - 1, topic=True),
         _int("retention.ms", 604800000, -1, "-1 (unlimited) or an integer >= 0", topic=True),
         _int("retention.bytes", -1, -1, "-1 (unlimited) or an integer >= 0", topic=True),
         _int("min.insync.replicas", 1, 1, hi=1000, topic=True),
@@ -255,7 +260,7 @@ def parse_value(key: Key, value: Any) -> Any:
             return None
         parts = sorted({p.strip() for p in value.split(",")})
         ok = parts and all(p in ("delete", "compact") for p in parts)
-        return ",".join(sorted(parts, reverse=True)) if ok else None
+        return ",".join(parts) if ok else None
     if key.kind == "list":
         return _parse_peers(value)
     raise AssertionError(f"unknown kind {key.kind}")
@@ -298,6 +303,10 @@ def build_config(values: Mapping[str, Any], source: str = "node.toml") -> NodeCo
     data_dir = Path(os.path.abspath(os.path.expanduser(settings["data.dir"])))
     settings["data.dir"] = str(data_dir)
     topic_defaults = {k: kafka_string(settings[k]) for k in sorted(TOPIC_KEYS)}
+    try:  # the storage engine's rules are the last word on topic configs
+        LogConfig.from_topic_config(topic_defaults)
+    except ConfigError as exc:
+        raise NodeConfigError(f"{source}: {exc}") from None
     return NodeConfig(
         node_id=settings["node.id"],
         data_dir=data_dir,
@@ -342,16 +351,16 @@ def validate_topic_config(
 ) -> dict[str, str]:
     """Topic-level configs (Kafka names, string or typed values) → normalized Kafka strings.
 
-    Raises NodeConfigError naming the key, the value and what is allowed. Only topic-level keys
-    are accepted here (node-level ones such as `listen` are unknown to a topic).
+    The storage engine's `LogConfig` rules are the one source of truth for what a topic
+    accepts; this adds the "did you mean" for unknown keys and names the source in errors.
     """
-    topic_keys = {name: KEYS[name] for name in TOPIC_KEYS}
-    out: dict[str, str] = {}
-    for name, raw in configs.items():
-        if not isinstance(name, str) or name not in topic_keys:
-            raise unknown_key_error(source, str(name), topic_keys)
-        parsed = parse_value(KEYS[name], raw)
-        if parsed is None:
-            raise _bad(source, KEYS[name], raw)
-        out[name] = kafka_string(parsed)
-    return out
+    known = {k: None for k in TOPIC_CONFIG_KEYS}
+    for name in configs:
+        if not isinstance(name, str) or name not in known:
+            raise unknown_key_error(source, str(name), known)
+    try:
+        full = LogConfig.from_topic_config({k: kafka_string(v) for k, v in configs.items()})
+    except ConfigError as exc:
+        raise NodeConfigError(f"{source}: {exc}") from None
+    normalized = full.to_topic_config()
+    return {k: normalized[k] for k in configs}
