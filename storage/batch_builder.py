@@ -45,6 +45,7 @@ _CONTROL_KEY = struct.Struct(">hh")  # version, type
 _CONTROL_VALUE = struct.Struct(">hi")  # version, coordinator epoch
 
 DEFAULT_BATCH_SIZE = 16384  # Kafka's batch.size default
+_NO_LIMIT = float("inf")
 
 
 class ControlType(IntEnum):
@@ -167,17 +168,39 @@ class BatchBuilder:
         headers: Sequence[Header] | None = None,
         timestamp_ms: int | None = None,
     ) -> int:
-        """Encode one record; returns its offset delta in the batch."""
+        """Encode one record whatever the size; returns its offset delta in the batch."""
+        return self._append(key, value, headers, timestamp_ms, _NO_LIMIT)
+
+    def try_append(
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[Header] | None = None,
+        timestamp_ms: int | None = None,
+    ) -> int:
+        """Append unless the batch would pass `batch_size`: offset delta, or -1 (not appended).
+
+        The first record always goes in. The check uses the record's exact encoded size (times
+        `estimated_ratio` when compressed), so an uncompressed batch never passes batch.size.
+        """
+        return self._append(key, value, headers, timestamp_ms, self._limit())
+
+    def _limit(self) -> float:
+        room = self.batch_size - HEADER_SIZE
+        if self.compression is not Compression.NONE and self.estimated_ratio > 0:
+            return room / self.estimated_ratio
+        return room
+
+    def _append(
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[Header] | None,
+        timestamp_ms: int | None,
+        limit: float,
+    ) -> int:
+        # The producer's per-record hot path: table lookups and bytes concatenation only.
         od = self._count
-        if timestamp_ms is None:
-            timestamp_ms = time.time_ns() // 1_000_000
-        if od:
-            tsd = timestamp_ms - self._base_ts
-            if timestamp_ms > self._max_ts:
-                self._max_ts = timestamp_ms
-        else:
-            self._base_ts = self._max_ts = timestamp_ms
-            tsd = 0
         Z = ZIGZAG_BYTES
         if key is None:
             kp = ZIGZAG_MINUS_ONE
@@ -196,6 +219,12 @@ class BatchBuilder:
             vl = len(value)  # type: ignore[arg-type]
             vp = Z[vl] if vl < TABLE_SIZE else zigzag_encode(vl)
         hp = encode_headers(headers) if headers else b"\x00"
+        if timestamp_ms is None:
+            timestamp_ms = time.time_ns() // 1_000_000
+        if od:
+            tsd = timestamp_ms - self._base_ts
+        else:
+            tsd = 0
         head = (
             b"\x00"
             + (Z[tsd] if 0 <= tsd < TABLE_SIZE else zigzag_encode(tsd))
@@ -205,11 +234,19 @@ class BatchBuilder:
         )
         body = len(head) + vl + len(hp)
         head = (Z[body] if body < TABLE_SIZE else zigzag_encode(body)) + head
+        size = self._size + len(head) + vl + len(hp)
+        if size > limit and od:
+            return -1
+        if od:
+            if timestamp_ms > self._max_ts:
+                self._max_ts = timestamp_ms
+        else:
+            self._base_ts = self._max_ts = timestamp_ms
         parts = self._parts
         parts.append(head)
         parts.append(value)  # type: ignore[arg-type]
         parts.append(hp)
-        self._size += len(head) + vl + len(hp)
+        self._size = size
         self._count = od + 1
         return od
 

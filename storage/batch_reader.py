@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
+from itertools import repeat
 from typing import NamedTuple
 
 from qnode.storage.batch_builder import ControlType
@@ -144,7 +145,8 @@ class Batch:
 
     def records(self, verify: bool = True) -> list[DecodedRecord]:
         """All records of the batch, decoded (CRC checked first unless `verify` is False)."""
-        return list(map(DecodedRecord._make, self.record_tuples(verify)))
+        tuples = self.record_tuples(verify)
+        return list(map(tuple.__new__, repeat(DecodedRecord, len(tuples)), tuples))
 
     def __iter__(self) -> Iterator[DecodedRecord]:
         return iter(self.records())
@@ -204,7 +206,6 @@ def iter_records(
     Batches wholly below `min_offset` and control batches (unless `include_control`) are
     skipped on their header alone. A torn last batch (fetch cut short) is ignored.
     """
-    make = DecodedRecord._make
     for batch in read_batches(data):
         h = batch.header
         if h.base_offset + h.last_offset_delta < min_offset:
@@ -214,4 +215,4 @@ def iter_records(
         tuples = batch.record_tuples(verify)
         if h.base_offset < min_offset:
             tuples = [t for t in tuples if t[0] >= min_offset]
-        yield from map(make, tuples)
+        yield from map(tuple.__new__, repeat(DecodedRecord, len(tuples)), tuples)

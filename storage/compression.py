@@ -117,22 +117,28 @@ def _lz4_decompress(data: bytes | bytearray | memoryview, max_size: int) -> byte
 
 
 def _zstd_decompress(data: bytes | bytearray | memoryview, max_size: int) -> bytes:
-    # Stream in chunks rather than trust the frame's content-size field (it may be absent or
-    # lie), stopping as soon as the output passes max_size.
-    dobj = zstandard.ZstdDecompressor().decompressobj()
-    out = dobj.decompress(data)
-    if len(out) > max_size:
-        raise CorruptRecordError(f"zstd records section expands past {max_size} bytes")
-    if not dobj.eof:
-        raise CorruptRecordError("zstd records section is truncated")
-    return out
+    # A frame may declare its content size: refuse an oversized claim before allocating it,
+    # and bound the output of frames that declare nothing. Truncation raises ZstdError.
+    declared = zstandard.frame_content_size(data)
+    if declared > max_size:
+        raise CorruptRecordError(f"zstd records section declares {declared} bytes, over {max_size}")
+    return zstandard.ZstdDecompressor().decompress(data, max_output_size=max_size)
 
 
 def _gzip_decompress(data: bytes | bytearray | memoryview, max_size: int) -> bytes:
-    dobj = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-    out = dobj.decompress(data, max_size + 1)
-    if len(out) > max_size:
-        raise CorruptRecordError(f"gzip records section expands past {max_size} bytes")
-    if not dobj.eof:
-        raise CorruptRecordError("gzip records section is truncated")
-    return out
+    # Several concatenated gzip members are one stream (as java.util.zip reads them).
+    out: list[bytes] = []
+    total = 0
+    rest = bytes(data)
+    while True:
+        dobj = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        chunk = dobj.decompress(rest, max_size + 1 - total)
+        total += len(chunk)
+        out.append(chunk)
+        if total > max_size:
+            raise CorruptRecordError(f"gzip records section expands past {max_size} bytes")
+        if not dobj.eof:
+            raise CorruptRecordError("gzip records section is truncated")
+        rest = dobj.unused_data
+        if not rest:
+            return b"".join(out)
