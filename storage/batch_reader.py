@@ -187,9 +187,13 @@ def parse_control_record(key: bytes | None, value: bytes | None) -> ControlRecor
 
 
 def read_batches(
-    data: bytes | bytearray | memoryview, *, allow_partial_tail: bool = True
+    data: bytes | bytearray | memoryview, *, allow_partial_tail: bool = False
 ) -> Iterator[Batch]:
-    """Lazy `Batch` views over consecutive batches (a fetch response's frames, a segment)."""
+    """Lazy `Batch` views over consecutive batches (a fetch response's frames, a segment).
+
+    Fetch responses carry whole batches (docs/internals.md), so a torn last batch is
+    CorruptRecordError unless `allow_partial_tail` (reading a file another process appends to).
+    """
     for header in iter_batches(data, allow_partial_tail=allow_partial_tail):
         yield Batch.from_header(data, header)
 
@@ -200,19 +204,23 @@ def iter_records(
     min_offset: int = 0,
     include_control: bool = False,
     verify: bool = True,
+    allow_partial_tail: bool = False,
 ) -> Iterator[DecodedRecord]:
     """Decode the records of every batch in `data`, skipping offsets below `min_offset`.
 
     Batches wholly below `min_offset` and control batches (unless `include_control`) are
-    skipped on their header alone. A torn last batch (fetch cut short) is ignored.
+    skipped without decoding; with `verify` their CRC is still checked, as Kafka's consumer
+    checks every batch it is handed.
     """
-    for batch in read_batches(data):
+    for batch in read_batches(data, allow_partial_tail=allow_partial_tail):
         h = batch.header
+        if verify:
+            batch.verify()
         if h.base_offset + h.last_offset_delta < min_offset:
             continue
         if h.is_control and not include_control:
             continue
-        tuples = batch.record_tuples(verify)
+        tuples = batch.record_tuples(verify=False)
         if h.base_offset < min_offset:
             tuples = [t for t in tuples if t[0] >= min_offset]
         yield from map(tuple.__new__, repeat(DecodedRecord, len(tuples)), tuples)

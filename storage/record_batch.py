@@ -195,7 +195,7 @@ def iter_batches(
         if allow_partial_tail:
             if n - pos < HEADER_SIZE:
                 return
-            length = _unpack_length_magic(buf, pos)[0]
+            length = _unpack_length_magic(buf, pos + LENGTH_OFFSET)[0]
             if length >= 0 and pos + length + LOG_OVERHEAD > n:
                 return
         hdr = read_header(buf, pos)
