@@ -1,0 +1,567 @@
+"""The partition log: an ordered list of segments with one active (writable) segment.
+
+`append` validates whole batches (length, magic, CRC-32C, counts), assigns offsets by stamping
+base offset and leader epoch in the batch headers (followers keep the leader's offsets, which
+must not go backwards), rolls the active segment when needed and writes the bytes in one call.
+`read` returns zero-copy memoryview slices of whole batches. Offset lookup: binary search over
+segment base offsets, then the segment's sparse index, then a short header walk.
+
+Concurrency: one writer at a time (a lock); readers work on a snapshot of the segment list
+and the log end offset, so a reader never sees a half-written batch.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from qnode.storage.errors import (
+    InvalidRecordError,
+    LogClosedError,
+    OffsetOutOfRangeError,
+    StorageError,
+)
+from qnode.storage.log_config import LogConfig
+from qnode.storage.record_batch import (
+    BatchesInfo,
+    stamp,
+    stamp_log_append_time,
+    validate_batches,
+)
+from qnode.storage.recovery import (
+    RecoveryReport,
+    fsync_dir,
+    load_segments,
+    write_clean_shutdown,
+)
+from qnode.storage.segment import (
+    MAX_RELATIVE_OFFSET,
+    BatchMeta,
+    Segment,
+    SegmentMissingError,
+)
+
+EARLIEST_TIMESTAMP = -2
+LATEST_TIMESTAMP = -1
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    base_offset: int
+    last_offset: int
+    max_timestamp: int
+    log_append_time: int  # -1 unless the topic uses LogAppendTime
+    record_count: int = 0
+    size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FetchData:
+    """Whole batches from `offset` on, as zero-copy slices of the mapped segments."""
+
+    slices: list[memoryview]
+    size: int
+    log_start_offset: int
+    log_end_offset: int
+    high_watermark: int
+
+
+@dataclass(frozen=True, slots=True)
+class TimestampOffset:
+    """Answer of a search by time: first record with a timestamp >= the one asked."""
+
+    timestamp: int
+    offset: int
+    leader_epoch: int = -1
+
+
+@dataclass
+class LogHooks:
+    """Callbacks the owners of per-log state (leader-epoch cache, producer state) wire in.
+
+    on_append(result, info, leader_epoch): after a successful append;
+    on_truncate(new_end): after truncate_to; on_log_start(new_start): after the log start moved.
+    """
+
+    on_append: list[Callable[[AppendResult, BatchesInfo, int], None]] = field(default_factory=list)
+    on_truncate: list[Callable[[int], None]] = field(default_factory=list)
+    on_log_start: list[Callable[[int], None]] = field(default_factory=list)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Log:
+    """One partition replica's log in `directory` (`<data_dir>/<topic>-<partition>`)."""
+
+    def __init__(self, directory: str, config: LogConfig, segments: list[Segment],
+                 report: RecoveryReport, log_start_offset: int, high_watermark: int) -> None:
+        self.directory = directory
+        self.config = config
+        self.recovery_report = report
+        self._segments = segments
+        self._bases = [s.base_offset for s in segments]
+        self._lock = threading.RLock()
+        self._closed = False
+        active = segments[-1]
+        self._leo = active.next_offset
+        self._log_start = max(log_start_offset, segments[0].base_offset)
+        self._log_start = min(self._log_start, self._leo)
+        self._hw = min(max(high_watermark, self._log_start), self._leo)
+        self._recovery_point = min(max(report.recovery_point, 0), self._leo)
+        if report.validated_segments or report.truncated:
+            self._recovery_point = min(self._recovery_point, self._leo)
+        self._unflushed_messages = 0
+        self._last_flush_ms = _now_ms()
+        self._dir_dirty = False
+        self.segment_generation = 0
+        self.hooks = LogHooks()
+        # Set by the owners of that state (storage/leader_epoch.py, producer_state.py).
+        self.leader_epoch_cache: Any = None
+        self.producer_state: Any = None
+
+    # ------------------------------------------------------------------ open
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], config: LogConfig | None = None,
+             recovery_point: int | None = None, *, log_start_offset: int = 0,
+             high_watermark: int = 0) -> Log:
+        """Open (creating if needed) the log in `path`, recovering past `recovery_point`
+        (None: the whole log unless it was closed cleanly). See `recovery_report`."""
+        directory = os.fspath(path)
+        config = config or LogConfig()
+        segments, report = load_segments(directory, config, recovery_point)
+        if not segments:
+            segments = [Segment.create(directory, log_start_offset,
+                                       index_interval_bytes=config.index_interval_bytes,
+                                       index_max_bytes=config.segment_index_bytes)]
+            fsync_dir(directory)
+        return cls(directory, config, segments, report, log_start_offset, high_watermark)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def log_start_offset(self) -> int:
+        return self._log_start
+
+    @property
+    def log_end_offset(self) -> int:
+        return self._leo
+
+    @property
+    def high_watermark(self) -> int:
+        return self._hw
+
+    @high_watermark.setter
+    def high_watermark(self, value: int) -> None:
+        assert self._log_start <= value <= self._leo or value == self._leo, (
+            f"high watermark {value} outside [{self._log_start}, {self._leo}]")
+        self._hw = value
+
+    @property
+    def recovery_point(self) -> int:
+        return self._recovery_point
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(s.size for s in self._segments)
+
+    @property
+    def active_segment(self) -> Segment:
+        return self._segments[-1]
+
+    @property
+    def segments(self) -> list[Segment]:
+        """All segments, oldest first (a copy)."""
+        return list(self._segments)
+
+    def closed_segments(self) -> list[Segment]:
+        """Every segment but the active one: what the cleaner and retention may act on."""
+        return self._segments[:-1]
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LogClosedError(f"log {self.directory} is closed")
+
+    # ------------------------------------------------------------------ append
+    def append(self, data: bytes | bytearray | memoryview, leader_epoch: int,
+               assign_offsets: bool = True, *, now_ms: int | None = None) -> AppendResult:
+        """Validate, stamp and append whole batches. Leader (assign_offsets=True): offsets
+        from the log end, `leader_epoch` stamped. Follower: the batches' own offsets, which
+        must start at or after the log end."""
+        with self._lock:
+            self._check_open()
+            info = validate_batches(data, self.config.max_message_bytes,
+                                    producer_batches=assign_offsets)
+            append_time = -1
+            if assign_offsets or self.config.log_append_time:
+                buf: bytes | bytearray | memoryview = data
+                if isinstance(data, bytes) or (isinstance(data, memoryview) and data.readonly):
+                    buf = bytearray(data)
+            else:
+                buf = data
+            now = _now_ms() if now_ms is None else now_ms
+            if self.config.log_append_time and assign_offsets:
+                append_time = now
+            metas: list[BatchMeta] = []
+            nxt = self._leo
+            max_ts = -1
+            for h in info.batches:
+                if assign_offsets:
+                    base = nxt
+                    stamp(buf, h.position, base, leader_epoch)  # type: ignore[arg-type]
+                else:
+                    base = h.base_offset
+                    if base < nxt:
+                        raise InvalidRecordError(
+                            f"batch offset {base} is below the log end offset {nxt} "
+                            f"of {self.directory}")
+                ts = h.max_timestamp
+                if append_time >= 0:
+                    stamp_log_append_time(buf, h.position, h.size, append_time)  # type: ignore[arg-type]
+                    ts = append_time
+                last = base + h.last_offset_delta
+                metas.append((h.position, h.size, base, last, ts))
+                max_ts = max(max_ts, ts)
+                nxt = last + 1
+            first_base, last_offset = metas[0][2], metas[-1][3]
+            self._maybe_roll(len(buf), first_base, last_offset, max_ts, now)
+            self._segments[-1].append(buf, metas)
+            self._leo = last_offset + 1
+            self._unflushed_messages += info.record_count
+            result = AppendResult(first_base, last_offset, max_ts, append_time,
+                                  info.record_count, len(buf))
+            for cb in self.hooks.on_append:
+                cb(result, info, leader_epoch)
+            fm = self.config.flush_messages
+            if fm is not None and self._unflushed_messages >= fm:
+                self.flush()
+            return result
+
+    def _maybe_roll(self, size: int, first_base: int, last_offset: int, max_ts: int,
+                    now_ms: int) -> None:
+        seg = self._segments[-1]
+        cfg = self.config
+        reason = None
+        if seg.size > 0:
+            if seg.size + size > cfg.segment_bytes:
+                reason = "size"
+            elif seg.time_waited_for_roll(now_ms, max_ts) > cfg.segment_ms - cfg.segment_jitter_ms:
+                reason = "time"
+            elif seg.index_full():
+                reason = "index"
+            elif last_offset - seg.base_offset > MAX_RELATIVE_OFFSET:
+                reason = "offset"
+        if reason is not None:
+            self._roll_at(first_base)
+
+    # ------------------------------------------------------------------ roll
+    def roll(self) -> Segment:
+        """Start a new active segment at the log end (no-op when the active one is empty)."""
+        with self._lock:
+            self._check_open()
+            if self._segments[-1].size == 0:
+                return self._segments[-1]
+            return self._roll_at(self._leo)
+
+    def _roll_at(self, base: int) -> Segment:
+        old = self._segments[-1]
+        new = Segment.create(self.directory, base,
+                             index_interval_bytes=self.config.index_interval_bytes,
+                             index_max_bytes=self.config.segment_index_bytes)
+        old.seal()
+        self._segments.append(new)
+        self._bases.append(base)
+        self._dir_dirty = True
+        self.segment_generation += 1
+        return new
+
+    # ------------------------------------------------------------------ read
+    def read(self, offset: int, max_bytes: int, max_offset: int | None = None,
+             *, min_one_batch: bool = True) -> FetchData:
+        """Whole batches from the one holding `offset`, up to `max_bytes` (the first batch is
+        returned whole even when larger, KIP-74) and not past `max_offset` (exclusive, e.g.
+        the high watermark). Raises OffsetOutOfRangeError outside [log start, log end]."""
+        if self._closed:
+            raise LogClosedError(f"log {self.directory} is closed")
+        segments = self._segments
+        bases = self._bases
+        leo = self._leo
+        start = self._log_start
+        if offset < start or offset > leo:
+            raise OffsetOutOfRangeError(
+                f"offset {offset} is outside [{start}, {leo}] of {self.directory}")
+        limit = leo if max_offset is None else min(max_offset, leo)
+        slices: list[memoryview] = []
+        total = 0
+        if offset >= limit:
+            return FetchData(slices, 0, start, leo, self._hw)
+        i = max(bisect.bisect_right(bases, offset) - 1, 0)
+        first = True
+        while i < len(segments) and total < max_bytes:
+            seg = segments[i]
+            i += 1
+            hdr = seg.find(offset) if first else None
+            if first and hdr is None:
+                continue  # offset past this segment's end (a gap left by compaction)
+            pos = hdr[0] if hdr is not None else 0
+            first = False
+            end = pos
+            done = False
+            for p, size, _base, last, _ts in seg.walk(pos):
+                if last >= limit:
+                    done = True
+                    break
+                if total + (end - pos) + size > max_bytes and (total or end > pos or
+                                                               not min_one_batch):
+                    done = True
+                    break
+                end = p + size
+            if end > pos:
+                seg.advise_sequential(pos, end)
+                slices.append(seg.view(pos, end))
+                total += end - pos
+            if done:
+                break
+        return FetchData(slices, total, start, leo, self._hw)
+
+    # ------------------------------------------------------------------ search by time
+    def offset_for_timestamp(self, timestamp: int) -> TimestampOffset | None:
+        """First record with a timestamp >= `timestamp` (-2 earliest, -1 latest), or None."""
+        self._check_open()
+        if timestamp == EARLIEST_TIMESTAMP:
+            return TimestampOffset(-1, self._log_start)
+        if timestamp == LATEST_TIMESTAMP:
+            return TimestampOffset(-1, self._leo)
+        for seg in list(self._segments):
+            if seg.max_timestamp < timestamp:
+                continue
+            _, from_offset = seg.time_index.lookup(timestamp)  # type: ignore[union-attr]
+            hdr = seg.find(max(from_offset, self._log_start))
+            if hdr is None:
+                continue
+            for pos, size, _base, last, max_ts in seg.walk(hdr[0]):
+                if max_ts >= timestamp and last >= self._log_start:
+                    return self._first_record_at_or_after(seg, pos, size, timestamp)
+        return None
+
+    def _first_record_at_or_after(self, seg: Segment, pos: int, size: int,
+                                  timestamp: int) -> TimestampOffset:
+        from qnode.storage.batch_reader import Batch
+
+        batch = Batch(seg.view(pos, pos + size))
+        h = batch.header
+        for rec in batch.record_tuples(verify=False):
+            if rec[1] >= timestamp and rec[0] >= self._log_start:
+                return TimestampOffset(rec[1], rec[0], h.leader_epoch)
+        return TimestampOffset(h.max_timestamp, max(h.base_offset, self._log_start),
+                               h.leader_epoch)
+
+    # ------------------------------------------------------------------ truncation
+    def truncate_to(self, offset: int) -> int:
+        """Remove everything from `offset` on (a batch holding `offset` goes whole; followers
+        truncate at batch boundaries). Returns the new log end offset."""
+        with self._lock:
+            self._check_open()
+            if offset >= self._leo:
+                return self._leo
+            if offset <= self._segments[0].base_offset or offset < self._log_start:
+                self._truncate_fully(min(offset, self._leo))
+            else:
+                while len(self._segments) > 1 and self._segments[-1].base_offset >= offset:
+                    self._segments.pop().delete()
+                    self._bases.pop()
+                seg = self._segments[-1]
+                seg.unseal()
+                seg.truncate_to(offset)
+                self._leo = seg.next_offset
+            self._after_truncate()
+            return self._leo
+
+    def _truncate_fully(self, start: int) -> None:
+        for seg in self._segments:
+            seg.delete()
+        self._segments = [Segment.create(self.directory, start,
+                                         index_interval_bytes=self.config.index_interval_bytes,
+                                         index_max_bytes=self.config.segment_index_bytes)]
+        self._bases = [start]
+        self._leo = start
+        self._log_start = start
+        self._dir_dirty = True
+
+    def truncate_fully_and_start_at(self, offset: int) -> None:
+        """Drop the whole log and restart it empty at `offset` (a follower far behind)."""
+        with self._lock:
+            self._check_open()
+            self._truncate_fully(offset)
+            self._after_truncate()
+            for cb in self.hooks.on_log_start:
+                cb(offset)
+
+    def _after_truncate(self) -> None:
+        self._hw = min(self._hw, self._leo)
+        self._recovery_point = min(self._recovery_point, self._leo)
+        self.segment_generation += 1
+        for cb in self.hooks.on_truncate:
+            cb(self._leo)
+
+    def delete_records_before(self, offset: int) -> int:
+        """Advance the log start to `offset` (DeleteRecords); whole segments below it go.
+        `offset` must not pass the high watermark. Returns the new log start."""
+        with self._lock:
+            self._check_open()
+            if offset > self._hw:
+                raise OffsetOutOfRangeError(
+                    f"cannot delete records before {offset}: past the high watermark {self._hw}")
+            if offset > self._log_start:
+                self._log_start = offset
+                for cb in self.hooks.on_log_start:
+                    cb(offset)
+            self.delete_segments_below_log_start()
+            self.segment_generation += 1
+            return self._log_start
+
+    def delete_segments_below_log_start(self) -> int:
+        """Delete closed segments that hold no offset >= log start; returns how many."""
+        n = 0
+        with self._lock:
+            while len(self._segments) > 1 and self._segments[1].base_offset <= self._log_start:
+                self._delete_oldest()
+                n += 1
+        return n
+
+    def delete_oldest_segments(self, count: int) -> int:
+        """Delete the `count` oldest segments (never the active one), moving the log start
+        up to the next segment's base. Used by retention. Returns how many went."""
+        n = 0
+        with self._lock:
+            self._check_open()
+            while n < count and len(self._segments) > 1:
+                self._delete_oldest()
+                n += 1
+            if n:
+                new_start = max(self._log_start, self._segments[0].base_offset)
+                if new_start != self._log_start:
+                    self._log_start = new_start
+                    for cb in self.hooks.on_log_start:
+                        cb(new_start)
+                self._hw = max(self._hw, self._log_start)
+                self._recovery_point = max(self._recovery_point, self._log_start)
+                self.segment_generation += 1
+        return n
+
+    def _delete_oldest(self) -> None:
+        seg = self._segments.pop(0)
+        self._bases.pop(0)
+        seg.delete()
+
+    # ------------------------------------------------------------------ cleaner support
+    def replace_segments(self, old: list[Segment], new: list[Segment]) -> None:
+        """Swap cleaned segments in for `old` (closed, contiguous). Each of `new` was written
+        with suffix `.cleaned`; crash-safety: `.cleaned` -> `.swap` (indexes first, the log
+        file last: that rename commits), old segments deleted, `.swap` -> final names.
+        Recovery removes `.cleaned` leftovers and finishes committed `.swap`s."""
+        from qnode.storage.segment import CLEANED, SWAP
+
+        with self._lock:
+            self._check_open()
+            if not old:
+                raise ValueError("replace_segments needs at least one old segment")
+            ids = [id(s) for s in self._segments]
+            pos = [ids.index(id(s)) for s in old]
+            if pos != list(range(pos[0], pos[0] + len(old))) or pos[-1] == len(ids) - 1:
+                raise StorageError("replace_segments: old segments must be contiguous and closed")
+            for seg in new:
+                if seg.suffix != CLEANED:
+                    raise StorageError(
+                        f"cleaned segment {seg.base_offset} lacks the .cleaned suffix")
+                seg.seal()
+                seg.flush()
+            for seg in new:
+                seg.change_suffix(SWAP)
+            fsync_dir(self.directory)
+            for seg in old:
+                seg.delete()
+            for seg in new:
+                seg.change_suffix("")
+            fsync_dir(self.directory)
+            self._segments[pos[0]:pos[-1] + 1] = sorted(new, key=lambda s: s.base_offset)
+            self._bases = [s.base_offset for s in self._segments]
+            self.segment_generation += 1
+
+    # ------------------------------------------------------------------ flush / close
+    def flush(self) -> None:
+        """fsync every segment holding offsets past the recovery point; advance it to LEO."""
+        with self._lock:
+            self._check_open()
+            leo = self._leo
+            if leo == self._recovery_point and not self._dir_dirty:
+                self._unflushed_messages = 0
+                return
+            for seg in reversed(self._segments):
+                if not seg.exists():
+                    raise SegmentMissingError(
+                        f"segment file {seg.log_path} was deleted under the running log")
+                seg.flush()
+                if seg.base_offset <= self._recovery_point:
+                    break
+            if self._dir_dirty:
+                fsync_dir(self.directory)
+                self._dir_dirty = False
+            self._recovery_point = leo
+            self._unflushed_messages = 0
+            self._last_flush_ms = _now_ms()
+
+    def maybe_flush(self, now_ms: int) -> bool:
+        """Apply flush.ms; True when a flush happened."""
+        fms = self.config.flush_ms
+        if fms is None or self._closed or self._recovery_point == self._leo:
+            return False
+        if now_ms - self._last_flush_ms >= fms:
+            self.flush()
+            return True
+        return False
+
+    def check_files(self) -> None:
+        """Raise SegmentMissingError if a segment file vanished under the running log."""
+        for seg in self._segments:
+            if not seg.exists():
+                raise SegmentMissingError(
+                    f"segment file {seg.log_path} was deleted under the running log")
+
+    def update_config(self, config: LogConfig) -> None:
+        self.config = config
+
+    def close(self) -> None:
+        """Flush, trim the active segment's indexes and mark the close clean."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                self.flush()
+                for seg in self._segments:
+                    seg.close()
+                write_clean_shutdown(self.directory, self._leo)
+            finally:
+                self._closed = True
+                for seg in self._segments:
+                    seg.close()
+
+    def close_without_flush(self) -> None:
+        """Release files without the clean-shutdown mark (the next open recovers the tail)."""
+        with self._lock:
+            self._closed = True
+            for seg in self._segments:
+                seg.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __repr__(self) -> str:
+        return (f"Log({self.directory!r}, start={self._log_start}, end={self._leo}, "
+                f"hw={self._hw}, segments={len(self._segments)})")

@@ -1,0 +1,230 @@
+"""Sparse offset index of one segment: relative offset (u32) -> file position (u32).
+
+The file is preallocated to `segment.index.bytes` while its segment is active and memory-mapped,
+so an append is an 8-byte store into the page cache; it is trimmed to its entries when the
+segment rolls or closes. Entries are big-endian, as Kafka writes them. `MappedIndex` is the
+shared machinery (preallocate, map, find the valid entry count, trim) that `TimeIndex` reuses.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import struct
+
+from qnode.storage.errors import DiskFullError
+
+_OFFSET_ENTRY = struct.Struct(">II")
+
+
+def preallocate(fd: int, size: int) -> None:
+    """Reserve real blocks for `size` bytes so later stores through a mapping cannot SIGBUS on
+    a full disk; filesystems without fallocate get a sparse extension instead."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise DiskFullError(f"no space to preallocate an index of {size} bytes") from exc
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+        os.ftruncate(fd, size)
+
+
+class MappedIndex:
+    """A file of fixed-size entries, mapped read/write, whose valid entries form a prefix."""
+
+    entry: struct.Struct = _OFFSET_ENTRY
+
+    def __init__(self, path: str, base_offset: int, max_bytes: int, writable: bool) -> None:
+        self.path = path
+        self.base_offset = base_offset
+        esize = self.entry.size
+        self.max_entries = max(1, max_bytes // esize) if writable else 0
+        self.writable = writable
+        self._mm: mmap.mmap | None = None
+        flags = os.O_RDWR | os.O_CREAT
+        self._fd = os.open(path, flags, 0o644)
+        try:
+            file_size = os.fstat(self._fd).st_size
+            file_entries = file_size // esize
+            if writable:
+                capacity = max(self.max_entries, file_entries)
+                self.max_entries = capacity
+                if file_size < capacity * esize:
+                    preallocate(self._fd, capacity * esize)
+                self._map(capacity * esize)
+            else:
+                self.max_entries = file_entries
+                if file_entries:
+                    self._map(file_entries * esize)
+            self.entries = self._valid_prefix(file_entries)
+        except BaseException:
+            self.close()
+            raise
+
+    # ---------------------------------------------------------------- mapping
+    def _map(self, length: int) -> None:
+        if self._mm is not None:
+            self._mm.close()
+            self._mm = None
+        if length > 0:
+            self._mm = mmap.mmap(self._fd, length, access=mmap.ACCESS_WRITE)
+
+    def _rel(self, i: int) -> int:
+        assert self._mm is not None
+        return struct.unpack_from(">I", self._mm, i * self.entry.size + self._rel_pos)[0]
+
+    _rel_pos = 0  # byte position of the relative offset inside an entry
+
+    def _valid_prefix(self, n: int) -> int:
+        """Entries are written in order with strictly increasing relative offsets, and a never
+        written slot is zero: so for i >= 1 "slot i is used" is a prefix property."""
+        if n == 0 or self._mm is None:
+            return 0
+        if n == 1 or self._rel(n - 1) != 0:
+            return n
+        lo, hi = 1, n - 1  # slot hi is unused; find the first unused slot in [1, hi]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self._rel(mid) != 0:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo == 1 and self._is_zero(0):
+            return 0
+        return lo
+
+    def _is_zero(self, i: int) -> bool:
+        assert self._mm is not None
+        esize = self.entry.size
+        return self._mm[i * esize : (i + 1) * esize] == bytes(esize)
+
+    # ---------------------------------------------------------------- entries
+    def is_full(self) -> bool:
+        return self.entries >= self.max_entries
+
+    def entry_at(self, i: int) -> tuple[int, ...]:
+        assert self._mm is not None and 0 <= i < self.entries
+        return self.entry.unpack_from(self._mm, i * self.entry.size)
+
+    def _put(self, *fields: int) -> None:
+        if not self.writable:
+            raise ValueError(f"index {self.path} is read-only (its segment was rolled)")
+        if self.entries >= self.max_entries:
+            raise ValueError(f"index {self.path} is full")
+        assert self._mm is not None
+        self.entry.pack_into(self._mm, self.entries * self.entry.size, *fields)
+        self.entries += 1
+
+    def truncate_entries(self, n: int) -> None:
+        """Keep the first n entries; the dropped slots are zeroed so a reopen cannot see them."""
+        if n >= self.entries:
+            return
+        assert self._mm is not None
+        esize = self.entry.size
+        self._mm[n * esize : self.entries * esize] = bytes((self.entries - n) * esize)
+        self.entries = n
+
+    def _search(self, key_of_entry: int, target: int) -> int:
+        """Index of the last entry whose field `key_of_entry` is <= target, or -1."""
+        lo, hi = 0, self.entries - 1
+        found = -1
+        mm = self._mm
+        unpack = self.entry.unpack_from
+        esize = self.entry.size
+        while lo <= hi:
+            mid = (lo + hi) >> 1
+            if unpack(mm, mid * esize)[key_of_entry] <= target:
+                found = mid
+                lo = mid + 1
+            else:
+                hi = mid - 1
+        return found
+
+    # ---------------------------------------------------------------- lifecycle
+    def flush(self) -> None:
+        if self._mm is not None and self.entries:
+            self._mm.flush()
+
+    def trim(self) -> None:
+        """Shrink the file to its entries and stop accepting appends (segment rolled)."""
+        size = self.entries * self.entry.size
+        if self._mm is not None:
+            self._mm.flush()
+            self._mm.close()
+            self._mm = None
+        os.ftruncate(self._fd, size)
+        self.max_entries = self.entries
+        self.writable = False
+        if size:
+            self._mm = mmap.mmap(self._fd, size, access=mmap.ACCESS_WRITE)
+
+    def reopen_writable(self, max_bytes: int) -> None:
+        """Extend a trimmed index again (the segment became active again after a truncation)."""
+        if self.writable:
+            return
+        capacity = max(self.entries, max_bytes // self.entry.size, 1)
+        preallocate(self._fd, capacity * self.entry.size)
+        self.max_entries = capacity
+        self.writable = True
+        self._map(capacity * self.entry.size)
+
+    def rename(self, new_path: str) -> None:
+        os.rename(self.path, new_path)
+        self.path = new_path
+
+    def close(self) -> None:
+        if self._mm is not None:
+            try:
+                self._mm.close()
+            except BufferError:  # a caller still holds a view; the mapping dies with it
+                pass
+            self._mm = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def close_trimmed(self) -> None:
+        if self._fd >= 0 and self.writable:
+            self.trim()
+        self.close()
+
+
+class OffsetIndex(MappedIndex):
+    """relative offset -> position, one entry per `index.interval.bytes` of log."""
+
+    entry = _OFFSET_ENTRY
+    _rel_pos = 0
+
+    def append(self, offset: int, position: int) -> None:
+        rel = offset - self.base_offset
+        assert 0 <= rel <= 0xFFFFFFFF, f"offset {offset} outside segment {self.base_offset}"
+        if self.entries:
+            last_rel, last_pos = self.entry_at(self.entries - 1)
+            assert rel > last_rel and position > last_pos, (
+                f"index {self.path}: entry ({rel}, {position}) after ({last_rel}, {last_pos})"
+            )
+        self._put(rel, position)
+
+    def lookup(self, offset: int) -> tuple[int, int]:
+        """(offset, position) of the last entry at or below `offset`, else (base, 0)."""
+        i = self._search(0, offset - self.base_offset)
+        if i < 0:
+            return self.base_offset, 0
+        rel, pos = self.entry_at(i)
+        return self.base_offset + rel, pos
+
+    def last_entry(self) -> tuple[int, int]:
+        if not self.entries:
+            return self.base_offset, 0
+        rel, pos = self.entry_at(self.entries - 1)
+        return self.base_offset + rel, pos
+
+    def truncate_to(self, offset: int) -> None:
+        """Drop entries for offsets >= `offset`."""
+        self.truncate_entries(self._search(0, offset - self.base_offset - 1) + 1)
+
+    def truncate_to_position(self, position: int) -> None:
+        """Drop entries pointing at or past `position`."""
+        self.truncate_entries(self._search(1, position - 1) + 1)

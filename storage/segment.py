@@ -1,0 +1,545 @@
+"""One segment of a partition log: `<base>.log` plus its `.index` and `.timeindex`.
+
+Appends go to the end of the `.log` file with positional writes (one syscall per append call,
+whatever the number of batches); reads are zero-copy memoryview slices of a read-only mapping
+of the file, remapped when a read reaches past what is mapped. The segment only ever looks at
+batch headers (lengths, offsets, timestamps); CRCs are checked when recovering a tail.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import struct
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import crc32c
+
+from qnode.storage.errors import DiskFullError, StorageError
+from qnode.storage.offset_index import OffsetIndex
+from qnode.storage.time_index import TimeIndex
+
+# RecordBatch v2 header prefix, up to and including maxTimestamp (Kafka's layout):
+# baseOffset i64, batchLength i32, partitionLeaderEpoch i32, magic i8, crc u32,
+# attributes i16, lastOffsetDelta i32, baseTimestamp i64, maxTimestamp i64.
+HEADER_PREFIX = struct.Struct(">qiibIhiqq")
+LOG_OVERHEAD = 12  # baseOffset + batchLength: the bytes not counted in batchLength
+BATCH_HEADER_SIZE = 61
+MIN_BATCH_LENGTH = BATCH_HEADER_SIZE - LOG_OVERHEAD
+CRC_START = 21  # the CRC covers attributes .. end of batch
+MAGIC_V2 = 2
+MAX_RELATIVE_OFFSET = 0xFFFFFFFF
+
+LOG_SUFFIX = ".log"
+INDEX_SUFFIX = ".index"
+TIMEINDEX_SUFFIX = ".timeindex"
+SEGMENT_SUFFIXES = (LOG_SUFFIX, INDEX_SUFFIX, TIMEINDEX_SUFFIX)
+DELETED = ".deleted"
+CLEANED = ".cleaned"
+SWAP = ".swap"
+
+# (position in the appended buffer, size, base offset, last offset, max timestamp)
+BatchMeta = tuple[int, int, int, int, int]
+
+
+class SegmentMissingError(StorageError):
+    """A segment file was deleted or replaced under a running log (the log dir is failing)."""
+
+
+def segment_name(base_offset: int) -> str:
+    return f"{base_offset:020d}"
+
+
+def segment_path(directory: str, base_offset: int, suffix: str, extra: str = "") -> str:
+    return os.path.join(directory, segment_name(base_offset) + suffix + extra)
+
+
+@dataclass(frozen=True)
+class SegmentRecovery:
+    """What recovering one segment's tail found."""
+
+    validated_batches: int
+    validated_bytes: int
+    truncated_bytes: int
+    reason: str | None  # why the tail was cut, None when it was clean
+
+
+class Segment:
+    """A `.log` file and its two indexes. Not thread-safe: the Log serialises writers."""
+
+    def __init__(
+        self,
+        directory: str,
+        base_offset: int,
+        *,
+        index_interval_bytes: int,
+        index_max_bytes: int,
+        active: bool,
+        suffix: str = "",
+        create: bool = False,
+    ) -> None:
+        self.directory = directory
+        self.base_offset = base_offset
+        self.suffix = suffix
+        self.index_interval_bytes = index_interval_bytes
+        self.index_max_bytes = index_max_bytes
+        self.log_path = segment_path(directory, base_offset, LOG_SUFFIX, suffix)
+        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
+        self._fd = os.open(self.log_path, flags, 0o644)
+        self.index: OffsetIndex | None = None
+        self.time_index: TimeIndex | None = None
+        try:
+            self.size = os.fstat(self._fd).st_size
+            self.index = OffsetIndex(
+                segment_path(directory, base_offset, INDEX_SUFFIX, suffix),
+                base_offset, index_max_bytes, writable=active,
+            )
+            self.time_index = TimeIndex(
+                segment_path(directory, base_offset, TIMEINDEX_SUFFIX, suffix),
+                base_offset, index_max_bytes, writable=active,
+            )
+        except BaseException:
+            self._close_files()
+            if create:
+                self._unlink_all()
+            raise
+        self._mm: mmap.mmap | None = None
+        self._mv: memoryview | None = None
+        self._mapped = 0
+        self.active = active
+        self.created_ms = int(time.time() * 1000)
+        self.first_batch_ts = -1
+        self.max_timestamp = -1
+        self.offset_of_max_timestamp = base_offset
+        self.bytes_since_index = 0
+        self._next_offset: int | None = base_offset if create else None
+        if not create and self.size:
+            self.first_batch_ts = self._first_batch_timestamp()
+            ts, off = self.time_index.last_entry()
+            self.max_timestamp, self.offset_of_max_timestamp = ts, off
+            _, ipos = self.index.last_entry()
+            self.bytes_since_index = self.size - ipos
+
+    # ------------------------------------------------------------------ create / open
+    @classmethod
+    def create(
+        cls, directory: str, base_offset: int, *, index_interval_bytes: int,
+        index_max_bytes: int, suffix: str = "",
+    ) -> Segment:
+        """A new empty active segment; DiskFullError (and no files left) if it cannot be made."""
+        try:
+            return cls(
+                directory, base_offset, index_interval_bytes=index_interval_bytes,
+                index_max_bytes=index_max_bytes, active=True, suffix=suffix, create=True,
+            )
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise DiskFullError(f"no space to create segment {base_offset}: {exc}") from exc
+            raise
+
+    def _unlink_all(self) -> None:
+        for sfx in SEGMENT_SUFFIXES:
+            try:
+                os.unlink(segment_path(self.directory, self.base_offset, sfx, self.suffix))
+            except FileNotFoundError:
+                pass
+
+    # ------------------------------------------------------------------ reading
+    def _remap(self) -> None:
+        self._mv = None
+        self._mm = None  # outstanding slices keep the old mapping alive until they go
+        self._mapped = 0
+        if self.size:
+            self._mm = mmap.mmap(self._fd, self.size, access=mmap.ACCESS_READ)
+            self._mv = memoryview(self._mm)
+            self._mapped = self.size
+
+    def view(self, start: int, end: int) -> memoryview:
+        """Zero-copy slice [start, end) of the segment file."""
+        assert 0 <= start <= end <= self.size, (start, end, self.size)
+        if end > self._mapped:
+            self._remap()
+        if start == end:
+            return memoryview(b"")
+        assert self._mv is not None
+        return self._mv[start:end]
+
+    def advise_sequential(self, start: int, end: int) -> None:
+        """Ask the kernel to read ahead [start, end) of a mapped range (cold sequential reads)."""
+        if self._mm is not None and end > start:
+            page = mmap.PAGESIZE
+            a = start - start % page
+            try:
+                self._mm.madvise(mmap.MADV_WILLNEED, a, min(end, self._mapped) - a)
+            except (OSError, ValueError):
+                pass
+
+    def header_at(self, pos: int) -> tuple[int, int, int, int, int, int, int, int, int]:
+        """(base, length, leader epoch, magic, crc, attributes, last delta, base ts, max ts)."""
+        if pos + HEADER_PREFIX.size > self._mapped:
+            self._remap()
+        assert self._mv is not None
+        return HEADER_PREFIX.unpack_from(self._mv, pos)
+
+    def walk(self, start: int = 0, end: int | None = None
+             ) -> Iterator[tuple[int, int, int, int, int]]:
+        """Header-only walk: (position, size, base offset, last offset, max timestamp).
+        Stops at the first structurally impossible header (the caller decides what that means)."""
+        end = self.size if end is None else end
+        pos = start
+        if end > self._mapped:
+            self._remap()
+        mv = self._mv
+        unpack = HEADER_PREFIX.unpack_from
+        while pos + BATCH_HEADER_SIZE <= end:
+            base, length, _ple, magic, _crc, _attrs, delta, _bts, max_ts = unpack(mv, pos)
+            size = length + LOG_OVERHEAD
+            if length < MIN_BATCH_LENGTH or magic != MAGIC_V2 or delta < 0 or pos + size > end:
+                return
+            yield pos, size, base, base + delta, max_ts
+            pos += size
+
+    def find(self, offset: int) -> tuple[int, int, int, int, int] | None:
+        """The first batch whose last offset is >= `offset`, found from the sparse index by a
+        short header walk; None when the segment ends before it."""
+        assert self.index is not None
+        _, pos = self.index.lookup(offset)
+        for hdr in self.walk(pos):
+            if hdr[3] >= offset:
+                return hdr
+        return None
+
+    @property
+    def next_offset(self) -> int:
+        """One past the last offset in this segment (its base when empty)."""
+        if self._next_offset is None:
+            assert self.index is not None
+            off, pos = self.index.last_entry()
+            nxt = self.base_offset
+            for _, _, _, last, _ in self.walk(pos):
+                nxt = last + 1
+            if pos and nxt == self.base_offset:
+                nxt = off  # the tail is unreadable: the index is the best we know
+            self._next_offset = nxt
+        return self._next_offset
+
+    def largest_timestamp(self) -> int:
+        """Largest batch timestamp, or the file's mtime when no batch carries one."""
+        if self.max_timestamp >= 0:
+            return self.max_timestamp
+        return int(os.stat(self.log_path).st_mtime * 1000) if self.exists() else 0
+
+    def time_waited_for_roll(self, now_ms: int, incoming_max_ts: int) -> int:
+        """Kafka's rule: the incoming timestamp minus the segment's first batch timestamp,
+        or wall-clock time since creation when the segment has no timestamped batch."""
+        if self.first_batch_ts >= 0 and incoming_max_ts >= 0:
+            return incoming_max_ts - self.first_batch_ts
+        return now_ms - self.created_ms
+
+    def _first_batch_timestamp(self) -> int:
+        for _, _, _, _, max_ts in self.walk(0, min(self.size, 1 << 20)):
+            return max_ts
+        return -1
+
+    def exists(self) -> bool:
+        """False when the .log file was deleted or replaced under us."""
+        try:
+            return os.fstat(self._fd).st_nlink > 0 and os.path.exists(self.log_path)
+        except OSError:
+            return False
+
+    # ------------------------------------------------------------------ writing
+    def index_full(self) -> bool:
+        assert self.index is not None and self.time_index is not None
+        # one time-index slot stays free for the entry written when the segment is sealed
+        return self.index.is_full() or self.time_index.entries >= self.time_index.max_entries - 1
+
+    def append(self, data: bytes | bytearray | memoryview, batches: Sequence[BatchMeta]) -> None:
+        """Write whole batches (already stamped) at the end of the file and index them.
+        On ENOSPC the file is cut back and DiskFullError raised: the segment is unchanged."""
+        assert self.active and self.index is not None and self.time_index is not None
+        start = self.size
+        mv = memoryview(data)
+        n = len(mv)
+        done = 0
+        try:
+            while done < n:
+                done += os.pwrite(self._fd, mv[done:], start + done)
+        except OSError as exc:
+            try:
+                os.ftruncate(self._fd, start)
+            except OSError:
+                pass
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise DiskFullError(f"disk full appending to {self.log_path}: {exc}") from exc
+            raise
+        self.size = start + n
+        interval = self.index_interval_bytes
+        for pos, size, base, last, max_ts in batches:
+            if max_ts > self.max_timestamp:
+                self.max_timestamp = max_ts
+                self.offset_of_max_timestamp = base
+            if self.bytes_since_index > interval:
+                self.index.append(base, start + pos)
+                self.time_index.append(self.max_timestamp, self.offset_of_max_timestamp)
+                self.bytes_since_index = 0
+            self.bytes_since_index += size
+            self._next_offset = last + 1
+        if self.first_batch_ts < 0 and start == 0 and batches:
+            self.first_batch_ts = batches[0][4]
+
+    def flush(self) -> None:
+        assert self.index is not None and self.time_index is not None
+        os.fdatasync(self._fd)
+        self.index.flush()
+        self.time_index.flush()
+
+    def seal(self) -> None:
+        """The segment stops being active: final time entry, indexes trimmed to size."""
+        assert self.index is not None and self.time_index is not None
+        if self.active:
+            if self.max_timestamp >= 0:
+                self.time_index.append(self.max_timestamp, self.offset_of_max_timestamp)
+            self.index.trim()
+            self.time_index.trim()
+            self.active = False
+
+    def unseal(self) -> None:
+        """Make a sealed segment writable again (after a truncation back into it)."""
+        assert self.index is not None and self.time_index is not None
+        if not self.active:
+            self.index.reopen_writable(self.index_max_bytes)
+            self.time_index.reopen_writable(self.index_max_bytes)
+            self.active = True
+            off, pos = self.index.last_entry()
+            self.bytes_since_index = self.size - pos
+
+    def truncate_to(self, offset: int) -> int:
+        """Drop every batch whose last offset is >= `offset` (a batch holding `offset` goes
+        whole). Returns the bytes removed."""
+        assert self.index is not None and self.time_index is not None
+        hdr = self.find(offset)
+        if hdr is None:
+            return 0
+        pos = hdr[0]
+        return self.truncate_at(pos, hdr[2])
+
+    def truncate_at(self, pos: int, next_offset: int) -> int:
+        """Cut the file at byte `pos`, where the batch with base `next_offset` started."""
+        assert self.index is not None and self.time_index is not None
+        removed = self.size - pos
+        self._mv = None
+        self._mm = None
+        self._mapped = 0
+        os.ftruncate(self._fd, pos)
+        self.size = pos
+        self.index.truncate_to_position(pos)
+        self.time_index.truncate_to(next_offset)
+        self._next_offset = next_offset if pos else self.base_offset
+        # the running max timestamp: last time entry, then the batches after the last index entry
+        self.max_timestamp, self.offset_of_max_timestamp = self.time_index.last_entry()
+        _, ipos = self.index.last_entry()
+        for _, _, base, _, max_ts in self.walk(ipos):
+            if max_ts > self.max_timestamp:
+                self.max_timestamp, self.offset_of_max_timestamp = max_ts, base
+        self.bytes_since_index = self.size - ipos if self.index.entries else self.size
+        if pos == 0:
+            self.first_batch_ts = -1
+        return removed
+
+    # ------------------------------------------------------------------ recovery
+    def recover(self, start_pos: int, expected_offset: int | None) -> SegmentRecovery:
+        """Validate every batch from `start_pos` (CRC, magic, length, monotone offsets),
+        re-index them, and cut the file at the first bad one."""
+        assert self.index is not None and self.time_index is not None
+        self.index.truncate_to_position(start_pos)
+        self.time_index.truncate_to(expected_offset if expected_offset is not None
+                                    else self.base_offset)
+        _, ipos = self.index.last_entry()
+        self.bytes_since_index = start_pos - ipos
+        if start_pos == 0:
+            self.max_timestamp, self.offset_of_max_timestamp = -1, self.base_offset
+            self.first_batch_ts = -1
+        else:
+            self.max_timestamp, self.offset_of_max_timestamp = self.time_index.last_entry()
+            for _, _, base, _, max_ts in self.walk(ipos, start_pos):
+                if max_ts > self.max_timestamp:
+                    self.max_timestamp, self.offset_of_max_timestamp = max_ts, base
+        self._remap()
+        mv = self._mv
+        end = self.size
+        pos = start_pos
+        nxt = expected_offset if expected_offset is not None else self.base_offset
+        batches = 0
+        reason: str | None = None
+        unpack = HEADER_PREFIX.unpack_from
+        interval = self.index_interval_bytes
+        while pos < end:
+            if pos + BATCH_HEADER_SIZE > end:
+                reason = f"torn batch header at position {pos}"
+                break
+            assert mv is not None
+            base, length, _ple, magic, crc, _attrs, delta, _bts, max_ts = unpack(mv, pos)
+            size = length + LOG_OVERHEAD
+            if magic != MAGIC_V2:
+                reason = f"magic {magic} at position {pos}"
+                break
+            if length < MIN_BATCH_LENGTH:
+                reason = f"impossible batch length {length} at position {pos}"
+                break
+            if pos + size > end:
+                reason = f"torn batch at position {pos} ({size} bytes, {end - pos} on disk)"
+                break
+            if crc32c.crc32c(mv[pos + CRC_START : pos + size]) != crc:
+                reason = f"CRC mismatch at position {pos}"
+                break
+            if delta < 0 or base < nxt or base + delta - self.base_offset > MAX_RELATIVE_OFFSET:
+                reason = f"offset {base} out of order at position {pos} (expected >= {nxt})"
+                break
+            if max_ts > self.max_timestamp:
+                self.max_timestamp, self.offset_of_max_timestamp = max_ts, base
+            if self.bytes_since_index > interval and not self.index.is_full():
+                self.index.append(base, pos)
+                self.time_index.append(self.max_timestamp, self.offset_of_max_timestamp)
+                self.bytes_since_index = 0
+            self.bytes_since_index += size
+            if pos == 0:
+                self.first_batch_ts = max_ts
+            nxt = base + delta + 1
+            pos += size
+            batches += 1
+        truncated = 0
+        if pos < end:
+            truncated = self.truncate_at(pos, nxt)
+        self._next_offset = nxt if pos else self.base_offset
+        return SegmentRecovery(batches, pos - start_pos, truncated, reason)
+
+    def recover_tail(self, start_pos: int, expected_offset: int | None) -> SegmentRecovery:
+        """`recover`, also for a sealed segment (its indexes are reopened, then trimmed)."""
+        sealed = not self.active
+        if sealed:
+            self.unseal()
+        rec = self.recover(start_pos, expected_offset)
+        if sealed:
+            self.seal()
+        return rec
+
+    def indexes_sane(self) -> bool:
+        """Cheap O(1) checks of both indexes against the log (Kafka's sanity check)."""
+        assert self.index is not None and self.time_index is not None
+        idx, tix = self.index, self.time_index
+        if idx.entries:
+            rel, pos = idx.entry_at(idx.entries - 1)
+            if pos >= max(self.size, 1) or (idx.entries > 1 and rel == 0):
+                return False
+            if idx.entries > 1:
+                prel, ppos = idx.entry_at(idx.entries - 2)
+                if prel >= rel or ppos >= pos:
+                    return False
+        if tix.entries > 1:
+            ts, rel = tix.entry_at(tix.entries - 1)
+            pts, prel = tix.entry_at(tix.entries - 2)
+            if pts >= ts or prel >= rel:
+                return False
+        return True
+
+    def rebuild_indexes(self) -> None:
+        """Rebuild both indexes from a header walk of the whole file (no CRC checks)."""
+        assert self.index is not None and self.time_index is not None
+        sealed = not self.active
+        if sealed:
+            self.index.reopen_writable(self.index_max_bytes)
+            self.time_index.reopen_writable(self.index_max_bytes)
+        self.index.truncate_entries(0)
+        self.time_index.truncate_entries(0)
+        self.max_timestamp, self.offset_of_max_timestamp = -1, self.base_offset
+        self.bytes_since_index = 0
+        nxt = self.base_offset
+        interval = self.index_interval_bytes
+        end = 0
+        for pos, size, base, last, max_ts in self.walk(0):
+            if max_ts > self.max_timestamp:
+                self.max_timestamp, self.offset_of_max_timestamp = max_ts, base
+            if self.bytes_since_index > interval and not self.index.is_full():
+                self.index.append(base, pos)
+                self.time_index.append(self.max_timestamp, self.offset_of_max_timestamp)
+                self.bytes_since_index = 0
+            self.bytes_since_index += size
+            nxt = last + 1
+            end = pos + size
+        self._next_offset = nxt
+        if end == 0:
+            self.first_batch_ts = -1
+        if sealed:
+            if self.max_timestamp >= 0:
+                self.time_index.append(self.max_timestamp, self.offset_of_max_timestamp)
+            self.index.trim()
+            self.time_index.trim()
+
+    def position_of(self, offset: int) -> int | None:
+        """Byte position of the batch starting exactly at `offset` (header walk), else None."""
+        assert self.index is not None
+        _, pos = self.index.lookup(offset)
+        for p, _, base, last, _ in self.walk(pos):
+            if base == offset:
+                return p
+            if last >= offset:
+                return None
+        return self.size if self.next_offset == offset else None
+
+    # ------------------------------------------------------------------ lifecycle
+    def _close_files(self) -> None:
+        for idx in (self.index, self.time_index):
+            if idx is not None:
+                idx.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def close(self) -> None:
+        """Seal (trim indexes) and release the files; outstanding views stay valid."""
+        if self._fd < 0:
+            return
+        if self.active and self.exists():
+            self.seal()
+        self._mv = None
+        self._mm = None
+        self._mapped = 0
+        self._close_files()
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    def file_paths(self) -> list[str]:
+        return [segment_path(self.directory, self.base_offset, s, self.suffix)
+                for s in SEGMENT_SUFFIXES]
+
+    def change_suffix(self, new_suffix: str) -> None:
+        """Rename the three files from the current suffix to `new_suffix` (log file last,
+        so a `.log<suffix>` file on disk means its indexes were renamed before it)."""
+        assert self.index is not None and self.time_index is not None
+        self.index.rename(segment_path(self.directory, self.base_offset, INDEX_SUFFIX, new_suffix))
+        self.time_index.rename(
+            segment_path(self.directory, self.base_offset, TIMEINDEX_SUFFIX, new_suffix))
+        new_log = segment_path(self.directory, self.base_offset, LOG_SUFFIX, new_suffix)
+        os.rename(self.log_path, new_log)
+        self.log_path = new_log
+        self.suffix = new_suffix
+
+    def delete(self) -> None:
+        """Rename to `.deleted` (so a crash leaves an obvious leftover), then remove."""
+        paths = self.file_paths()
+        self.close()
+        for p in paths:
+            try:
+                os.rename(p, p + DELETED)
+                os.unlink(p + DELETED)
+            except FileNotFoundError:
+                pass
+
+    def __repr__(self) -> str:
+        return f"Segment(base={self.base_offset}, size={self.size}, active={self.active})"
