@@ -103,10 +103,13 @@ class CommitItem:
 
 class GroupCoordinator:
     def __init__(self, config: GroupConfig, writer: OffsetsWriter,
-                 clock: Callable[[], int]) -> None:
+                 clock: Callable[[], int], wall_clock: Callable[[], int] | None = None) -> None:
+        """`clock`: monotonic ms for deadlines; `wall_clock`: epoch ms for what is persisted
+        (commit and state timestamps must survive a restart, retention compares them)."""
         self.config = config
         self._writer = writer
         self._now = clock
+        self._wall = wall_clock or clock
         self._groups: dict[str, Group] = {}
         self._timers = DeadlineHeap()
         self._timers.schedule(clock() + config.retention_check_interval_ms, ("expire",))
@@ -140,7 +143,7 @@ class GroupCoordinator:
         if group is None:
             if req.member_id:
                 return fail(E.UNKNOWN_MEMBER_ID)
-            group = self._groups[req.group_id] = Group(req.group_id, state_ts=self._now())
+            group = self._groups[req.group_id] = Group(req.group_id, state_ts=self._wall())
         if group.state is S.DEAD:
             return fail(E.COORDINATOR_NOT_AVAILABLE)
         if not group.supports(req.protocol_type, [p for p, _ in req.protocols]):
@@ -332,7 +335,7 @@ class GroupCoordinator:
 
     def _set_state(self, group: Group, state: GroupState) -> None:
         group.state = state
-        group.state_ts = self._now()
+        group.state_ts = self._wall()
 
     # ---- SyncGroup ----------------------------------------------------------------------
 
@@ -456,7 +459,7 @@ class GroupCoordinator:
         if group is None:
             if generation_id >= 0:
                 return fail_all(E.ILLEGAL_GENERATION)
-            group = self._groups[group_id] = Group(group_id, state_ts=self._now())
+            group = self._groups[group_id] = Group(group_id, state_ts=self._wall())
         if group.state is S.DEAD:
             return fail_all(E.COORDINATOR_NOT_AVAILABLE)
         if not (generation_id < 0 and group.state is S.EMPTY):
@@ -471,7 +474,7 @@ class GroupCoordinator:
             if generation_id != group.generation:
                 return fail_all(E.ILLEGAL_GENERATION)
             member.last_heartbeat_ms = self._now()
-        now = self._now()
+        now = self._wall()
         results: dict[tuple[str, int], ErrorCode] = {}
         accepted: list[tuple[CommitItem, gm.OffsetValue]] = []
         for item in items:
@@ -679,7 +682,7 @@ class GroupCoordinator:
 
     def expire_offsets(self) -> None:
         """Tombstone committed offsets of empty groups older than the retention (KIP-211)."""
-        now = self._now()
+        now = self._wall()
         retention = self.config.offsets_retention_ms
         for group in list(self._groups.values()):
             if group.state is not S.EMPTY:

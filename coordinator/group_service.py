@@ -1,0 +1,239 @@
+"""The group coordinator inside the coordinator process: state machine, handlers, offsets I/O.
+
+`GroupService(server, controller, store, config).install()` plugs the group APIs into the
+server's registry, drives the state machine's deadlines from the server loop, and keeps the
+in-memory cache in step with `__consumer_offsets`:
+
+- the topic (compacted, `offsets.topic.num.partitions`) is created by the controller on the
+  first FindCoordinator for a group;
+- a group's coordinator is the leader of partition `partition_for(group) % N`; every partition
+  this node leads is loaded (Fetch from its worker, replayed into the cache) before its groups
+  are served — until then they get COORDINATOR_LOAD_IN_PROGRESS; a partition that moves away
+  is unloaded (NOT_COORDINATOR);
+- writes are coalesced per partition per loop turn and sent with Produce acks=-1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any
+
+from qnode.coordinator.controller import Controller, ControllerError
+from qnode.coordinator.group_coordinator import ErrorCallback, GroupConfig, GroupCoordinator
+from qnode.coordinator.group_handlers import GroupHandlers, Handler
+from qnode.coordinator.group_metadata import OFFSETS_TOPIC, partition_for
+from qnode.coordinator.offsets_io import WorkerRequests
+from qnode.coordinator.offsets_store import LoadProgress, OffsetsAppender, load_batches
+from qnode.coordinator.server import Call, CoordinatorServer
+from qnode.coordinator.store import MetadataStore
+from qnode.node.config import NodeConfig
+from qnode.transport.api import ApiKey
+from qnode.transport.errors import ErrorCode
+from qnode.transport.frame import Response, as_buffer
+
+log = logging.getLogger(__name__)
+E = ErrorCode
+
+OFFSETS_TOPIC_CONFIGS = {"cleanup.policy": "compact", "segment.bytes": "104857600"}
+LOAD_FETCH_BYTES = 16 << 20
+RETRY_MS = 100
+
+# Produce errors as a committing client should see them (Kafka's mapping).
+_COMMIT_ERRORS = {
+    E.UNKNOWN_TOPIC_OR_PARTITION: E.COORDINATOR_NOT_AVAILABLE,
+    E.NOT_ENOUGH_REPLICAS: E.COORDINATOR_NOT_AVAILABLE,
+    E.NOT_ENOUGH_REPLICAS_AFTER_APPEND: E.COORDINATOR_NOT_AVAILABLE,
+    E.REQUEST_TIMED_OUT: E.COORDINATOR_NOT_AVAILABLE,
+    E.NETWORK_EXCEPTION: E.COORDINATOR_NOT_AVAILABLE,
+    E.NOT_LEADER_OR_FOLLOWER: E.NOT_COORDINATOR,
+    E.KAFKA_STORAGE_ERROR: E.NOT_COORDINATOR,
+    E.MESSAGE_TOO_LARGE: E.INVALID_COMMIT_OFFSET_SIZE,
+    E.RECORD_LIST_TOO_LARGE: E.INVALID_COMMIT_OFFSET_SIZE,
+}
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class GroupService:
+    def __init__(self, server: CoordinatorServer, controller: Controller, store: MetadataStore,
+                 config: NodeConfig) -> None:
+        self.server = server
+        self.controller = controller
+        self.store = store
+        self.node_id = config.node_id
+        self.commit_timeout_ms = int(config.get("offsets.commit.timeout.ms"))
+        self.io = WorkerRequests(server)
+        self.appender = OffsetsAppender(self._send_batch)
+        self.coordinator = GroupCoordinator(GroupConfig.from_config(dict(config.settings)),
+                                            self, server.now_ms, _wall_ms)
+        self.handlers = GroupHandlers(self.coordinator, self)
+        self._state: dict[int, str] = {}  # partition we lead → "loading" | "loaded"
+        self._flush_timer: Any = None
+
+    # ---- wiring -------------------------------------------------------------------------
+
+    def install(self) -> None:
+        for key, handler in self.handlers.handlers().items():
+            self.server.register(key, _adapt(handler))
+        self.server.add_ticker(self.coordinator.next_deadline, self.coordinator.tick)
+        self.store.on_change(lambda _offset: self.refresh_ownership())
+        self.refresh_ownership()
+
+    def close(self) -> None:
+        self.appender.fail_all(E.COORDINATOR_NOT_AVAILABLE)
+        self.io.close()
+
+    # ---- placement (GroupPlacement) -----------------------------------------------------
+
+    def _topic(self) -> Any:
+        return self.controller.image.topics.get(OFFSETS_TOPIC)
+
+    def status(self, group_id: str) -> ErrorCode:
+        topic = self._topic()
+        if topic is None:
+            return E.COORDINATOR_NOT_AVAILABLE
+        p = partition_for(group_id, len(topic.partitions))
+        part = topic.partitions.get(p)
+        if part is None or part.leader != self.node_id:
+            return E.NOT_COORDINATOR
+        if self._state.get(p) != "loaded":
+            return E.COORDINATOR_LOAD_IN_PROGRESS
+        return E.NONE
+
+    def find_coordinator(self, key: str, key_type: int) -> dict[str, Any]:
+        none: dict[str, Any] = {"node_id": -1, "endpoint": ""}
+        if key_type != 0:
+            return {"error": int(E.COORDINATOR_NOT_AVAILABLE), **none,
+                    "message": "no transaction coordinator on this node"}
+        if self._topic() is None:
+            try:
+                self.controller.ensure_internal_topic(
+                    OFFSETS_TOPIC, self.coordinator.config.num_partitions,
+                    dict(OFFSETS_TOPIC_CONFIGS))
+            except ControllerError as exc:
+                return {"error": int(E.COORDINATOR_NOT_AVAILABLE), **none, "message": str(exc)}
+            self.refresh_ownership()
+        topic = self._topic()
+        if topic is None:  # created on the controller but not applied here yet
+            return {"error": int(E.COORDINATOR_NOT_AVAILABLE), **none}
+        part = topic.partitions.get(partition_for(key, len(topic.partitions)))
+        endpoint = self.controller.image.nodes.get(part.leader) if part else None
+        if part is None or part.leader < 0 or not endpoint:
+            return {"error": int(E.COORDINATOR_NOT_AVAILABLE), **none}
+        return {"error": 0, "node_id": part.leader, "endpoint": endpoint}
+
+    # ---- ownership and loading ----------------------------------------------------------
+
+    def refresh_ownership(self) -> None:
+        topic = self._topic()
+        parts = topic.partitions if topic is not None else {}
+        if parts and len(parts) != self.coordinator.config.num_partitions:
+            # The topic was created with another count: it, not node.toml, decides the hash.
+            self.coordinator.config = dataclasses.replace(self.coordinator.config,
+                                                          num_partitions=len(parts))
+        for p, info in parts.items():
+            if info.leader == self.node_id and p not in self._state:
+                self._state[p] = "loading"
+                self._load(p, LoadProgress(), time.monotonic())
+        for p in [p for p in self._state
+                  if p not in parts or parts[p].leader != self.node_id]:
+            del self._state[p]
+            self.coordinator.unload(p)
+
+    def _endpoint(self, partition: int) -> str | None:
+        topic = self._topic()
+        part = topic.partitions.get(partition) if topic is not None else None
+        if part is None:
+            return None
+        return self.controller.image.workers.get((part.leader, part.worker))
+
+    def _load(self, p: int, progress: LoadProgress, started: float) -> None:
+        if self._state.get(p) != "loading":
+            return
+        endpoint = self._endpoint(p)
+        if endpoint is None:  # its worker has not said hello yet
+            self.server.call_later(RETRY_MS, lambda: self._load(p, progress, started))
+            return
+        body = {"replica_id": -1, "max_wait_ms": 0, "min_bytes": 0,
+                "max_bytes": LOAD_FETCH_BYTES, "isolation_level": 0,
+                "topics": [{"name": OFFSETS_TOPIC, "partitions": [{
+                    "partition": p, "fetch_offset": progress.next_offset,
+                    "partition_max_bytes": LOAD_FETCH_BYTES, "current_leader_epoch": -1}]}]}
+        self.io.send(endpoint, ApiKey.FETCH, body, [], 10_000,
+                     lambda resp, err: self._loaded_chunk(p, progress, started, resp, err))
+
+    def _loaded_chunk(self, p: int, progress: LoadProgress, started: float,
+                      resp: Response | None, err: ErrorCode) -> None:
+        if self._state.get(p) != "loading":
+            return
+        retry = lambda: self._load(p, progress, started)  # noqa: E731
+        if err or resp is None:
+            self.server.call_later(RETRY_MS, retry)
+            return
+        try:
+            part = resp.body["topics"][0]["partitions"][0]
+        except (KeyError, IndexError, TypeError):
+            self.server.call_later(RETRY_MS, retry)
+            return
+        if part.get("error"):
+            if part["error"] == E.OFFSET_OUT_OF_RANGE and "log_start_offset" in part:
+                progress.next_offset = max(progress.next_offset, part["log_start_offset"])
+                return retry()
+            # the worker has not opened the partition yet (metadata still propagating)
+            self.server.call_later(RETRY_MS, retry)
+            return
+        frames = [resp.data[k] for k in part.get("frames") or []]
+        before = progress.next_offset
+        if frames:
+            data = b"".join(bytes(as_buffer(f)) for f in frames)
+            load_batches(data, self.coordinator, progress)
+        if progress.next_offset < part.get("high_watermark", 0) and progress.next_offset > before:
+            return retry()
+        self._state[p] = "loaded"
+        self.coordinator.finish_load(p)
+        log.info("loaded %s-%d: %d records (%d unreadable) in %.3f s", OFFSETS_TOPIC, p,
+                 progress.records, progress.skipped, time.monotonic() - started)
+
+    # ---- writing (OffsetsWriter) --------------------------------------------------------
+
+    def append(self, partition: int, records: list[tuple[bytes, bytes | None]],
+               done: ErrorCallback) -> None:
+        self.appender.append(partition, records, done)
+        if self._flush_timer is None:
+            # Runs after the server has drained this turn's requests: one batch for them all.
+            self._flush_timer = self.server.call_later(0, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_timer = None
+        self.appender.flush()
+
+    def _send_batch(self, partition: int, batch: bytes, done: ErrorCallback) -> None:
+        endpoint = self._endpoint(partition)
+        if endpoint is None:
+            done(E.COORDINATOR_NOT_AVAILABLE)
+            return
+        body = {"acks": -1, "timeout_ms": self.commit_timeout_ms, "transactional_id": None,
+                "topics": [{"name": OFFSETS_TOPIC,
+                            "partitions": [{"partition": partition, "frame": 0}]}]}
+
+        def answered(resp: Response | None, err: ErrorCode) -> None:
+            if not err and resp is not None:
+                try:
+                    err = ErrorCode(resp.body["topics"][0]["partitions"][0]["error"])
+                except (KeyError, IndexError, TypeError, ValueError):
+                    err = E.UNKNOWN_SERVER_ERROR
+            done(_COMMIT_ERRORS.get(err, err) if err else E.NONE)
+
+        self.io.send(endpoint, ApiKey.PRODUCE, body, [batch], self.commit_timeout_ms + 1000,
+                     answered)
+
+
+def _adapt(handler: Handler) -> Any:
+    """A group handler as a server handler: it always answers through `call.reply`."""
+    def serve(call: Call) -> None:
+        handler(call.request.body, call.request.client_id, call.reply)
+    return serve
