@@ -237,3 +237,11 @@ def _adapt(handler: Handler) -> Any:
     def serve(call: Call) -> None:
         handler(call.request.body, call.request.client_id, call.reply)
     return serve
+
+
+def install(coordinator: Any) -> None:
+    """Plug-in entry point called by `coordinator/main.py` with its `Coordinator` bundle."""
+    service = GroupService(coordinator.server, coordinator.controller, coordinator.store,
+                           coordinator.config)
+    service.install()
+    coordinator.on_close.append(service.close)
