@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from storage_log_helpers import make_batch, read_all
 
 from qnode.storage import (
     InvalidRecordError,
@@ -14,21 +15,7 @@ from qnode.storage import (
     OffsetOutOfRangeError,
     RecordTooLargeError,
 )
-from qnode.storage.batch_builder import BatchBuilder
 from qnode.storage.batch_reader import iter_records
-
-
-def make_batch(n: int = 10, size: int = 100, ts: int = 1_000, base_offset: int = 0,
-               leader_epoch: int = -1) -> bytes:
-    b = BatchBuilder(base_offset=base_offset, partition_leader_epoch=leader_epoch)
-    for i in range(n):
-        b.append(None, bytes([i % 256]) * size, timestamp_ms=ts)
-    return b.build()
-
-
-def read_all(log: Log, offset: int = 0, max_bytes: int = 1 << 30) -> list[int]:
-    data = b"".join(bytes(s) for s in log.read(offset, max_bytes).slices)
-    return [r.offset for r in iter_records(data, min_offset=offset)]
 
 
 @pytest.fixture

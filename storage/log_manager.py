@@ -1,0 +1,262 @@
+"""The logs of one owner (a worker, or the coordinator) in a shared data directory.
+
+Several owners share `<data_dir>`; each opens only the partitions it is told to, and keeps
+its own checkpoint files, named after it (`recovery-point-offset-checkpoint.<name>`,
+`replication-offset-checkpoint.<name>` for high watermarks, `log-start-offset-checkpoint.<name>`).
+The owner drives time: `tick(now_ms)` applies flush.ms, retention, the cleaner hook and writes
+the checkpoints on their intervals. Deleting a log renames its directory to
+`<topic>-<partition>.<uuid>.deleted` (atomic: a crash leaves an obvious leftover) and then
+removes it; leftovers are removed when any owner starts.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from qnode.storage.checkpoint import (
+    CorruptCheckpointError,
+    TopicPartition,
+    read_checkpoint,
+    write_checkpoint,
+)
+from qnode.storage.errors import StorageError
+from qnode.storage.log import Log
+from qnode.storage.log_config import LogConfig
+from qnode.storage.recovery import fsync_dir
+from qnode.storage.retention import apply_retention
+
+RECOVERY_POINT_CHECKPOINT = "recovery-point-offset-checkpoint"
+HIGH_WATERMARK_CHECKPOINT = "replication-offset-checkpoint"
+LOG_START_CHECKPOINT = "log-start-offset-checkpoint"
+DELETED_DIR_SUFFIX = ".deleted"
+
+
+def log_dir_name(topic: str, partition: int) -> str:
+    return f"{topic}-{partition}"
+
+
+def parse_log_dir_name(name: str) -> TopicPartition | None:
+    """(topic, partition) of a `<topic>-<partition>` directory name, else None."""
+    topic, sep, part = name.rpartition("-")
+    if not sep or not topic or not part.isdigit() or name.endswith(DELETED_DIR_SUFFIX):
+        return None
+    return topic, int(part)
+
+
+@dataclass
+class TickReport:
+    flushed: list[TopicPartition] = field(default_factory=list)
+    deleted_segments: dict[TopicPartition, int] = field(default_factory=dict)
+    cleaned: list[TopicPartition] = field(default_factory=list)
+    checkpointed: bool = False
+    errors: dict[TopicPartition, Exception] = field(default_factory=dict)
+
+
+class LogManager:
+    """Opens, creates and deletes the logs of one owner and checkpoints their offsets."""
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        checkpoint_name: str = "",
+        *,
+        default_config: LogConfig | None = None,
+        checkpoint_interval_ms: int = 60_000,
+        retention_check_interval_ms: int = 300_000,
+        cleaner_backoff_ms: int = 15_000,
+    ) -> None:
+        self.data_dir = os.fspath(data_dir)
+        self.checkpoint_name = checkpoint_name
+        self.default_config = default_config or LogConfig()
+        self.checkpoint_interval_ms = checkpoint_interval_ms
+        self.retention_check_interval_ms = retention_check_interval_ms
+        self.cleaner_backoff_ms = cleaner_backoff_ms
+        # The compaction owner appends callables (log, now_ms) -> bool (True: it cleaned).
+        self.cleaners: list[Callable[[Log, int], bool]] = []
+        self.warnings: list[str] = []
+        self._logs: dict[TopicPartition, Log] = {}
+        self._offline: dict[TopicPartition, Exception] = {}
+        self._lock = threading.RLock()
+        os.makedirs(self.data_dir, exist_ok=True)
+        self._remove_deleted_dirs()
+        self._recovery = self._read(RECOVERY_POINT_CHECKPOINT)
+        self._hw = self._read(HIGH_WATERMARK_CHECKPOINT)
+        self._start = self._read(LOG_START_CHECKPOINT)
+        self._last_checkpoint = self._last_retention = self._last_clean = -1
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_path(self, kind: str) -> str:
+        name = f"{kind}.{self.checkpoint_name}" if self.checkpoint_name else kind
+        return os.path.join(self.data_dir, name)
+
+    def _read(self, kind: str) -> dict[TopicPartition, int]:
+        try:
+            return read_checkpoint(self.checkpoint_path(kind))
+        except CorruptCheckpointError as exc:
+            # Without it every log is recovered in full: slower, never wrong.
+            self.warnings.append(f"{exc}; ignoring it")
+            return {}
+
+    def checkpoint(self) -> None:
+        """Write the three checkpoint files for every open log (and keep the entries of
+        partitions this owner has not opened yet)."""
+        with self._lock:
+            for tp, log in self._logs.items():
+                if log.closed:
+                    continue
+                self._recovery[tp] = log.recovery_point
+                self._hw[tp] = log.high_watermark
+                self._start[tp] = log.log_start_offset
+            write_checkpoint(self.checkpoint_path(RECOVERY_POINT_CHECKPOINT), self._recovery)
+            write_checkpoint(self.checkpoint_path(HIGH_WATERMARK_CHECKPOINT), self._hw)
+            write_checkpoint(self.checkpoint_path(LOG_START_CHECKPOINT), self._start)
+
+    def checkpointed_partitions(self) -> list[TopicPartition]:
+        """Partitions this owner held when it last wrote its checkpoints."""
+        return sorted(self._recovery)
+
+    # ------------------------------------------------------------------ logs
+    def log_path(self, topic: str, partition: int) -> str:
+        return os.path.join(self.data_dir, log_dir_name(topic, partition))
+
+    def open_log(self, topic: str, partition: int, config: LogConfig | None = None,
+                 *, create: bool = True) -> Log:
+        """The open log of (topic, partition), opening or creating it on first use."""
+        tp = (topic, partition)
+        with self._lock:
+            log = self._logs.get(tp)
+            if log is not None and not log.closed:
+                if config is not None and config != log.config:
+                    log.update_config(config)
+                return log
+            path = self.log_path(topic, partition)
+            if not create and not os.path.isdir(path):
+                raise StorageError(f"no log for {topic}-{partition} in {self.data_dir}")
+            existed = os.path.isdir(path)
+            log = Log.open(
+                path, config or self.default_config,
+                recovery_point=self._recovery.get(tp) if existed else None,
+                log_start_offset=self._start.get(tp, 0) if existed else 0,
+                high_watermark=self._hw.get(tp, 0) if existed else 0,
+            )
+            if not existed:
+                fsync_dir(self.data_dir)
+            self._logs[tp] = log
+            self._offline.pop(tp, None)
+            return log
+
+    def get(self, topic: str, partition: int) -> Log | None:
+        return self._logs.get((topic, partition))
+
+    @property
+    def logs(self) -> dict[TopicPartition, Log]:
+        return dict(self._logs)
+
+    def __iter__(self) -> Iterator[tuple[TopicPartition, Log]]:
+        return iter(list(self._logs.items()))
+
+    def offline(self) -> dict[TopicPartition, Exception]:
+        """Logs taken offline by an I/O fault found in `tick` (the owner reports them)."""
+        return dict(self._offline)
+
+    def close_log(self, topic: str, partition: int) -> None:
+        """Flush and close one log (the owner stops hosting it); checkpoints keep its offsets."""
+        tp = (topic, partition)
+        with self._lock:
+            log = self._logs.pop(tp, None)
+            if log is None:
+                return
+            self._recovery[tp] = log.recovery_point
+            self._hw[tp] = log.high_watermark
+            self._start[tp] = log.log_start_offset
+            log.close()
+            self.checkpoint()
+
+    def delete_log(self, topic: str, partition: int) -> bool:
+        """Delete a partition's directory (rename to `.deleted`, then remove). True if it
+        existed."""
+        tp = (topic, partition)
+        with self._lock:
+            log = self._logs.pop(tp, None)
+            if log is not None:
+                log.close_without_flush()
+            for table in (self._recovery, self._hw, self._start):
+                table.pop(tp, None)
+            self._offline.pop(tp, None)
+            path = self.log_path(topic, partition)
+            if not os.path.isdir(path):
+                self.checkpoint()
+                return log is not None
+            doomed = f"{path}.{uuid.uuid4().hex}{DELETED_DIR_SUFFIX}"
+            os.rename(path, doomed)
+            fsync_dir(self.data_dir)
+            self.checkpoint()
+            shutil.rmtree(doomed, ignore_errors=True)
+            return True
+
+    def _remove_deleted_dirs(self) -> None:
+        for name in os.listdir(self.data_dir):
+            if name.endswith(DELETED_DIR_SUFFIX):
+                shutil.rmtree(os.path.join(self.data_dir, name), ignore_errors=True)
+
+    # ------------------------------------------------------------------ schedule
+    def tick(self, now_ms: int) -> TickReport:
+        """Flush by flush.ms, run retention and the cleaners, write checkpoints, as due."""
+        report = TickReport()
+        retention_due = now_ms - self._last_retention >= self.retention_check_interval_ms \
+            or self._last_retention < 0
+        clean_due = now_ms - self._last_clean >= self.cleaner_backoff_ms or self._last_clean < 0
+        for tp, log in list(self._logs.items()):
+            if log.closed:
+                continue
+            try:
+                log.check_files()
+                if log.maybe_flush(now_ms):
+                    report.flushed.append(tp)
+                if retention_due:
+                    res = apply_retention(log, now_ms)
+                    if res.deleted_segments:
+                        report.deleted_segments[tp] = res.deleted_segments
+                if clean_due and log.config.compact_enabled:
+                    for clean in self.cleaners:
+                        if clean(log, now_ms):
+                            report.cleaned.append(tp)
+            except (StorageError, OSError) as exc:
+                # An I/O fault takes this log offline (Kafka: the log dir fails); others go on.
+                report.errors[tp] = exc
+                self._offline[tp] = exc
+                self._logs.pop(tp, None)
+                log.close_without_flush()
+        if retention_due:
+            self._last_retention = now_ms
+        if clean_due:
+            self._last_clean = now_ms
+        if now_ms - self._last_checkpoint >= self.checkpoint_interval_ms \
+                or self._last_checkpoint < 0:
+            self.checkpoint()
+            self._last_checkpoint = now_ms
+            report.checkpointed = True
+        return report
+
+    def flush_all(self) -> None:
+        for _, log in self:
+            if not log.closed:
+                log.flush()
+
+    def close(self) -> None:
+        """Close every log cleanly (flush, trim, clean-shutdown mark) and checkpoint."""
+        with self._lock:
+            for tp, log in list(self._logs.items()):
+                try:
+                    log.close()
+                finally:
+                    self._recovery[tp] = log.recovery_point
+                    self._hw[tp] = log.high_watermark
+                    self._start[tp] = log.log_start_offset
+            self._logs.clear()
+            self.checkpoint()
