@@ -1,0 +1,304 @@
+"""The consumer's fetch pipeline: Fetch requests out, whole batches in, records to the app.
+
+At most one Fetch is in flight per leader worker, and it is sent *before* `poll()` returns, so
+the node gathers the next data while the application processes the last (pipelining). A
+partition may have up to `_MAX_BUFFERED` fetched responses waiting (the next fetch starts at
+the end of the data already buffered, not at the application's position). Batches are
+decoded one at a time, only when the application asks for more records; records below the
+position (a batch that starts before it) are skipped, as are control batches and — under
+read_committed — batches of aborted transactions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from qnode.sdk.connection import InFlight, NetworkClient
+from qnode.sdk.errors import CorruptRecordError, QnodeError, error_for
+from qnode.sdk.metadata import Metadata
+from qnode.sdk.subscription import PartitionState, SubscriptionState
+from qnode.sdk.types import Record, TopicPartition
+from qnode.storage import errors as storage_errors
+from qnode.storage.batch_builder import ControlType
+from qnode.storage.batch_reader import Batch, parse_control_record
+from qnode.storage.record_batch import BatchHeader, iter_batches
+from qnode.transport.api import ApiKey
+from qnode.transport.errors import ErrorCode
+
+_MAX_BUFFERED = 2  # fetched responses waiting per partition (one being read, one ahead)
+
+_REFRESH_ON = frozenset({
+    ErrorCode.NOT_LEADER_OR_FOLLOWER, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
+    ErrorCode.LEADER_NOT_AVAILABLE, ErrorCode.FENCED_LEADER_EPOCH,
+    ErrorCode.UNKNOWN_LEADER_EPOCH, ErrorCode.KAFKA_STORAGE_ERROR,
+})
+
+
+@dataclass(slots=True)
+class FetchConfig:
+    min_bytes: int
+    max_wait_ms: int
+    max_bytes: int
+    max_partition_bytes: int
+    isolation_level: int  # 0 read_uncommitted, 1 read_committed
+    check_crcs: bool
+    retry_backoff_ms: int
+
+
+class CompletedFetch:
+    """One partition's data from one Fetch response, read batch by batch."""
+
+    __slots__ = ("tp", "epoch", "data", "headers", "pending", "index", "aborted",
+                 "aborted_pids", "check_crcs", "done")
+
+    def __init__(self, tp: TopicPartition, epoch: int, data: Any,
+                 aborted: list[list[int]] | None, check_crcs: bool) -> None:
+        self.tp = tp
+        self.epoch = epoch
+        self.data = data
+        self.headers: Iterator[BatchHeader] = iter_batches(data, allow_partial_tail=True)
+        self.pending: list[tuple[Any, ...]] = []
+        self.index = 0
+        self.aborted = deque(sorted(aborted, key=lambda a: a[1])) if aborted else None
+        self.aborted_pids: set[int] = set()
+        self.check_crcs = check_crcs
+        self.done = False
+
+    def take(self, out: list[Record], limit: int, st: PartitionState) -> None:
+        """Append up to `limit` records at or past `st.position` to `out`; advance it."""
+        topic, partition = self.tp.topic, self.tp.partition
+        position = st.position
+        assert position is not None
+        while limit > 0:
+            pending = self.pending
+            if self.index < len(pending):
+                i = self.index
+                chunk = pending[i:i + limit]
+                self.index = i + len(chunk)
+                out.extend([Record(topic, partition, o, ts, k, v, h)
+                            for (o, ts, k, v, h) in chunk])
+                limit -= len(chunk)
+                position = chunk[-1][0] + 1
+                continue
+            hdr = next(self.headers, None)
+            if hdr is None:
+                self.done = True
+                break
+            next_offset = hdr.base_offset + hdr.last_offset_delta + 1
+            if next_offset <= position:
+                continue
+            if hdr.attributes & 0x20:  # control batch: never returned; ends a transaction
+                self._on_control(hdr)
+                position = next_offset
+                continue
+            if self.aborted is not None and hdr.attributes & 0x10 and self._is_aborted(hdr):
+                position = next_offset
+                continue
+            try:
+                tuples = Batch.from_header(self.data, hdr).record_tuples(self.check_crcs)
+            except storage_errors.StorageError as exc:
+                st.position = position
+                raise CorruptRecordError(
+                    f"CORRUPT_MESSAGE: {topic}-{partition} batch at offset {hdr.base_offset}: "
+                    f"{exc}", retriable=False) from None
+            if hdr.base_offset < position:
+                tuples = [t for t in tuples if t[0] >= position]
+            self.pending = tuples
+            self.index = 0
+            if not tuples:
+                position = next_offset
+        st.position = position
+        if self.index >= len(self.pending):
+            # The batch is finished: step over offsets compaction removed at its end.
+            self.pending = []
+            self.index = 0
+
+    def _is_aborted(self, hdr: BatchHeader) -> bool:
+        aborted = self.aborted
+        assert aborted is not None
+        last = hdr.base_offset + hdr.last_offset_delta
+        while aborted and aborted[0][1] <= last:
+            self.aborted_pids.add(aborted.popleft()[0])
+        return hdr.producer_id in self.aborted_pids
+
+    def _on_control(self, hdr: BatchHeader) -> None:
+        if not self.aborted_pids:
+            return
+        try:
+            recs = Batch.from_header(self.data, hdr).record_tuples(self.check_crcs)
+            if recs and parse_control_record(recs[0][2], recs[0][3]).type == ControlType.ABORT:
+                self.aborted_pids.discard(hdr.producer_id)
+        except storage_errors.StorageError:
+            pass
+
+
+class Fetcher:
+    """Sends fetches for the assigned partitions and turns answers into records."""
+
+    def __init__(self, client: NetworkClient, metadata: Metadata, subs: SubscriptionState,
+                 config: FetchConfig) -> None:
+        self.client = client
+        self.metadata = metadata
+        self.subs = subs
+        self.cfg = config
+        self.completed: deque[CompletedFetch] = deque()
+        self.buffered: dict[TopicPartition, int] = {}
+        self.in_flight: set[str] = set()
+        self.fetching: set[TopicPartition] = set()
+        self.errors: list[QnodeError] = []
+        self.out_of_range: list[TopicPartition] = []
+
+    # ------------------------------------------------------------------ requests
+    def send_fetches(self) -> int:
+        """Send a Fetch to every leader with fetchable partitions and none in flight."""
+        now = time.monotonic()
+        by_endpoint: dict[str, list[tuple[TopicPartition, int, int]]] = {}
+        for tp, st in self.subs.assignment.items():
+            if st.paused or st.position is None or tp in self.fetching:
+                continue
+            if self.buffered.get(tp, 0) >= _MAX_BUFFERED or st.retry_at > now:
+                continue
+            ep = self.metadata.leader_endpoint(tp)
+            if ep is None:
+                self.metadata.stale = True
+                continue
+            if ep in self.in_flight:
+                continue
+            offset = st.next_fetch_offset if st.next_fetch_offset is not None else st.position
+            by_endpoint.setdefault(ep, []).append((tp, offset, st.fetch_epoch))
+        for ep, parts in by_endpoint.items():
+            topics: dict[str, list[dict[str, int]]] = {}
+            for tp, offset, _ in parts:
+                topics.setdefault(tp.topic, []).append({
+                    "partition": tp.partition, "fetch_offset": offset,
+                    "partition_max_bytes": self.cfg.max_partition_bytes,
+                    "current_leader_epoch": -1})
+                self.fetching.add(tp)
+            body = {"replica_id": -1, "max_wait_ms": self.cfg.max_wait_ms,
+                    "min_bytes": self.cfg.min_bytes, "max_bytes": self.cfg.max_bytes,
+                    "isolation_level": self.cfg.isolation_level,
+                    "topics": [{"name": t, "partitions": p} for t, p in topics.items()]}
+            self.in_flight.add(ep)
+            self.client.send(ep, ApiKey.FETCH, body, callback=self._on_fetch, context=parts,
+                             timeout_ms=self.client.request_timeout_ms + self.cfg.max_wait_ms)
+        return len(by_endpoint)
+
+    def _on_fetch(self, req: InFlight) -> None:
+        self.in_flight.discard(req.endpoint)
+        parts: list[tuple[TopicPartition, int, int]] = req.context
+        for tp, _, _ in parts:
+            self.fetching.discard(tp)
+        now = time.monotonic()
+        backoff = self.cfg.retry_backoff_ms / 1000.0
+        if req.error is not None:
+            self.metadata.stale = True
+            for tp, _, _ in parts:
+                st = self.subs.assignment.get(tp)
+                if st is not None:
+                    st.retry_at = now + backoff
+            if not req.error.retriable:
+                self.errors.append(req.error)
+            return
+        resp = req.response
+        assert resp is not None
+        asked = {tp: (offset, epoch) for tp, offset, epoch in parts}
+        frames = resp.data
+        for t in resp.body.get("topics") or []:
+            for p in t.get("partitions") or []:
+                tp = TopicPartition(t["name"], p["partition"])
+                if tp not in asked:
+                    continue
+                offset, epoch = asked[tp]
+                st = self.subs.assignment.get(tp)
+                if st is None or st.fetch_epoch != epoch:
+                    continue  # seeked or reassigned while the fetch was out: stale data
+                code = p.get("error", 0)
+                if code:
+                    self._partition_error(tp, st, code, p.get("message"), now + backoff)
+                    continue
+                st.high_watermark = p.get("high_watermark", st.high_watermark)
+                st.last_stable_offset = p.get("last_stable_offset", st.last_stable_offset)
+                st.log_start_offset = p.get("log_start_offset", st.log_start_offset)
+                idx = p.get("frames") or []
+                if not idx:
+                    continue
+                if len(idx) == 1:
+                    data: Any = frames[idx[0]].buffer
+                else:
+                    data = b"".join(frames[k].buffer for k in idx)
+                end = _end_of_batches(data)
+                if end is None or end <= offset:
+                    continue
+                st.next_fetch_offset = end
+                self.completed.append(CompletedFetch(
+                    tp, epoch, data, p.get("aborted_transactions"), self.cfg.check_crcs))
+                self.buffered[tp] = self.buffered.get(tp, 0) + 1
+
+    def _partition_error(self, tp: TopicPartition, st: PartitionState, code: int,
+                         message: str | None, retry_at: float) -> None:
+        if code == ErrorCode.OFFSET_OUT_OF_RANGE:
+            self.out_of_range.append(tp)
+        elif code in _REFRESH_ON or ErrorCode(code).retriable:
+            self.metadata.stale = True
+            st.retry_at = retry_at
+        else:
+            self.errors.append(error_for(code, f"{tp.topic}-{tp.partition}: {message or ''}"))
+
+    # ------------------------------------------------------------------ records
+    def collect(self, max_records: int) -> list[Record]:
+        """Up to `max_records` records from the buffered fetches, positions advanced."""
+        out: list[Record] = []
+        completed = self.completed
+        assignment = self.subs.assignment
+        skipped: list[CompletedFetch] = []
+        while completed and len(out) < max_records:
+            cf = completed[0]
+            st = assignment.get(cf.tp)
+            if st is None or st.fetch_epoch != cf.epoch:
+                completed.popleft()
+                self._release(cf.tp)
+                continue
+            if st.paused:
+                skipped.append(completed.popleft())  # kept for resume(), not returned now
+                continue
+            cf.take(out, max_records - len(out), st)
+            if cf.done:
+                completed.popleft()
+                self._release(cf.tp)
+        if skipped:
+            completed.extendleft(reversed(skipped))
+        return out
+
+    def _release(self, tp: TopicPartition) -> None:
+        n = self.buffered.get(tp, 0) - 1
+        if n > 0:
+            self.buffered[tp] = n
+        else:
+            self.buffered.pop(tp, None)
+
+    def has_buffered(self) -> bool:
+        return any(not self.subs.assignment.get(cf.tp, _PAUSED).paused for cf in self.completed)
+
+    def drop(self, tp: TopicPartition) -> None:
+        """Forget buffered data of a partition (seek, reset, unassign)."""
+        keep = deque(cf for cf in self.completed if cf.tp != tp)
+        if len(keep) != len(self.completed):
+            self.completed = keep
+            self.buffered.pop(tp, None)
+
+
+_PAUSED = PartitionState(paused=True)
+
+
+def _end_of_batches(data: Any) -> int | None:
+    """The offset after the last whole batch of a fetch's data (None if there is none)."""
+    last = None
+    for hdr in iter_batches(data, allow_partial_tail=True):
+        last = hdr
+    if last is None:
+        return None
+    return last.base_offset + last.last_offset_delta + 1

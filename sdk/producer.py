@@ -1,0 +1,335 @@
+"""`Producer`: asynchronous, batching, retrying record producer (Kafka's KafkaProducer model).
+
+`send()` does the minimum per record on the caller's thread: pick the partition, encode the
+record into its partition's open batch, hand back a two-slot future. A background `Sender`
+turns sealed batches into Produce requests. Config keywords keep Kafka's names
+(`linger.ms` → `linger_ms`).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from qnode.sdk.accumulator import Accumulator
+from qnode.sdk.errors import (
+    InvalidConfigError,
+    ProducerClosedError,
+    QnodeError,
+    RecordTooLargeError,
+    RequestTimeoutError,
+    TransactionError,
+    UnknownTopicError,
+)
+from qnode.sdk.futures import RecordFuture
+from qnode.sdk.metadata import Metadata
+from qnode.sdk.partitioner import StickyPartitioner, partition_for_key
+from qnode.sdk.sender import Sender, SenderConfig
+from qnode.sdk.types import Headers, TopicPartition
+from qnode.storage.batch_builder import BatchBuilder
+from qnode.storage.compression import Compression, UnsupportedCompressionError
+
+_time_ns = time.time_ns
+_RECORD_OVERHEAD = 12  # varint lengths, attributes, deltas, header count of a small record
+
+
+def parse_acks(acks: int | str) -> int:
+    """0, 1 or -1 from 0, 1, "all", -1 and their strings."""
+    table = {0: 0, 1: 1, -1: -1, "0": 0, "1": 1, "-1": -1, "all": -1}
+    key = acks.strip().lower() if isinstance(acks, str) else acks
+    if key not in table:
+        raise InvalidConfigError(f"acks={acks!r} is not one of 0, 1, all (-1)")
+    return table[key]
+
+
+def _positive(name: str, value: float, allow_zero: bool = True) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise InvalidConfigError(f"{name}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+def _normalize_headers(headers: Headers | Mapping[str, bytes | None] | None) -> Headers | None:
+    if not headers:
+        return None
+    if isinstance(headers, Mapping):
+        return list(headers.items())
+    return list(headers)
+
+
+class Producer:
+    """Publishes records to topics. Thread-safe: share one per process."""
+
+    def __init__(
+        self,
+        bootstrap: str | Iterable[str] | None = None,
+        *,
+        acks: int | str = 1,
+        linger_ms: float = 5,
+        batch_size: int = 16384,
+        buffer_memory: int = 32 * 1024 * 1024,
+        max_block_ms: float = 60000,
+        max_in_flight_requests_per_connection: int = 5,
+        retries: int = 2147483647,
+        retry_backoff_ms: int = 100,
+        delivery_timeout_ms: int = 120000,
+        request_timeout_ms: int = 30000,
+        max_request_size: int = 1048576,
+        compression: str | int | None = None,
+        compression_type: str | None = None,
+        enable_idempotence: bool = False,
+        transactional_id: str | None = None,
+        client_id: str | None = None,
+        metadata_max_age_ms: int = 300000,
+    ) -> None:
+        if transactional_id is not None:
+            raise TransactionError(
+                "transactions are not available yet in this qnode version "
+                f"(transactional_id={transactional_id!r}); use enable_idempotence for "
+                "duplicate-free retries")
+        self.acks = parse_acks(acks)
+        for name, val in (("linger_ms", linger_ms), ("retries", retries),
+                          ("retry_backoff_ms", retry_backoff_ms), ("max_block_ms", max_block_ms)):
+            _positive(name, val)
+        for name, val in (("batch_size", batch_size), ("buffer_memory", buffer_memory),
+                          ("request_timeout_ms", request_timeout_ms),
+                          ("delivery_timeout_ms", delivery_timeout_ms),
+                          ("max_request_size", max_request_size),
+                          ("max_in_flight_requests_per_connection",
+                           max_in_flight_requests_per_connection)):
+            _positive(name, val, allow_zero=False)
+        if enable_idempotence and self.acks != -1:
+            raise InvalidConfigError("enable_idempotence requires acks=all (as in Kafka)")
+        if enable_idempotence and max_in_flight_requests_per_connection > 5:
+            raise InvalidConfigError(
+                "enable_idempotence requires max_in_flight_requests_per_connection <= 5")
+        try:
+            self.compression = Compression.parse(
+                compression if compression is not None else compression_type)
+            if self.compression == Compression.SNAPPY:
+                raise UnsupportedCompressionError("snappy is not supported; use lz4, zstd, gzip")
+        except UnsupportedCompressionError as exc:
+            raise InvalidConfigError(str(exc)) from None
+        self.client_id = client_id or f"producer-{uuid.uuid4().hex[:8]}"
+        self.batch_size = batch_size
+        self.max_block = max_block_ms / 1000.0
+        self.max_request_size = max_request_size
+        self.linger_ms = linger_ms
+        self._metadata = Metadata(bootstrap, retry_backoff_ms, metadata_max_age_ms)
+        compression_id = int(self.compression)
+
+        def make_builder() -> BatchBuilder:
+            return BatchBuilder(compression_id, batch_size=batch_size)
+
+        self._sender: Sender
+        self._acc = Accumulator(
+            batch_size=batch_size, linger_ms=linger_ms, buffer_memory=buffer_memory,
+            max_block_ms=max_block_ms, delivery_timeout_ms=delivery_timeout_ms,
+            make_builder=make_builder, wake=lambda: self._sender.wake())
+        self._sender = Sender(self._acc, self._metadata, SenderConfig(
+            acks=self.acks, retries=retries, retry_backoff_ms=retry_backoff_ms,
+            request_timeout_ms=request_timeout_ms,
+            max_in_flight=max_in_flight_requests_per_connection,
+            max_request_size=max_request_size, client_id=self.client_id,
+            idempotent=enable_idempotence))
+        self._lock = self._acc.lock
+        self._sticky = self._acc.sticky
+        self._partitioner = StickyPartitioner()
+        self._limit = batch_size
+        self._linger_zero = linger_ms == 0
+        self._closed = False
+        self._sender.start()
+        self._sender.started_ok.wait()
+        if self._sender.fatal is not None:
+            self._sender.join()
+            raise self._sender.fatal
+
+    # ------------------------------------------------------------------ sending
+    def send(self, topic: str, value: bytes | None = None, key: bytes | None = None,
+             partition: int | None = None, headers: Headers | None = None,
+             timestamp_ms: int | None = None) -> RecordFuture:
+        """Queue one record; returns its future (`.result()` → RecordMetadata).
+
+        Blocks only while the topic's metadata is unknown or buffer.memory is full, for at
+        most max.block.ms. Errors known up front (unknown topic, record too large, closed
+        producer) raise here; errors of delivery fail the future.
+        """
+        if timestamp_ms is None:
+            timestamp_ms = _time_ns() // 1_000_000
+        if partition is None and key is None and headers is None and value is not None:
+            # The hot path: a keyless record for the topic's current sticky batch.
+            rs = len(value) + _RECORD_OVERHEAD
+            with self._lock:
+                batch = self._sticky.get(topic)
+                if batch is not None and batch.size + rs <= self._limit:
+                    idx = batch.builder.append(None, value, None, timestamp_ms)
+                    batch.size += rs
+                    if self._linger_zero and self._acc.sender_waiting:
+                        self._acc.wake()
+                    return RecordFuture(batch.result, idx)
+        return self._send_slow(topic, value, key, partition, headers, timestamp_ms)
+
+    def _send_slow(self, topic: str, value: Any, key: Any, partition: int | None,
+                   headers: Any, timestamp_ms: int) -> RecordFuture:
+        if self._closed:
+            raise ProducerClosedError("send() on a closed producer")
+        if not isinstance(topic, str) or not topic:
+            raise TypeError(f"topic must be a non-empty str, not {topic!r}")
+        if value is None and key is None:
+            pass  # a null record is legal (a tombstone needs a key to mean anything, though)
+        headers = _normalize_headers(headers)
+        n = self._partitions(topic)
+        if partition is not None:
+            if not isinstance(partition, int) or not 0 <= partition < n:
+                raise UnknownTopicError(
+                    f"UNKNOWN_TOPIC_OR_PARTITION: partition {partition!r} of {topic!r} does "
+                    f"not exist (it has {n})", retriable=False)
+        elif key is not None:
+            if key.__class__ is not bytes:
+                if isinstance(key, str):
+                    raise TypeError("record key must be bytes (encode the str first)")
+                key = bytes(key)
+            partition = partition_for_key(key, n)
+        rs = _RECORD_OVERHEAD + (len(value) if value is not None else 0) \
+            + (len(key) if key is not None else 0) \
+            + (sum(len(k) + len(v or b"") + 4 for k, v in headers) if headers else 0)
+        if rs + 61 > self.max_request_size:
+            raise RecordTooLargeError(
+                f"MESSAGE_TOO_LARGE: record of ~{rs} bytes is over max_request_size "
+                f"({self.max_request_size})")
+        acc = self._acc
+        with self._lock:
+            if partition is None:
+                batch = self._sticky.get(topic)
+                if batch is None or batch.size + rs > self._limit:
+                    if batch is not None:
+                        acc.seal(batch)
+                    partition = self._partitioner.next_partition(topic, n)
+                    batch = acc.open.get((topic, partition))
+                    if batch is None or (batch.size + rs > self._limit and batch.size > 61):
+                        batch = acc.new_batch(topic, partition, rs + 61)
+                    self._sticky[topic] = batch
+            else:
+                batch = acc.open.get((topic, partition))
+                if batch is None or (batch.size + rs > self._limit and batch.size > 61):
+                    batch = acc.new_batch(topic, partition, rs + 61)
+            assert batch.builder is not None and not batch.sealed
+            idx = batch.builder.append(key, value, headers, timestamp_ms)
+            batch.size += rs
+            if batch.size >= self._limit:
+                acc.seal(batch)
+            elif acc.sender_waiting:
+                acc.wake()  # a new open batch moves the sender's linger deadline
+        return RecordFuture(batch.result, idx)
+
+    def _partitions(self, topic: str) -> int:
+        """The topic's partition count, fetching metadata (up to max.block.ms) if needed."""
+        md = self._metadata
+        n = md.partition_counts.get(topic)
+        if n:
+            return n
+        sender = self._sender
+        if sender.fatal is not None:
+            raise sender.fatal
+        deadline = time.monotonic() + self.max_block
+        with sender.meta_cond:
+            sender.topics.add(topic)
+            version = md.version
+        sender.request_metadata(topic)
+        with sender.meta_cond:
+            while True:
+                n = md.partition_counts.get(topic)
+                if n:
+                    return n
+                if md.version > version and topic in md.unknown:
+                    raise UnknownTopicError(
+                        f"UNKNOWN_TOPIC_OR_PARTITION: topic {topic!r} does not exist",
+                        retriable=False)
+                if sender.metadata_error is not None and not sender.metadata_error.retriable:
+                    raise sender.metadata_error
+                if sender.fatal is not None:
+                    raise sender.fatal
+                if not sender.is_alive():
+                    raise ProducerClosedError("producer is closed")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RequestTimeoutError(
+                        f"metadata for topic {topic!r} not available after max.block.ms "
+                        f"({self.max_block * 1000:.0f} ms): is the node at "
+                        f"{', '.join(md.bootstrap)} running?")
+                sender.meta_cond.wait(min(left, 0.1))
+
+    def partitions_for(self, topic: str) -> list[TopicPartition]:
+        return [TopicPartition(topic, p) for p in range(self._partitions(topic))]
+
+    # ------------------------------------------------------------------ flushing, closing
+    def flush(self, timeout: float | None = None) -> None:
+        """Send everything buffered now (ignoring linger.ms) and wait until it is answered."""
+        acc = self._acc
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with acc.lock:
+            acc.flushing += 1
+        try:
+            self._sender.wake()
+            with acc.lock:
+                while acc.incomplete > 0:
+                    if not self._sender.is_alive():
+                        break
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise RequestTimeoutError(
+                            f"flush: {acc.incomplete} batches still unacknowledged after "
+                            f"{timeout} s")
+                    acc.all_done.wait(0.1 if left is None else min(left, 0.1))
+        finally:
+            with acc.lock:
+                acc.flushing -= 1
+
+    def close(self, timeout: float | None = None) -> None:
+        """Send what is buffered (up to `timeout` s, forever if None), then stop."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._acc.lock:
+            self._acc.closed = True
+            self._acc.memory_freed.notify_all()
+        self._sender.stop(force=timeout == 0)
+        self._sender.join(timeout)
+        if self._sender.is_alive():
+            self._sender.stop(force=True)
+            self._sender.join()
+
+    def metrics(self) -> dict[str, Any]:
+        return dict(self._acc.stats())
+
+    # transactions: API.md names; the coordinator side lands with the transactions issue.
+    def init_transactions(self) -> None:
+        raise TransactionError("transactions are not available yet (no transactional_id)")
+
+    def begin_transaction(self) -> None:
+        raise TransactionError("transactions are not available yet")
+
+    def send_offsets_to_transaction(self, offsets: Any, group_metadata: Any) -> None:
+        raise TransactionError("transactions are not available yet")
+
+    def commit_transaction(self) -> None:
+        raise TransactionError("transactions are not available yet")
+
+    def abort_transaction(self) -> None:
+        raise TransactionError("transactions are not available yet")
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # a forgotten producer must not keep its thread spinning
+        try:
+            if not self._closed:
+                self._sender.stop(force=True)
+        except Exception:
+            pass
+
+
+__all__ = ["Producer", "parse_acks", "QnodeError"]

@@ -1,0 +1,358 @@
+"""The producer's background sender thread: sealed batches → Produce requests → futures.
+
+It owns the producer's sockets (zmq sockets stay in one thread) and its metadata refreshes.
+Each loop: seal batches past linger.ms, drain the ready partitions into one Produce request
+per leader worker (all ready batches of a partition concatenated in one data frame, up to
+`max.request.size`, at most `max.in.flight.requests.per.connection` requests per worker),
+then wait for answers, the next linger deadline, or a wake-up from `send()`.
+
+Errors: a retriable partition error (NOT_LEADER, UNKNOWN_TOPIC while metadata propagates, a
+lost connection, a timeout) puts the partition's batches back at the head of its queue after
+`retry.backoff.ms` and marks metadata stale; the batch fails once `retries` or
+`delivery.timeout.ms` is spent. With idempotence (or max.in.flight 1) a partition has at most
+one request in flight, so a retry can never be overtaken by a later batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from qnode.sdk.accumulator import Accumulator, PartitionKey, ProducerBatch
+from qnode.sdk.connection import InFlight, NetworkClient
+from qnode.sdk.errors import (
+    NetworkError,
+    QnodeError,
+    RequestTimeoutError,
+    UnknownTopicError,
+    error_for,
+)
+from qnode.sdk.metadata import Metadata
+from qnode.sdk.types import TopicPartition
+from qnode.transport.api import ApiKey
+from qnode.transport.errors import ErrorCode
+
+log = logging.getLogger(__name__)
+
+_STALE_METADATA = frozenset({
+    ErrorCode.NOT_LEADER_OR_FOLLOWER, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
+    ErrorCode.LEADER_NOT_AVAILABLE, ErrorCode.FENCED_LEADER_EPOCH,
+    ErrorCode.UNKNOWN_LEADER_EPOCH, ErrorCode.NETWORK_EXCEPTION,
+    ErrorCode.REQUEST_TIMED_OUT,
+})
+
+
+@dataclass(slots=True)
+class SenderConfig:
+    acks: int
+    retries: int
+    retry_backoff_ms: int
+    request_timeout_ms: int
+    max_in_flight: int
+    max_request_size: int
+    client_id: str
+    idempotent: bool
+
+
+class Sender(threading.Thread):
+    """Background thread of one Producer."""
+
+    def __init__(self, acc: Accumulator, metadata: Metadata, config: SenderConfig) -> None:
+        super().__init__(name=f"qnode-producer-sender-{config.client_id}", daemon=True)
+        self.acc = acc
+        self.metadata = metadata
+        self.cfg = config
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.meta_cond = threading.Condition()
+        self.wanted_topics: set[str] = set()
+        self.topics: set[str] = set()  # every topic this producer has written to
+        self.metadata_error: QnodeError | None = None
+        self._meta_in_flight = False
+        self._stop = False
+        self._force_close = False
+        self.muted: set[PartitionKey] = set()
+        self.in_flight_batches = 0
+        self.next_sequence: dict[PartitionKey, int] = {}
+        self.producer_id = -1
+        self.producer_epoch = -1
+        self.fatal: QnodeError | None = None
+        self.started_ok = threading.Event()
+
+    # ------------------------------------------------------------------ other threads
+    def wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass  # the pipe is full: the sender is awake anyway
+        except OSError:
+            pass  # closed
+
+    def request_metadata(self, topic: str) -> None:
+        with self.meta_cond:
+            self.wanted_topics.add(topic)
+        self.metadata.stale = True
+        self.metadata.last_attempt = 0.0
+        self.wake()
+
+    def stop(self, force: bool) -> None:
+        self._stop = True
+        self._force_close = force
+        self.wake()
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> None:
+        client = NetworkClient(self.cfg.client_id, self.cfg.request_timeout_ms)
+        client.register_fd(self._wake_r)
+        try:
+            if self.cfg.idempotent:
+                try:
+                    self.init_producer_id(client, self.cfg.request_timeout_ms)
+                except QnodeError as exc:
+                    self.fatal = exc
+                    return
+                finally:
+                    self.started_ok.set()
+            self.started_ok.set()
+            self._loop(client)
+        except Exception as exc:  # a bug: fail everything rather than hang the app
+            log.exception("producer sender thread failed")
+            self.fatal = QnodeError(f"producer sender thread failed: {exc!r}")
+            self._fail_all(self.fatal)
+        finally:
+            client.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            with self.meta_cond:
+                self.meta_cond.notify_all()
+
+    def _loop(self, client: NetworkClient) -> None:
+        acc = self.acc
+        while True:
+            now = time.monotonic()
+            if self._stop and (self._force_close or not acc.pending()):
+                if self._force_close:
+                    self._fail_all(QnodeError("producer closed before the record was sent"))
+                return
+            self._maybe_refresh_metadata(client, now)
+            acc.seal_due(now)
+            if acc.ready:
+                self._send_ready(client, now)
+            self._expire(now)
+            timeout = self._poll_timeout(now)
+            acc.sender_waiting = True
+            ready_fds = client.poll(timeout * 1000.0)
+            acc.sender_waiting = False
+            if ready_fds:
+                try:
+                    while os.read(self._wake_r, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+
+    def _poll_timeout(self, now: float) -> float:
+        t = 0.1
+        d = self.acc.next_linger_deadline()
+        if d is not None:
+            t = min(t, max(0.0, d - now))
+        if self.acc.ready:  # batches held back by a retry backoff or a missing leader
+            t = min(t, self.cfg.retry_backoff_ms / 1000.0)
+        if self.metadata.stale or self.wanted_topics:
+            t = min(t, max(0.0, self.metadata.last_attempt + self.metadata.retry_backoff - now))
+        return t
+
+    # ------------------------------------------------------------------ metadata
+    def _maybe_refresh_metadata(self, client: NetworkClient, now: float) -> None:
+        md = self.metadata
+        if self._meta_in_flight or not (self.wanted_topics or md.refresh_due(now)):
+            return
+        if now - md.last_attempt < md.retry_backoff and md.last_attempt:
+            return
+        with self.meta_cond:
+            topics = self.topics | self.wanted_topics
+        if not topics:
+            md.stale = False
+            return
+        md.last_attempt = now
+        self._meta_in_flight = True
+        client.send(md.endpoint(), ApiKey.METADATA, md.request_body(topics),
+                    callback=self._on_metadata, context=sorted(topics))
+
+    def _on_metadata(self, req: InFlight) -> None:
+        self._meta_in_flight = False
+        md = self.metadata
+        if req.error is not None:
+            md.rotate()
+            md.stale = True
+            if not req.error.retriable:
+                self.metadata_error = req.error
+            with self.meta_cond:
+                self.meta_cond.notify_all()
+            return
+        assert req.response is not None
+        md.apply(req.response.body, req.context)
+        with self.meta_cond:
+            self.metadata_error = None
+            self.wanted_topics -= set(md.partition_counts) | md.unknown
+            self.meta_cond.notify_all()
+
+    # ------------------------------------------------------------------ produce
+    def _send_ready(self, client: NetworkClient, now: float) -> None:
+        acc = self.acc
+        cfg = self.cfg
+        one_at_a_time = cfg.idempotent or cfg.max_in_flight == 1
+        # endpoint → list of (partition key, [batches])
+        requests: dict[str, list[tuple[PartitionKey, list[ProducerBatch]]]] = {}
+        sizes: dict[str, int] = {}
+        with acc.lock:
+            for key in list(acc.ready):
+                q = acc.queues.get(key)
+                if not q:
+                    acc.ready.pop(key, None)
+                    continue
+                if one_at_a_time and key in self.muted:
+                    continue
+                if q[0].retry_at > now:
+                    continue
+                ep = self.metadata.leader_endpoint(TopicPartition(*key))
+                if ep is None:
+                    self.metadata.stale = True
+                    continue
+                if ep not in requests and client.in_flight(ep) >= cfg.max_in_flight:
+                    continue
+                budget = cfg.max_request_size - sizes.get(ep, 0)
+                taken: list[ProducerBatch] = []
+                while q and (not taken or q[0].size <= budget) and q[0].retry_at <= now:
+                    if taken and budget <= 0:
+                        break
+                    b = q.popleft()
+                    taken.append(b)
+                    budget -= b.size
+                if not q:
+                    acc.ready.pop(key, None)
+                if taken:
+                    requests.setdefault(ep, []).append((key, taken))
+                    sizes[ep] = cfg.max_request_size - budget
+        for ep, parts in requests.items():
+            self._send_request(client, ep, parts, now)
+
+    def _send_request(self, client: NetworkClient, endpoint: str,
+                      parts: list[tuple[PartitionKey, list[ProducerBatch]]], now: float) -> None:
+        cfg = self.cfg
+        frames: list[bytes] = []
+        topics: dict[str, list[dict[str, Any]]] = {}
+        for key, batches in parts:
+            datas = []
+            for b in batches:
+                if b.data is None and cfg.idempotent:
+                    seq = self.next_sequence.get(key, 0)
+                    assert b.builder is not None
+                    b.builder.set_producer_state(self.producer_id, self.producer_epoch, seq)
+                    b.base_sequence = seq
+                    b.build()
+                    self.next_sequence[key] = (seq + b.record_count) & 0x7FFFFFFF
+                datas.append(b.build())
+                b.attempts += 1
+                b.sent_at = now
+            topics.setdefault(key[0], []).append({"partition": key[1], "frame": len(frames)})
+            frames.append(datas[0] if len(datas) == 1 else b"".join(datas))
+            if cfg.idempotent or cfg.max_in_flight == 1:
+                self.muted.add(key)
+        body = {"acks": cfg.acks, "timeout_ms": cfg.request_timeout_ms,
+                "transactional_id": None,
+                "topics": [{"name": t, "partitions": p} for t, p in topics.items()]}
+        self.in_flight_batches += sum(len(b) for _, b in parts)
+        client.send(endpoint, ApiKey.PRODUCE, body, frames, callback=self._on_produce,
+                    context=parts, expect_response=cfg.acks != 0)
+
+    def _on_produce(self, req: InFlight) -> None:
+        parts: list[tuple[PartitionKey, list[ProducerBatch]]] = req.context
+        now = time.monotonic()
+        for key, batches in parts:
+            self.muted.discard(key)
+            self.in_flight_batches -= len(batches)
+        if self.cfg.acks == 0 and req.error is None:
+            for _, batches in parts:
+                for b in batches:
+                    self.acc.complete(b, -1)
+            return
+        if req.error is not None:
+            for _, batches in parts:
+                self._retry_or_fail(batches, req.error, now)
+            return
+        assert req.response is not None
+        by_key: dict[PartitionKey, dict[str, Any]] = {}
+        for t in req.response.body.get("topics") or []:
+            for p in t.get("partitions") or []:
+                by_key[(t["name"], p["partition"])] = p
+        for key, batches in parts:
+            p = by_key.get(key)
+            if p is None:
+                err: QnodeError = NetworkError(f"no answer for {key[0]}-{key[1]} in response")
+                self._retry_or_fail(batches, err, now)
+                continue
+            code = p.get("error", 0)
+            if code:
+                self._retry_or_fail(batches, error_for(code, p.get("message")), now)
+                continue
+            base = p.get("base_offset", -1)
+            lat = p.get("log_append_time", -1)
+            for b in batches:
+                self.acc.complete(b, base, lat)
+                if base >= 0:
+                    base += b.record_count
+
+    def _retry_or_fail(self, batches: list[ProducerBatch], err: QnodeError, now: float) -> None:
+        if err.code in _STALE_METADATA:
+            self.metadata.stale = True
+        if err.retriable and not (isinstance(err, UnknownTopicError)
+                                  and batches[0].topic in self.metadata.unknown):
+            keep = [b for b in batches
+                    if b.attempts <= self.cfg.retries and now < b.deadline]
+            if keep:
+                if len(keep) != len(batches):
+                    for b in batches:
+                        if b not in keep:
+                            self.acc.complete(b, -1, error=err)
+                self.acc.requeue(keep, now + self.cfg.retry_backoff_ms / 1000.0)
+                return
+        if isinstance(err, UnknownTopicError) and err.retriable:
+            err = UnknownTopicError(str(err), retriable=False)  # gone: retrying is futile
+        for b in batches:
+            self.acc.complete(b, -1, error=err)
+
+    def _expire(self, now: float) -> None:
+        """Fail queued batches past delivery.timeout.ms (in-flight ones expire on answer)."""
+        acc = self.acc
+        expired: list[ProducerBatch] = []
+        with acc.lock:
+            for key in list(acc.ready):
+                q = acc.queues.get(key)
+                while q and q[0].deadline <= now:
+                    expired.append(q.popleft())
+                if not q:
+                    acc.ready.pop(key, None)
+        for b in expired:
+            acc.complete(b, -1, error=RequestTimeoutError(
+                f"record for {b.topic}-{b.partition} not delivered within delivery.timeout.ms"))
+
+    def _fail_all(self, err: QnodeError) -> None:
+        for b in self.acc.drain_all_queued():
+            self.acc.complete(b, -1, error=err)
+
+    # ------------------------------------------------------------------ idempotence
+    def init_producer_id(self, client: NetworkClient, timeout_ms: int) -> None:
+        resp = client.request(self.metadata.endpoint(), ApiKey.INIT_PRODUCER_ID,
+                              {"transactional_id": None, "transaction_timeout_ms": 60000,
+                               "producer_id": -1, "producer_epoch": -1}, (), timeout_ms)
+        code = resp.body.get("error", 0)
+        if code:
+            raise error_for(code, resp.body.get("message"))
+        self.producer_id = resp.body["producer_id"]
+        self.producer_epoch = resp.body["producer_epoch"]
+
