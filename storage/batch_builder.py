@@ -45,7 +45,6 @@ _CONTROL_KEY = struct.Struct(">hh")  # version, type
 _CONTROL_VALUE = struct.Struct(">hi")  # version, coordinator epoch
 
 DEFAULT_BATCH_SIZE = 16384  # Kafka's batch.size default
-_NO_LIMIT = float("inf")
 
 
 class ControlType(IntEnum):
@@ -59,6 +58,81 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _make_append(check_room: bool):  # type: ignore[no-untyped-def]
+    """Build `append` (never refuses) or `try_append` (refuses past batch_size) from one body.
+
+    This is the producer's per-record hot path: one call, table lookups, a few bytes
+    concatenations, an exact running size. `check_room` is fixed per variant, so neither pays
+    for the other and the encoding lives in one place.
+    """
+
+    def append(
+        self: BatchBuilder,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[Header] | None = None,
+        timestamp_ms: int | None = None,
+    ) -> int:
+        od = self._count
+        Z = ZIGZAG_BYTES
+        if key is None:
+            kp = ZIGZAG_MINUS_ONE
+        else:
+            if key.__class__ is not bytes:
+                key = as_bytes(key, "key")
+            kl = len(key)  # type: ignore[arg-type]
+            kp = (Z[kl] if kl < TABLE_SIZE else zigzag_encode(kl)) + key  # type: ignore[operator]
+        if value is None:
+            vl = 0
+            vp = ZIGZAG_MINUS_ONE
+            value = b""
+        else:
+            if value.__class__ is not bytes:
+                value = as_bytes(value, "value")
+            vl = len(value)  # type: ignore[arg-type]
+            vp = Z[vl] if vl < TABLE_SIZE else zigzag_encode(vl)
+        hp = encode_headers(headers) if headers else b"\x00"
+        if timestamp_ms is None:
+            timestamp_ms = time.time_ns() // 1_000_000
+        tsd = timestamp_ms - self._base_ts if od else 0
+        head = (
+            b"\x00"
+            + (Z[tsd] if 0 <= tsd < TABLE_SIZE else zigzag_encode(tsd))
+            + (Z[od] if od < TABLE_SIZE else zigzag_encode(od))
+            + kp
+            + vp
+        )
+        body = len(head) + vl + len(hp)
+        head = (Z[body] if body < TABLE_SIZE else zigzag_encode(body)) + head
+        size = self._size + len(head) + vl + len(hp)
+        if check_room and od and size > self._limit:
+            return -1
+        if od:
+            if timestamp_ms > self._max_ts:
+                self._max_ts = timestamp_ms
+        else:
+            self._base_ts = self._max_ts = timestamp_ms
+        parts = self._parts
+        parts.append(head)
+        parts.append(value)  # type: ignore[arg-type]
+        parts.append(hp)
+        self._size = size
+        self._count = od + 1
+        return od
+
+    if check_room:
+        append.__name__ = "try_append"
+        append.__doc__ = (
+            "Append unless the batch would pass `batch_size`: offset delta, or -1 (not appended)."
+            "\n\nThe first record always goes in. The check uses the record's exact encoded size"
+            " (divided by `estimated_ratio` room when compressed), so an uncompressed batch never"
+            " passes batch.size."
+        )
+    else:
+        append.__doc__ = "Encode one record whatever the size; returns its offset delta."
+    return append
+
+
 class BatchBuilder:
     """Accumulates records and builds one RecordBatch v2.
 
@@ -68,9 +142,9 @@ class BatchBuilder:
     """
 
     __slots__ = (
-        "compression", "batch_size", "producer_id", "producer_epoch", "base_sequence",
+        "compression", "_batch_size", "_limit", "producer_id", "producer_epoch", "base_sequence",
         "transactional", "control", "base_offset", "partition_leader_epoch", "log_append_time",
-        "compression_level", "estimated_ratio", "_parts", "_count", "_size", "_base_ts",
+        "compression_level", "_estimated_ratio", "_parts", "_count", "_size", "_base_ts",
         "_max_ts", "compressed_size",
     )
 
@@ -92,7 +166,9 @@ class BatchBuilder:
     ) -> None:
         self.compression = Compression.parse(compression)
         check_supported(self.compression)  # snappy: refused here, not at build()
-        self.batch_size = batch_size
+        self._batch_size = batch_size
+        self._estimated_ratio = estimated_ratio
+        self._set_limit()
         self.producer_id = producer_id
         self.producer_epoch = producer_epoch
         self.base_sequence = base_sequence
@@ -102,7 +178,6 @@ class BatchBuilder:
         self.partition_leader_epoch = partition_leader_epoch
         self.log_append_time = log_append_time
         self.compression_level = compression_level
-        self.estimated_ratio = estimated_ratio
         self._parts: list[bytes] = []
         self._count = 0
         self._size = 0  # exact bytes of the uncompressed records section so far
@@ -161,94 +236,35 @@ class BatchBuilder:
             more = int(more * self.estimated_ratio)
         return self.estimated_size + more <= self.batch_size
 
-    def append(
-        self,
-        key: bytes | None,
-        value: bytes | None,
-        headers: Sequence[Header] | None = None,
-        timestamp_ms: int | None = None,
-    ) -> int:
-        """Encode one record whatever the size; returns its offset delta in the batch."""
-        return self._append(key, value, headers, timestamp_ms, _NO_LIMIT)
+    append = _make_append(check_room=False)
+    try_append = _make_append(check_room=True)
 
-    def try_append(
-        self,
-        key: bytes | None,
-        value: bytes | None,
-        headers: Sequence[Header] | None = None,
-        timestamp_ms: int | None = None,
-    ) -> int:
-        """Append unless the batch would pass `batch_size`: offset delta, or -1 (not appended).
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size
 
-        The first record always goes in. The check uses the record's exact encoded size (times
-        `estimated_ratio` when compressed), so an uncompressed batch never passes batch.size.
-        """
-        return self._append(key, value, headers, timestamp_ms, self._limit())
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        self._batch_size = value
+        self._set_limit()
 
-    def _limit(self) -> float:
-        room = self.batch_size - HEADER_SIZE
-        if self.compression is not Compression.NONE and self.estimated_ratio > 0:
-            return room / self.estimated_ratio
-        return room
+    @property
+    def estimated_ratio(self) -> float:
+        return self._estimated_ratio
 
-    def _append(
-        self,
-        key: bytes | None,
-        value: bytes | None,
-        headers: Sequence[Header] | None,
-        timestamp_ms: int | None,
-        limit: float,
-    ) -> int:
-        # The producer's per-record hot path: table lookups and bytes concatenation only.
-        od = self._count
-        Z = ZIGZAG_BYTES
-        if key is None:
-            kp = ZIGZAG_MINUS_ONE
+    @estimated_ratio.setter
+    def estimated_ratio(self, value: float) -> None:
+        self._estimated_ratio = value
+        self._set_limit()
+
+    def _set_limit(self) -> None:
+        # Bytes of (uncompressed) records the batch may hold before passing batch_size.
+        room = self._batch_size - HEADER_SIZE
+        ratio = self._estimated_ratio
+        if self.compression is not Compression.NONE and ratio > 0:
+            self._limit = room / ratio
         else:
-            if key.__class__ is not bytes:
-                key = as_bytes(key, "key")
-            kl = len(key)  # type: ignore[arg-type]
-            kp = (Z[kl] if kl < TABLE_SIZE else zigzag_encode(kl)) + key  # type: ignore[operator]
-        if value is None:
-            vl = 0
-            vp = ZIGZAG_MINUS_ONE
-            value = b""
-        else:
-            if value.__class__ is not bytes:
-                value = as_bytes(value, "value")
-            vl = len(value)  # type: ignore[arg-type]
-            vp = Z[vl] if vl < TABLE_SIZE else zigzag_encode(vl)
-        hp = encode_headers(headers) if headers else b"\x00"
-        if timestamp_ms is None:
-            timestamp_ms = time.time_ns() // 1_000_000
-        if od:
-            tsd = timestamp_ms - self._base_ts
-        else:
-            tsd = 0
-        head = (
-            b"\x00"
-            + (Z[tsd] if 0 <= tsd < TABLE_SIZE else zigzag_encode(tsd))
-            + (Z[od] if od < TABLE_SIZE else zigzag_encode(od))
-            + kp
-            + vp
-        )
-        body = len(head) + vl + len(hp)
-        head = (Z[body] if body < TABLE_SIZE else zigzag_encode(body)) + head
-        size = self._size + len(head) + vl + len(hp)
-        if size > limit and od:
-            return -1
-        if od:
-            if timestamp_ms > self._max_ts:
-                self._max_ts = timestamp_ms
-        else:
-            self._base_ts = self._max_ts = timestamp_ms
-        parts = self._parts
-        parts.append(head)
-        parts.append(value)  # type: ignore[arg-type]
-        parts.append(hp)
-        self._size = size
-        self._count = od + 1
-        return od
+            self._limit = room
 
     # -- sealing -------------------------------------------------------------------------------
 
