@@ -1,0 +1,373 @@
+"""The worker process: one single-threaded zmq loop serving the partitions placed on it.
+
+Sockets: a ROUTER for clients (Produce, Fetch, ListOffsets, DeleteRecords, ApiVersions) and a
+DEALER to the node's coordinator (WorkerHello, then MetadataLogFetch long-polls, applied in
+order before the next fetch is sent, so the coordinator knows what this worker has applied).
+Each loop iteration drains up to `batch` client messages, then answers the parked fetches
+that the appends woke, then the ones that expired; the poll timeout is the nearest deadline,
+so nothing sleeps. SIGTERM/SIGINT: stop reading, answer what is parked, flush the logs, write
+checkpoints, unlink the shm table, exit 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from qnode.node.fetch_waiters import FetchWaiters, ParkedFetch
+from qnode.node.metadata_follower import MetadataFollower
+from qnode.node.partition_server import PartitionServer
+from qnode.node.shm_table import DEFAULT_CAPACITY, ShmTable, shm_name
+from qnode.node.worker_logs import WorkerLogs
+from qnode.transport.api import WORKER_APIS, ApiKey, api_versions_body
+from qnode.transport.errors import ErrorCode
+from qnode.transport.frame import (
+    FrameError,
+    RequestError,
+    decode_response,
+    encode_request,
+    encode_response,
+    error_response,
+    response_for_error,
+)
+from qnode.transport.messages import parse_request
+from qnode.transport.sockets import SocketOptions, dealer_client, router_server
+
+log = logging.getLogger(__name__)
+
+HELLO_RETRY_S = 1.0
+DRAIN_S = 1.0  # at most this long serving requests already queued when SIGTERM came
+METADATA_GRACE_S = 5.0  # a metadata fetch unanswered this long past its max wait is re-sent
+
+
+@dataclass
+class WorkerConfig:
+    node_id: int
+    worker_id: int
+    data_dir: str
+    coordinator: str  # the coordinator's endpoint (the node's bootstrap)
+    listen_host: str = "127.0.0.1"
+    port: int = 0  # 0: a random free port
+    advertised_host: str | None = None  # what clients connect to, when listen_host is 0.0.0.0
+    topic_defaults: dict[str, str] = field(default_factory=dict)
+    max_request_bytes: int = 104857600
+    shm_capacity: int = DEFAULT_CAPACITY
+    tick_interval_ms: int = 100  # LogManager.tick: flush.ms, retention, cleaner
+    metadata_max_wait_ms: int = 1000
+    batch: int = 64  # client messages handled per loop iteration
+    log_level: str = "INFO"
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerConfig:
+        return cls(**json.loads(text))
+
+    @classmethod
+    def from_node_config(cls, node: Any, worker_id: int, coordinator: str) -> WorkerConfig:
+        """From a `qnode.node.config.NodeConfig`."""
+        host = node.listen_host
+        base = node.worker_port_base
+        return cls(
+            node_id=node.node_id,
+            worker_id=worker_id,
+            data_dir=str(node.data_dir),
+            coordinator=coordinator,
+            listen_host=host,
+            port=base + worker_id if base else 0,
+            topic_defaults=dict(node.topic_defaults),
+            max_request_bytes=node.socket_request_max_bytes,
+        )
+
+
+class Worker:
+    def __init__(self, config: WorkerConfig, ctx: zmq.Context | None = None) -> None:
+        self.config = config
+        self.ctx = ctx or zmq.Context()
+        self.stopping = False
+        opts = SocketOptions(max_msg_bytes=config.max_request_bytes)
+        bind = f"tcp://{config.listen_host}:{config.port}"
+        self.router, bound = router_server(self.ctx, bind, opts)
+        host = config.advertised_host or config.listen_host
+        self.endpoint = f"tcp://{host}:{bound.rsplit(':', 1)[1]}"
+        self.coord = dealer_client(self.ctx, config.coordinator)
+        self.shm = ShmTable(
+            shm_name(config.node_id, config.data_dir, config.worker_id), config.shm_capacity
+        )
+        self.follower = MetadataFollower(config.node_id, config.worker_id)
+        self.logs = WorkerLogs(config.data_dir, f"worker-{config.worker_id}")
+        self.server = PartitionServer(
+            config.node_id, self.logs, self.shm, self.follower, config.topic_defaults
+        )
+        self.waiters = FetchWaiters()
+        self._corr = 0
+        self._hello_corr: int | None = None
+        self._hello_at = 0.0
+        self._hello_done = False
+        self._meta_corr: int | None = None
+        self._meta_deadline = 0.0
+        self._next_tick = 0.0
+
+    # -- coordinator -------------------------------------------------------------------------
+
+    def _next_corr(self) -> int:
+        self._corr = (self._corr + 1) & 0xFFFFFFFF
+        return self._corr
+
+    def _send_hello(self, now: float) -> None:
+        c = self.config
+        self._hello_corr = self._next_corr()
+        self._hello_at = now
+        body = {
+            "node_id": c.node_id,
+            "worker_id": c.worker_id,
+            "endpoint": self.endpoint,
+            "pid": os.getpid(),
+        }
+        self.coord.send_multipart(
+            encode_request(
+                ApiKey.WORKER_HELLO, 0, self._hello_corr, body, client_id=f"worker-{c.worker_id}"
+            )
+        )
+
+    def _send_metadata_fetch(self, now: float) -> None:
+        wait = self.config.metadata_max_wait_ms if self.follower.synced else 0
+        self._meta_corr = self._next_corr()
+        self._meta_deadline = now + wait / 1000 + METADATA_GRACE_S
+        body = {"offset": self.follower.next_offset, "max_wait_ms": wait}
+        self.coord.send_multipart(
+            encode_request(
+                ApiKey.METADATA_LOG_FETCH,
+                0,
+                self._meta_corr,
+                body,
+                client_id=f"worker-{self.config.worker_id}",
+            )
+        )
+
+    def _on_coordinator(self, now: float) -> None:
+        while True:
+            try:
+                frames = self.coord.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                resp = decode_response(frames)
+            except FrameError as exc:
+                log.error("bad response from the coordinator: %s", exc)
+                continue
+            if resp.correlation_id == self._hello_corr:
+                self._hello_corr = None
+                if resp.error_code or resp.body.get("error"):
+                    log.error("WorkerHello refused: %s", resp.body)
+                    continue  # retried by the timer
+                self._hello_done = True
+                self._send_metadata_fetch(now)
+            elif resp.correlation_id == self._meta_corr:
+                self._meta_corr = None
+                self._on_metadata(resp.error_code or resp.body.get("error", 0), resp.body)
+                self._send_metadata_fetch(time.monotonic())
+
+    def _on_metadata(self, error: int, body: dict[str, Any]) -> None:
+        if error:
+            log.warning("MetadataLogFetch error %s: %s", error, body.get("message"))
+            return
+        try:
+            applied = self.follower.apply_response(body)
+        except Exception as exc:
+            log.error("metadata response not applied: %s", exc)
+            return
+        if applied or body.get("snapshot") is not None:
+            self.server.reconcile()
+            self._wake_dirty()
+
+    # -- clients -----------------------------------------------------------------------------
+
+    def _on_clients(self) -> None:
+        router = self.router
+        for _ in range(self.config.batch):
+            try:
+                frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            self._handle(frames)
+        self._wake_dirty()
+
+    def _reply(self, identity: Any, frames: list[Any]) -> None:
+        try:
+            self.router.send_multipart([identity, *frames], copy=False)
+        except zmq.ZMQError as exc:  # a peer gone or over its HWM: its loss, not ours
+            log.debug("reply dropped: %s", exc)
+
+    def _handle(self, frames: list[zmq.Frame]) -> None:
+        identity = frames[0]
+        try:
+            req = parse_request(frames[1:], WORKER_APIS)
+        except RequestError as exc:
+            self._reply(identity, response_for_error(exc))
+            return
+        key = req.api_key
+        try:
+            if key == ApiKey.PRODUCE:
+                body = self.server.produce(req.body, req.data)
+                if req.body["acks"] == 0:
+                    return
+            elif key == ApiKey.FETCH:
+                self._fetch(identity.bytes, req.version, req.correlation_id, req.body)
+                return
+            elif key == ApiKey.LIST_OFFSETS:
+                body = self.server.list_offsets(req.body)
+            elif key == ApiKey.DELETE_RECORDS:
+                body = self.server.delete_records(req.body)
+            else:
+                body = api_versions_body(WORKER_APIS)
+        except Exception as exc:  # a handler bug must cost one request, never the worker
+            log.exception("request %s failed", req.header)
+            self._reply(
+                identity,
+                error_response(
+                    req.header, ErrorCode.UNKNOWN_SERVER_ERROR, f"internal error: {exc}"
+                ),
+            )
+            return
+        self._reply(identity, encode_response(key, req.version, req.correlation_id, body))
+
+    def _fetch(self, identity: bytes, version: int, corr: int, body: dict[str, Any]) -> None:
+        res = self.server.fetch(body)
+        if res.error or res.bytes >= body["min_bytes"] or body["max_wait_ms"] <= 0 or self.stopping:
+            self._reply(
+                identity, encode_response(ApiKey.FETCH, version, corr, res.body, res.frames)
+            )
+            return
+        keys = tuple((t["name"], p["partition"]) for t in body["topics"] for p in t["partitions"])
+        deadline = time.monotonic() + body["max_wait_ms"] / 1000
+        self.waiters.park(ParkedFetch(identity, version, corr, body, deadline, keys))
+
+    def _answer(self, f: ParkedFetch, force: bool) -> bool:
+        res = self.server.fetch(f.body)
+        if not (force or res.error or res.bytes >= f.body["min_bytes"]):
+            return False
+        if not f.done:
+            self.waiters.remove(f)
+        self._reply(
+            f.identity,
+            encode_response(ApiKey.FETCH, f.api_version, f.correlation_id, res.body, res.frames),
+        )
+        return True
+
+    def _wake_dirty(self) -> None:
+        dirty = self.server.dirty
+        if not dirty:
+            return
+        if len(self.waiters):
+            for f in self.waiters.woken(dirty):
+                self._answer(f, force=False)
+        dirty.clear()
+
+    # -- loop --------------------------------------------------------------------------------
+
+    def _timers(self, now: float) -> None:
+        if not self._hello_done and self._hello_at + HELLO_RETRY_S <= now:
+            self._send_hello(now)
+        if self._meta_corr is not None and now >= self._meta_deadline:
+            log.warning("MetadataLogFetch unanswered: asking again")
+            self._send_metadata_fetch(now)
+        for f in self.waiters.expired(now):
+            self._answer(f, force=True)
+        if now >= self._next_tick:
+            self._next_tick = now + self.config.tick_interval_ms / 1000
+            try:
+                self.server.tick()
+            except Exception:
+                log.exception("log maintenance failed")
+
+    def _poll_timeout_ms(self, now: float) -> int:
+        nearest = self._next_tick
+        deadline = self.waiters.next_deadline()
+        if deadline is not None:
+            nearest = min(nearest, deadline)
+        if self._meta_corr is not None:
+            nearest = min(nearest, self._meta_deadline)
+        if not self._hello_done:
+            nearest = min(nearest, self._hello_at + HELLO_RETRY_S)
+        return max(0, min(int((nearest - now) * 1000) + 1, 100))
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.coord, zmq.POLLIN)
+        self._send_hello(time.monotonic())
+        while not self.stopping:
+            now = time.monotonic()
+            events = dict(poller.poll(self._poll_timeout_ms(now)))
+            if self.router in events:
+                self._on_clients()
+            if self.coord in events:
+                self._on_coordinator(time.monotonic())
+            self._timers(time.monotonic())
+
+    def stop(self) -> None:
+        self.stopping = True
+
+    def close(self) -> None:
+        """Serve what is already queued, answer parked fetches, flush logs, write checkpoints,
+        unlink the shm table."""
+        deadline = time.monotonic() + DRAIN_S
+        while time.monotonic() < deadline and self.router.poll(0):
+            self._on_clients()
+        for f in self.waiters.drain():
+            self._answer(f, force=True)
+        try:
+            self.server.close()
+        finally:
+            self.shm.close()
+            self.router.close(linger=200)
+            self.coord.close(0)
+
+
+def run_worker(config: WorkerConfig) -> int:
+    """The worker process's main: serve until SIGTERM/SIGINT, then shut down cleanly (0)."""
+    logging.basicConfig(
+        level=config.log_level,
+        format=f"%(asctime)s worker-{config.worker_id} %(levelname)s %(name)s: %(message)s",
+    )
+    worker = Worker(config)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info(
+        "worker %d of node %d serving on %s", config.worker_id, config.node_id, worker.endpoint
+    )
+    try:
+        worker.run()
+    finally:
+        worker.close()
+        worker.ctx.term()
+    log.info("worker %d stopped cleanly", config.worker_id)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m qnode.node.worker '<WorkerConfig JSON>'`."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m qnode.node.worker '<WorkerConfig JSON>'", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(run_worker(WorkerConfig.from_json(args[0])))
+
+
+if __name__ == "__main__":
+    main()

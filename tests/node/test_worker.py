@@ -1,0 +1,249 @@
+"""The worker as a real child process: produce/fetch/list-offsets/delete-records, long-poll,
+errors, metadata-driven placement, clean SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from worker_harness import Client, MetadataFeed, WorkerProcess, make_batch
+
+from qnode.coordinator import records as rec
+from qnode.node.shm_table import ShmTableReader
+from qnode.storage.batch_reader import read_batches
+from qnode.transport.api import ApiKey
+from qnode.transport.errors import ErrorCode
+
+
+@pytest.fixture
+def feed() -> Iterator[MetadataFeed]:
+    f = MetadataFeed()
+    yield f
+    f.close()
+
+
+@pytest.fixture
+def worker(feed: MetadataFeed, tmp_path: Path) -> Iterator[WorkerProcess]:
+    w = WorkerProcess(feed, tmp_path / "data").start()
+    yield w
+    w.kill()
+
+
+@pytest.fixture
+def client(worker: WorkerProcess) -> Iterator[Client]:
+    c = Client(worker.endpoint)
+    yield c
+    c.close()
+
+
+def _values(data: bytes, start: int = 0) -> list[bytes]:
+    return [r.value for b in read_batches(data) for r in b if r.offset >= start]
+
+
+def test_produce_fetch_round_trip_and_shm(
+    feed: MetadataFeed, worker: WorkerProcess, client: Client
+) -> None:
+    feed.add_topic("orders", partitions=2)
+    client.wait_ready("orders", 1)
+    p = client.produce("orders", 1, make_batch([b"a", b"b", b"c"]))
+    assert p["error"] == 0 and p["base_offset"] == 0 and p["log_append_time"] == -1
+    p = client.produce("orders", 1, make_batch([b"d"]))
+    assert p["base_offset"] == 3
+    part, data = client.fetch("orders", 1, 0)
+    assert part["error"] == 0 and part["high_watermark"] == 4 and part["log_start_offset"] == 0
+    assert _values(data) == [b"a", b"b", b"c", b"d"]
+    assert [b.base_offset for b in read_batches(data)] == [0, 3]
+    part, data = client.fetch("orders", 1, 4)
+    assert part["error"] == 0 and data == b""
+    with ShmTableReader(worker.shm_name) as shm:
+        st = shm.get("orders", 1)
+        assert st is not None and (st.log_end_offset, st.high_watermark) == (4, 4)
+        assert shm.get("orders", 0).log_end_offset == 0
+
+
+def test_acks_zero_gets_no_response_but_is_appended(feed: MetadataFeed, client: Client) -> None:
+    feed.add_topic("t")
+    client.wait_ready("t", 0)
+    body = {"acks": 0, "topics": [{"name": "t", "partitions": [{"partition": 0, "frame": 0}]}]}
+    client.send(ApiKey.PRODUCE, body, [make_batch([b"x"])])
+    part, data = client.fetch("t", 0, 0, max_wait_ms=2000)
+    assert _values(data) == [b"x"]  # the fetch answered, the produce did not
+
+
+def test_long_poll_wakes_on_append(
+    feed: MetadataFeed, worker: WorkerProcess, client: Client
+) -> None:
+    feed.add_topic("t")
+    client.wait_ready("t", 0)
+    consumer = Client(worker.endpoint)
+    try:
+        t0 = time.monotonic()
+        consumer.send(ApiKey.FETCH, consumer.fetch_body("t", 0, 0, max_wait_ms=5000))
+        time.sleep(0.2)
+        assert not consumer.sock.poll(0)  # parked: nothing to return yet
+        client.produce("t", 0, make_batch([b"wake"]))
+        resp = consumer.recv(timeout=5)
+        elapsed = time.monotonic() - t0
+        part = resp.body["topics"][0]["partitions"][0]
+        assert part["error"] == 0
+        assert _values(b"".join(bytes(resp.data[k].buffer) for k in part["frames"])) == [b"wake"]
+        assert elapsed < 2.0, f"woke after {elapsed:.3f}s, max wait was 5s"
+    finally:
+        consumer.close()
+
+
+def test_long_poll_expires_with_empty_answer(feed: MetadataFeed, client: Client) -> None:
+    feed.add_topic("t")
+    client.wait_ready("t", 0)
+    t0 = time.monotonic()
+    part, data = client.fetch("t", 0, 0, max_wait_ms=300)
+    elapsed = time.monotonic() - t0
+    assert part["error"] == 0 and data == b"" and 0.25 <= elapsed < 3
+
+
+def test_min_bytes_holds_until_enough(
+    feed: MetadataFeed, worker: WorkerProcess, client: Client
+) -> None:
+    feed.add_topic("t")
+    client.wait_ready("t", 0)
+    consumer = Client(worker.endpoint)
+    try:
+        consumer.send(ApiKey.FETCH, consumer.fetch_body("t", 0, 0, max_wait_ms=5000, min_bytes=300))
+        client.produce("t", 0, make_batch([b"x" * 10]))
+        assert not consumer.sock.poll(300)  # < 300 bytes so far
+        client.produce("t", 0, make_batch([b"y" * 400]))
+        resp = consumer.recv(timeout=5)
+        part = resp.body["topics"][0]["partitions"][0]
+        assert len(part["frames"]) >= 1
+        data = b"".join(bytes(resp.data[k].buffer) for k in part["frames"])
+        assert _values(data) == [b"x" * 10, b"y" * 400]
+    finally:
+        consumer.close()
+
+
+def test_errors_per_partition(feed: MetadataFeed, client: Client) -> None:
+    feed.add_topic("mine", worker=0)
+    feed.add_topic("elsewhere", worker=1)
+    client.wait_ready("mine", 0)
+    assert (
+        client.produce("nope", 0, make_batch([b"x"]))["error"]
+        == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+    )
+    assert (
+        client.produce("mine", 5, make_batch([b"x"]))["error"]
+        == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+    )
+    assert (
+        client.produce("elsewhere", 0, make_batch([b"x"]))["error"]
+        == ErrorCode.NOT_LEADER_OR_FOLLOWER
+    )
+    bad = bytearray(make_batch([b"payload"]))
+    bad[-1] ^= 0xFF  # CRC no longer matches
+    p = client.produce("mine", 0, bytes(bad))
+    assert p["error"] == ErrorCode.CORRUPT_MESSAGE and p["message"]
+    assert client.produce("mine", 0, b"\x00" * 7)["error"] == ErrorCode.CORRUPT_MESSAGE
+    part, _ = client.fetch("mine", 0, 99)
+    assert part["error"] == ErrorCode.OFFSET_OUT_OF_RANGE
+    part, _ = client.fetch("nope", 0, 0, max_wait_ms=5000)  # errors are never parked
+    assert part["error"] == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+    body = {"acks": 1, "topics": [{"name": "mine", "partitions": [{"partition": 0, "frame": 3}]}]}
+    r = client.call(ApiKey.PRODUCE, body, [make_batch([b"x"])])
+    assert r.body["topics"][0]["partitions"][0]["error"] == ErrorCode.INVALID_REQUEST
+    # nothing bad was appended
+    part, data = client.fetch("mine", 0, 0)
+    assert part["high_watermark"] == 0 and data == b""
+
+
+def test_message_too_large(feed: MetadataFeed, client: Client) -> None:
+    feed.add_topic("small", configs={"max.message.bytes": "1000"})
+    client.wait_ready("small", 0)
+    p = client.produce("small", 0, make_batch([b"z" * 2000]))
+    assert p["error"] == ErrorCode.MESSAGE_TOO_LARGE
+    assert client.produce("small", 0, make_batch([b"z" * 10]))["error"] == 0
+
+
+def test_list_offsets_and_delete_records(feed: MetadataFeed, client: Client) -> None:
+    feed.add_topic("t")
+    client.wait_ready("t", 0)
+    b = make_batch([b"a", b"b"])
+    client.produce("t", 0, b)
+    client.produce("t", 0, make_batch([b"c"]))
+
+    def list_offset(ts: int) -> dict:
+        body = {"topics": [{"name": "t", "partitions": [{"partition": 0, "timestamp": ts}]}]}
+        return client.call(ApiKey.LIST_OFFSETS, body).body["topics"][0]["partitions"][0]
+
+    assert list_offset(-2)["offset"] == 0 and list_offset(-1)["offset"] == 3
+    assert list_offset(0)["offset"] == 0
+    assert list_offset(int(time.time() * 1000) + 3_600_000)["offset"] == -1
+    body = {"topics": [{"name": "t", "partitions": [{"partition": 0, "offset": 2}]}]}
+    r = client.call(ApiKey.DELETE_RECORDS, body).body["topics"][0]["partitions"][0]
+    assert r["error"] == 0 and r["low_watermark"] == 2
+    assert list_offset(-2)["offset"] == 2
+    part, _ = client.fetch("t", 0, 1)
+    assert part["error"] == ErrorCode.OFFSET_OUT_OF_RANGE
+    body = {"topics": [{"name": "t", "partitions": [{"partition": 0, "offset": 10}]}]}
+    r = client.call(ApiKey.DELETE_RECORDS, body).body["topics"][0]["partitions"][0]
+    assert r["error"] == ErrorCode.OFFSET_OUT_OF_RANGE
+
+
+def test_api_versions_and_unsupported(client: Client) -> None:
+    r = client.call(ApiKey.API_VERSIONS, {})
+    keys = {k for k, _, _ in r.body["apis"]}
+    assert {0, 1, 2, 18, 21} <= keys and 3 not in keys
+    r = client.call(ApiKey.METADATA, {"topics": None})
+    assert r.error_code == ErrorCode.UNSUPPORTED_VERSION and r.correlation_id == client.corr
+
+
+def test_topic_removed_deletes_log_and_recreate_starts_empty(
+    feed: MetadataFeed, worker: WorkerProcess, client: Client, tmp_path: Path
+) -> None:
+    feed.add_topic("t")
+    client.wait_ready("t", 0)
+    client.produce("t", 0, make_batch([b"old"]))
+    end = feed.append(rec.remove_topic("t"))
+    feed.wait_applied(0, end)
+    assert (
+        client.produce("t", 0, make_batch([b"x"]))["error"] == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+    )
+    assert not (tmp_path / "data" / "t-0").exists()
+    with ShmTableReader(worker.shm_name) as shm:
+        assert shm.get("t", 0) is None
+    feed.add_topic("t")
+    client.wait_ready("t", 0)
+    assert client.produce("t", 0, make_batch([b"new"]))["base_offset"] == 0
+
+
+def test_sigterm_answers_parked_fetch_flushes_and_unlinks(
+    feed: MetadataFeed, tmp_path: Path
+) -> None:
+    w = WorkerProcess(feed, tmp_path / "data").start()
+    try:
+        c = Client(w.endpoint)
+        feed.add_topic("t")
+        c.wait_ready("t", 0)
+        for i in range(5):
+            c.produce("t", 0, make_batch([b"v%d" % i]))
+        c.send(ApiKey.FETCH, c.fetch_body("t", 0, 5, max_wait_ms=30000))
+        time.sleep(0.1)
+        assert w.stop(signal.SIGTERM) == 0
+        resp = c.recv(timeout=5)  # the parked fetch was answered before exit
+        assert resp.body["topics"][0]["partitions"][0]["error"] == 0
+        assert not os.path.exists("/dev/shm" + w.shm_name)
+        c.close()
+        # restart: everything acknowledged is there
+        w2 = WorkerProcess(feed, tmp_path / "data").start()
+        try:
+            c2 = Client(w2.endpoint)
+            c2.wait_ready("t", 0)
+            part, data = c2.fetch("t", 0, 0)
+            assert _values(data) == [b"v%d" % i for i in range(5)]
+            c2.close()
+        finally:
+            assert w2.stop() == 0
+    finally:
+        w.kill()
