@@ -552,11 +552,12 @@ class Log:
                     seg.close()
 
     def close_without_flush(self) -> None:
-        """Release files without the clean-shutdown mark (the next open recovers the tail)."""
+        """Release files as a crash would: no flush, indexes left preallocated, no
+        clean-shutdown mark (the next open recovers the tail)."""
         with self._lock:
             self._closed = True
             for seg in self._segments:
-                seg.close()
+                seg.close(seal=False)
 
     @property
     def closed(self) -> bool:

@@ -207,6 +207,8 @@ class Segment:
         short header walk; None when the segment ends before it."""
         assert self.index is not None
         _, pos = self.index.lookup(offset)
+        if pos >= self.size:
+            pos = 0  # a damaged index must not hide data: walk from the start
         for hdr in self.walk(pos):
             if hdr[3] >= offset:
                 return hdr
@@ -499,11 +501,12 @@ class Segment:
             os.close(self._fd)
             self._fd = -1
 
-    def close(self) -> None:
-        """Seal (trim indexes) and release the files; outstanding views stay valid."""
+    def close(self, seal: bool = True) -> None:
+        """Seal (trim indexes) and release the files; outstanding views stay valid.
+        seal=False leaves the files as a crash would (preallocated indexes)."""
         if self._fd < 0:
             return
-        if self.active and self.exists():
+        if seal and self.active and self.exists():
             self.seal()
         self._mv = None
         self._mm = None
