@@ -1,0 +1,421 @@
+"""Log compaction (cleanup.policy=compact and compact,delete): keep the latest record per key.
+
+One round over a partition log, as Kafka's cleaner does it:
+
+1. Cleanable range: from the first dirty offset (persisted in `cleaner-offset-checkpoint` in
+   the partition directory; the log start when missing) up to the first segment that must
+   not be touched: the active segment, a segment younger than `min.compaction.lag.ms`, or
+   one reaching past `max_offset` (the owner passes the high watermark / last stable offset,
+   so nothing a leader change could truncate ever supersedes committed data).
+2. Offset map: key hash → latest offset over the dirty part (`OffsetMap`, fixed memory
+   from `log.cleaner.dedupe.buffer.size`). When it fills, this round stops there: the prefix
+   is cleaned now, the rest in the next round.
+3. Rewrite every closed segment from the log start to the end of the map, in groups of
+   consecutive segments whose total size fits `segment.bytes` (so small cleaned segments
+   merge). A record is kept when no later offset for its key is in the map, it has a key
+   (null keys are invalid in a compacted topic: dropped and counted), and it is not a
+   tombstone old enough to drop (its segment's largest timestamp is older than
+   `delete.retention.ms`). Kept records keep their offsets, timestamps and batches'
+   producer fields (`batch_filter`); control batches are kept whole. Transactional batches
+   never enter the map (an aborted write must not hide a committed one) and their records
+   only go when superseded. A batch emptied of records survives as an empty batch when it
+   is the last one of a live producer, or the last of its group (so the cleaned segment
+   ends where the old run did: recovery relies on it).
+4. Each group's output is written as a `.cleaned` segment and handed to
+   `Log.replace_segments`, which seals and fsyncs it and swaps it in atomically
+   (`.cleaned` → `.swap`, the log file's rename commits; old segments deleted; `.swap` →
+   final). A crash anywhere leaves a valid log: `Log.open` (storage/recovery.py) deletes
+   `.cleaned` leftovers and finishes a committed `.swap`.
+
+The cleaner reads closed segments only, so the owner may keep appending to the active one.
+Run it from the thread that owns the log (LogManager.tick) or hold off other writers.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qnode.storage.batch_filter import (
+    RawRecord,
+    empty_batch,
+    rebuild_batch,
+    records_section,
+    walk_records,
+)
+from qnode.storage.errors import StorageError
+from qnode.storage.log import Log
+from qnode.storage.log_config import LogConfig
+from qnode.storage.offset_map import OffsetMap, key_hash
+from qnode.storage.record_batch import BatchHeader, check_crc, iter_batches
+from qnode.storage.recovery import fsync_dir
+from qnode.storage.segment import CLEANED, SEGMENT_SUFFIXES, Segment, segment_path
+
+CHECKPOINT_NAME = "cleaner-offset-checkpoint"
+MAX_GROUP_OFFSET_SPAN = 2**31 - 1  # relative offsets in the cleaned segment's index
+
+
+class CleanerError(StorageError):
+    """A clean that cannot proceed (e.g. the dedupe buffer cannot hold one batch's keys)."""
+
+
+@dataclass(frozen=True)
+class CleanerConfig:
+    """Node-level cleaner settings (Kafka's log.cleaner.* names)."""
+
+    dedupe_buffer_size: int = 128 * 1024 * 1024  # log.cleaner.dedupe.buffer.size
+    io_buffer_load_factor: float = 0.9  # log.cleaner.io.buffer.load.factor
+    io_buffer_size: int = 1024 * 1024  # bytes written per append to the cleaned segment
+    max_rounds: int = 64  # rounds per clean() call when the map keeps filling
+
+
+@dataclass
+class CleanerStats:
+    """What one `clean` call did."""
+
+    rounds: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    records_read: int = 0
+    records_kept: int = 0
+    records_superseded: int = 0
+    tombstones_dropped: int = 0
+    null_keys_dropped: int = 0
+    batches_copied: int = 0
+    batches_rewritten: int = 0
+    batches_dropped: int = 0
+    empty_batches_kept: int = 0
+    segments_read: int = 0
+    segments_written: int = 0
+    map_entries: int = 0
+    first_dirty_before: int = 0
+    first_dirty_after: int = 0
+    duration_s: float = 0.0
+    swaps: list[tuple[int, list[int]]] = field(default_factory=list)
+
+    @property
+    def records_dropped(self) -> int:
+        return self.records_superseded + self.tombstones_dropped + self.null_keys_dropped
+
+    def summary(self) -> str:
+        mb = 1024 * 1024
+        return (f"cleaned {self.segments_read} segments into {self.segments_written} in "
+                f"{self.rounds} round(s), {self.duration_s:.3f}s: read "
+                f"{self.bytes_read / mb:.1f} MiB, wrote {self.bytes_written / mb:.1f} MiB, kept "
+                f"{self.records_kept} records, dropped {self.records_superseded} superseded, "
+                f"{self.tombstones_dropped} tombstones, {self.null_keys_dropped} null keys")
+
+
+@dataclass(frozen=True)
+class CleanableRange:
+    first_dirty: int  # first offset not yet in any offset map
+    first_uncleanable: int  # base of the first segment the cleaner must not touch
+    clean_bytes: int  # closed bytes below first_dirty
+    dirty_bytes: int  # bytes in [first_dirty, first_uncleanable)
+
+    @property
+    def dirty_ratio(self) -> float:
+        total = self.clean_bytes + self.dirty_bytes
+        return self.dirty_bytes / total if total else 0.0
+
+
+def read_first_dirty(directory: str | os.PathLike[str]) -> int | None:
+    """The persisted first dirty offset of a partition, or None (missing or unreadable)."""
+    try:
+        lines = (Path(directory) / CHECKPOINT_NAME).read_text().split()
+        if len(lines) == 2 and lines[0] == "0":
+            return int(lines[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def write_first_dirty(directory: str | os.PathLike[str], offset: int) -> None:
+    path = Path(directory) / CHECKPOINT_NAME
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(f"0\n{offset}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(os.fspath(directory))
+
+
+def cleanable_range(segments: Sequence[Segment], log_start: int, first_dirty: int | None,
+                    config: LogConfig, now_ms: int, max_offset: int | None) -> CleanableRange:
+    """Where this log's dirty section begins and ends (the last segment is the active one)."""
+    closed = list(segments[:-1])
+    dirty = max(log_start, first_dirty if first_dirty is not None else log_start)
+    uncleanable = segments[-1].base_offset if segments else dirty
+    for seg in closed:
+        if seg.next_offset <= dirty:
+            continue
+        too_young = config.min_compaction_lag_ms > 0 and \
+            seg.largest_timestamp() > now_ms - config.min_compaction_lag_ms
+        past_bound = max_offset is not None and seg.next_offset > max_offset
+        if too_young or past_bound:
+            uncleanable = seg.base_offset
+            break
+    dirty = min(dirty, uncleanable) if closed else dirty
+    clean_bytes = sum(s.size for s in closed if s.next_offset <= dirty)
+    dirty_bytes = sum(s.size for s in closed
+                      if s.next_offset > dirty and s.base_offset < uncleanable)
+    return CleanableRange(dirty, uncleanable, clean_bytes, dirty_bytes)
+
+
+def _decode(buf: memoryview, hdr: BatchHeader) -> tuple[bytes, list[RawRecord]]:
+    check_crc(buf, hdr)  # never launder a damaged batch into a fresh CRC
+    data = records_section(buf, hdr)
+    return data, walk_records(data, hdr.record_count)
+
+
+class Cleaner:
+    """Compacts partition logs; one instance per owner, reusing one offset map."""
+
+    def __init__(self, config: CleanerConfig | None = None) -> None:
+        self.config = config or CleanerConfig()
+        self._map: OffsetMap | None = None
+
+    def _offset_map(self) -> OffsetMap:
+        if self._map is None:
+            self._map = OffsetMap(self.config.dedupe_buffer_size,
+                                  self.config.io_buffer_load_factor)
+        return self._map
+
+    # -- entry point ---------------------------------------------------------------------
+
+    def clean(self, log: Log, now_ms: int, *, max_offset: int | None = None,
+              active_producers: Mapping[int, int] | None = None) -> CleanerStats:
+        """Compact the closed segments of `log`; returns what was done.
+
+        `max_offset` bounds the cleanable range; by default the high watermark, lowered to
+        the first open transaction when `log.producer_state` knows one. `active_producers`
+        maps producer id → last offset of its last batch; by default taken from
+        `log.producer_state` (a `ProducerStateManager`) when the owner attached one.
+        """
+        t0 = time.perf_counter()
+        directory = log.directory
+        stats = CleanerStats()
+        psm = log.producer_state
+        if max_offset is None:
+            max_offset = log.high_watermark
+            lso = psm.first_unstable_offset() if psm is not None else None
+            if lso is not None:
+                max_offset = min(max_offset, lso)
+        if active_producers is None:
+            active_producers = {} if psm is None else \
+                {pid: e.last_offset for pid, e in psm.producers.items()}
+        segs = log.segments
+        rng = cleanable_range(segs, log.log_start_offset, read_first_dirty(directory),
+                              log.config, now_ms, max_offset)
+        stats.first_dirty_before = stats.first_dirty_after = rng.first_dirty
+        for _ in range(self.config.max_rounds):
+            if rng.first_dirty >= rng.first_uncleanable:
+                break
+            map_end = self._build_map(segs, rng.first_dirty, rng.first_uncleanable, stats)
+            for group in _group(segs[:-1], map_end, log.config):
+                new = self._clean_group(directory, group, log.config, now_ms,
+                                        active_producers, stats)
+                if new is None:
+                    continue
+                try:
+                    log.replace_segments(group, [new])
+                except BaseException:
+                    new.close()
+                    _remove_cleaned(directory, new.base_offset)
+                    raise
+                stats.segments_written += 1
+                stats.swaps.append((new.base_offset, [s.base_offset for s in group]))
+            write_first_dirty(directory, map_end)
+            stats.rounds += 1
+            stats.first_dirty_after = map_end
+            rng = CleanableRange(map_end, rng.first_uncleanable, 0, 0)
+            segs = log.segments
+        stats.duration_s = time.perf_counter() - t0
+        return stats
+
+    def needs_cleaning(self, log: Log, now_ms: int) -> bool:
+        """Compaction is on and the dirty ratio reached `min.cleanable.dirty.ratio`."""
+        if not log.config.compact_enabled:
+            return False
+        rng = cleanable_range(log.segments, log.log_start_offset,
+                              read_first_dirty(log.directory), log.config, now_ms,
+                              log.high_watermark)
+        return rng.dirty_bytes > 0 and rng.dirty_ratio >= log.config.min_cleanable_dirty_ratio
+
+    # -- offset map ----------------------------------------------------------------------
+
+    def _build_map(self, segs: list[Segment], first_dirty: int, first_uncleanable: int,
+                   stats: CleanerStats) -> int:
+        """Fill the map from first_dirty; return the offset it covers up to (exclusive)."""
+        omap = self._offset_map()
+        omap.clear()
+        end = first_dirty
+        for seg in segs[:-1]:
+            if seg.next_offset <= first_dirty:
+                continue
+            if seg.base_offset >= first_uncleanable:
+                break
+            buf = seg.view(0, seg.size)
+            for hdr in iter_batches(buf):
+                if hdr.last_offset < first_dirty:
+                    continue
+                if omap.size + hdr.record_count > omap.max_entries:
+                    if omap.size == 0:
+                        raise CleanerError(
+                            f"log.cleaner.dedupe.buffer.size {self.config.dedupe_buffer_size} "
+                            f"cannot hold the {hdr.record_count} keys of the batch at offset "
+                            f"{hdr.base_offset}")
+                    stats.map_entries = max(stats.map_entries, omap.size)
+                    return end
+                if not hdr.is_control and not hdr.is_transactional and hdr.record_count:
+                    data, records = _decode(buf, hdr)
+                    base = hdr.base_offset
+                    put = omap.put
+                    for _, _, delta, key, _ in records:
+                        if key is not None:
+                            put(key_hash(key), base + delta)
+                end = hdr.next_offset
+            del buf
+            end = max(end, seg.next_offset)
+        stats.map_entries = max(stats.map_entries, omap.size)
+        return end
+
+    # -- rewriting -----------------------------------------------------------------------
+
+    def _clean_group(self, directory: str, group: list[Segment], config: LogConfig,
+                     now_ms: int, producers: Mapping[int, int],
+                     stats: CleanerStats) -> Segment | None:
+        """Write the cleaned copy of `group` as an open `.cleaned` segment; None if empty."""
+        omap = self._offset_map()
+        base = group[0].base_offset
+        _remove_cleaned(directory, base)
+        out = Segment.create(directory, base, index_interval_bytes=config.index_interval_bytes,
+                             index_max_bytes=config.segment_index_bytes, suffix=CLEANED)
+        writer = _ChunkWriter(out, self.config.io_buffer_size)
+        last_hdr: BatchHeader | None = None
+        last_written = -1
+        try:
+            for seg in group:
+                stats.segments_read += 1
+                stats.bytes_read += seg.size
+                drop_tombstones = seg.largest_timestamp() + config.delete_retention_ms <= now_ms
+                buf = seg.view(0, seg.size)
+                for hdr in iter_batches(buf):
+                    last_hdr = hdr
+                    kept = _filter(buf, hdr, omap, drop_tombstones, producers, stats)
+                    if kept is not None:
+                        writer.add(kept, hdr)
+                        last_written = hdr.last_offset
+                del buf
+            if last_hdr is not None and last_written != last_hdr.last_offset:
+                writer.add(empty_batch(last_hdr), last_hdr)  # end where the old run ended
+                stats.empty_batches_kept += 1
+            writer.flush()
+        except BaseException:
+            out.close()
+            _remove_cleaned(directory, base)
+            raise
+        if last_hdr is None:
+            out.close()
+            _remove_cleaned(directory, base)
+            return None
+        stats.bytes_written += out.size
+        return out
+
+
+def _remove_cleaned(directory: str, base: int) -> None:
+    for sfx in SEGMENT_SUFFIXES:
+        try:
+            os.unlink(segment_path(directory, base, sfx, CLEANED))
+        except FileNotFoundError:
+            pass
+
+
+class _ChunkWriter:
+    """Buffers output batches and appends them to the cleaned segment in large writes."""
+
+    def __init__(self, seg: Segment, chunk: int) -> None:
+        self.seg, self.chunk = seg, chunk
+        self.buf = bytearray()
+        self.metas: list[tuple[int, int, int, int, int]] = []
+
+    def add(self, data: bytes | memoryview, hdr: BatchHeader) -> None:
+        self.metas.append((len(self.buf), len(data), hdr.base_offset, hdr.last_offset,
+                           hdr.max_timestamp))
+        self.buf += data
+        if len(self.buf) >= self.chunk:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buf:
+            self.seg.append(self.buf, self.metas)
+            self.buf = bytearray()
+            self.metas = []
+
+
+def _filter(buf: memoryview, hdr: BatchHeader, omap: OffsetMap, drop_tombstones: bool,
+            producers: Mapping[int, int], stats: CleanerStats) -> bytes | memoryview | None:
+    """The batch as it survives cleaning: original bytes, rebuilt bytes, or None."""
+    raw = buf[hdr.position: hdr.end]
+    live_producer = hdr.producer_id >= 0 and producers.get(hdr.producer_id) == hdr.last_offset
+    if hdr.is_control or (hdr.record_count == 0 and live_producer):
+        stats.batches_copied += 1
+        return raw
+    if hdr.record_count == 0:  # an empty batch a past clean kept for a producer now gone
+        stats.batches_dropped += 1
+        return None
+    data, records = _decode(buf, hdr)
+    stats.records_read += len(records)
+    keep: list[RawRecord] = []
+    base = hdr.base_offset
+    txn = hdr.is_transactional
+    for rec in records:
+        key = rec[3]
+        if key is None:
+            stats.null_keys_dropped += 1
+            continue
+        if omap.get(key_hash(key)) > base + rec[2]:
+            stats.records_superseded += 1
+            continue
+        if rec[4] and drop_tombstones and not txn:
+            stats.tombstones_dropped += 1
+            continue
+        keep.append(rec)
+    stats.records_kept += len(keep)
+    if len(keep) == len(records):
+        stats.batches_copied += 1
+        return raw
+    if not keep:
+        if live_producer:
+            stats.empty_batches_kept += 1
+            return empty_batch(hdr)
+        stats.batches_dropped += 1
+        return None
+    stats.batches_rewritten += 1
+    return rebuild_batch(hdr, data, keep)
+
+
+def _group(closed: list[Segment], map_end: int, config: LogConfig) -> list[list[Segment]]:
+    """Consecutive closed segments below map_end, grouped to fit one segment and its index."""
+    max_index_entries = config.segment_index_bytes // 12 - 2  # time index entries are 12 bytes
+    groups: list[list[Segment]] = []
+    cur: list[Segment] = []
+    size = 0
+    for seg in closed:
+        if seg.base_offset >= map_end:
+            break
+        fits = cur and size + seg.size <= config.segment_bytes \
+            and seg.next_offset - 1 - cur[0].base_offset <= MAX_GROUP_OFFSET_SPAN \
+            and (size + seg.size) // (config.index_interval_bytes + 1) + 1 <= max_index_entries
+        if cur and not fits:
+            groups.append(cur)
+            cur, size = [], 0
+        cur.append(seg)
+        size += seg.size
+    if cur:
+        groups.append(cur)
+    return groups
