@@ -22,6 +22,7 @@ from qnode.node.metadata_follower import MetadataFollower, Placement
 from qnode.node.shm_table import ShmTable
 from qnode.storage import errors as serr
 from qnode.storage.log_config import LogConfig
+from qnode.storage.log_manager import LogManager
 from qnode.transport.errors import ErrorCode
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class PartitionServer:
     def __init__(
         self,
         node_id: int,
-        log_manager: Any,  # storage.log_manager.LogManager
+        log_manager: LogManager,
         shm: ShmTable,
         follower: MetadataFollower,
         topic_defaults: dict[str, str],
@@ -126,7 +127,7 @@ class PartitionServer:
         key = want.key
         try:
             config = self.log_config(want)
-            lg = self.logs.get_or_create(want.topic, want.partition, config)
+            lg = self.logs.open_log(want.topic, want.partition, config)
         except Exception as exc:  # a log that will not open must not stop the others
             log.error("cannot open log %s-%d: %s", want.topic, want.partition, exc)
             self.failed[key] = f"log {want.topic}-{want.partition} unavailable: {exc}"
@@ -155,20 +156,20 @@ class PartitionServer:
         if want.config_version != replica.config_version:
             replica.config_version = want.config_version
             try:
-                self.logs.reconfigure(replica.topic, replica.partition, self.log_config(want))
+                replica.log.update_config(self.log_config(want))
             except Exception as exc:
                 log.error("cannot apply config to %s-%d: %s", *want.key, exc)
         self.publish(replica)
 
     def _remove(self, key: PartitionKey, delete: bool) -> None:
-        replica = self.replicas.pop(key)
+        self.replicas.pop(key)
         self.shm.free(*key)
         self.dirty.add(key)  # parked fetches on it must be answered (now with an error)
         try:
             if delete:
-                self.logs.delete(replica.topic, replica.partition)
+                self.logs.delete_log(*key)
             else:
-                self.logs.close_log(replica.topic, replica.partition)
+                self.logs.close_log(*key)
         except Exception as exc:
             log.error("cannot remove log %s-%d: %s", *key, exc)
 
@@ -453,7 +454,12 @@ class PartitionServer:
         before = {
             k: (r.log.log_start_offset, r.log.segment_generation) for k, r in self.replicas.items()
         }
-        self.logs.tick(int(time.time() * 1000))
+        report = self.logs.tick(int(time.time() * 1000))
+        for key, exc in report.errors.items():
+            # the storage engine took this log offline (I/O fault): stop serving it
+            if key in self.replicas:
+                self._remove(key, delete=False)
+                self.failed[key] = f"log {key[0]}-{key[1]} offline: {exc}"
         for k, r in self.replicas.items():
             if before[k] != (r.log.log_start_offset, r.log.segment_generation):
                 self.publish(r)

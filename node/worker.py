@@ -27,7 +27,7 @@ from qnode.node.fetch_waiters import FetchWaiters, ParkedFetch
 from qnode.node.metadata_follower import MetadataFollower
 from qnode.node.partition_server import PartitionServer
 from qnode.node.shm_table import DEFAULT_CAPACITY, ShmTable, shm_name
-from qnode.node.worker_logs import WorkerLogs
+from qnode.storage.log_manager import LogManager
 from qnode.transport.api import WORKER_APIS, ApiKey, api_versions_body
 from qnode.transport.errors import ErrorCode
 from qnode.transport.frame import (
@@ -105,7 +105,7 @@ class Worker:
             shm_name(config.node_id, config.data_dir, config.worker_id), config.shm_capacity
         )
         self.follower = MetadataFollower(config.node_id, config.worker_id)
-        self.logs = WorkerLogs(config.data_dir, f"worker-{config.worker_id}")
+        self.logs = LogManager(config.data_dir, f"worker-{config.worker_id}")
         self.server = PartitionServer(
             config.node_id, self.logs, self.shm, self.follower, config.topic_defaults
         )
