@@ -1,0 +1,86 @@
+"""The link between a load-generating OS process and the Locust process that started it.
+
+Why separate processes: Locust monkey-patches the standard library for gevent, so in its
+process `threading.Thread` is a greenlet and every thread shares one OS thread. The SDK's
+background threads block inside libzmq (poll/recv), which gevent cannot see: one blocking
+call freezes every greenlet -- Locust's users, its stats timer, the shape -- for as long as
+it waits (measured: a 1 s zmq poll in an SDK-like thread stalls a 50 ms greenlet timer for
+1.0 s). zmq.green only helps code that uses it, and the SDK rightly uses plain pyzmq and real
+threads. So each Locust user owns one unpatched child process running the real SDK; the
+child streams what happened back over a ZeroMQ PAIR socket, which the Locust side reads with
+zmq.green (cooperative). This also lets the load generator use more than one core.
+
+Messages are msgpack maps, child -> parent:
+    {"op": "ready", "pid"}                       the client is set up (consumers: assigned)
+    {"op": "ev", "ev": [[start_s, rt_ms, nbytes, error|None], ...]}   one entry per record
+    {"op": "log", "msg"}                          something worth a line in the runner's log
+    {"op": "lag", "t", "lag", "log_end"}          (monitor) a sample read from the broker
+    {"op": "done", "stats": {...}}                the child flushed everything and exits 0
+    {"op": "fatal", "msg"}                        the child failed and exits 1
+and parent -> child: {"op": "rate", "rate": records/s} and {"op": "stop"}.
+
+This module is the child's side; it imports plain pyzmq only (never gevent or Locust).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import msgpack
+import zmq
+
+FLUSH_INTERVAL_S = 0.02
+FLUSH_EVENTS = 2000
+
+
+class ChildChannel:
+    """Child side: buffers per-record events, sends them in batches, receives control."""
+
+    def __init__(self, endpoint: str) -> None:
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.PAIR)
+        self._sock.setsockopt(zmq.LINGER, 5000)
+        self._sock.connect(endpoint)
+        self._events: list[list[Any]] = []
+        self._last_flush = time.monotonic()
+        self._parent = os.getppid()
+
+    def send(self, msg: dict[str, Any]) -> None:
+        self._sock.send(msgpack.packb(msg))
+
+    def event(self, start_s: float, rt_ms: float, nbytes: int, error: str | None) -> None:
+        self._events.append([start_s, rt_ms, nbytes, error])
+        if len(self._events) >= FLUSH_EVENTS:
+            self.flush()
+
+    def maybe_flush(self) -> None:
+        if self._events and time.monotonic() - self._last_flush >= FLUSH_INTERVAL_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._events:
+            self.send({"op": "ev", "ev": self._events})
+            self._events = []
+        self._last_flush = time.monotonic()
+
+    def poll_control(self, timeout_s: float = 0.0) -> list[dict[str, Any]]:
+        """Control messages waiting (up to `timeout_s` for the first one)."""
+        out = []
+        if self._sock.poll(int(timeout_s * 1000)):
+            while True:
+                try:
+                    out.append(msgpack.unpackb(self._sock.recv(zmq.NOBLOCK), raw=False))
+                except zmq.Again:
+                    break
+        return out
+
+    def orphaned(self) -> bool:
+        """True when the Locust process that started us is gone (we were re-parented)."""
+        return os.getppid() != self._parent
+
+    def close(self) -> None:
+        self.flush()
+        self._sock.close()
+        self._ctx.term()

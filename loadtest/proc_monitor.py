@@ -1,0 +1,154 @@
+"""The lag monitor: sets the topic up, then reads the group's lag from the broker on a timer.
+
+One OS process (`python -m qnode.loadtest.proc_monitor CONFIG_JSON`) with a real SDK `Admin`:
+waits for the node to answer, creates the scenario's topic, says ready, then every
+`interval_s` asks `describe_group` for the per-partition lag and `describe_topic` for the log
+ends, and sends `{"op": "lag", "t", "lag", "log_end", "endpoints"}` to the runner. The lag is
+what the broker reports, never the load generator's guess. Partitions the group has no
+committed offset for count from the log start (the consumers start at the earliest offset).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from qnode.loadtest.channel import ChildChannel
+
+
+@dataclass
+class MonitorConfig:
+    endpoint: str
+    bootstrap: str
+    topic: str
+    group: str
+    partitions: int = 4
+    replication_factor: int = 1
+    topic_config: dict[str, str] = field(default_factory=dict)
+    interval_s: float = 0.5
+    ready_timeout_s: float = 60.0
+
+
+def _first(obj: Any, *names: str) -> Any:
+    """The first of `names` that `obj` has (attribute or key), else None."""
+    for name in names:
+        if isinstance(obj, dict) and name in obj:
+            return obj[name]
+        if hasattr(obj, name):
+            return getattr(obj, name)
+    return None
+
+
+def topic_offsets(admin: Any, topic: str) -> tuple[dict[int, tuple[int, int]], list[str]]:
+    """({partition: (log start, high watermark)}, the leaders' worker endpoints)."""
+    desc = admin.describe_topic(topic)
+    out, endpoints = {}, []
+    for p in _first(desc, "partitions") or []:
+        pid = int(_first(p, "id", "partition"))
+        start = _first(p, "log_start_offset") or 0
+        hw = _first(p, "high_watermark")
+        if hw is None or hw < 0:
+            hw = _first(p, "log_end_offset") or 0
+        out[pid] = (max(int(start), 0), int(hw))
+        endpoint = _first(p, "endpoint")
+        if endpoint and endpoint not in endpoints:
+            endpoints.append(endpoint)
+    return out, endpoints
+
+
+def group_lags(admin: Any, group: str, topic: str) -> dict[int, int]:
+    """{partition: lag} of `topic` in `group` where describe_group reports a committed offset."""
+    try:
+        desc = admin.describe_group(group)
+    except Exception:  # noqa: BLE001 - an unknown/empty group has committed nothing yet
+        return {}
+    out = {}
+    for p in _first(desc, "offsets", "partitions") or []:
+        if _first(p, "topic") not in (None, topic):
+            continue
+        committed = _first(p, "committed", "committed_offset", "offset")
+        lag = _first(p, "lag")
+        if committed is not None and committed >= 0 and lag is not None and lag >= 0:
+            out[int(_first(p, "partition", "id"))] = int(lag)
+    return out
+
+
+def sample(admin: Any, group: str, topic: str) -> dict[str, Any]:
+    """The group's total lag on the topic, the total log end, and the worker endpoints."""
+    ends, endpoints = topic_offsets(admin, topic)
+    lags = group_lags(admin, group, topic)
+    lag = sum(lags.get(pid, hw - start) for pid, (start, hw) in ends.items())
+    return {"lag": max(lag, 0), "log_end": sum(hw for _, hw in ends.values()),
+            "endpoints": endpoints}
+
+
+def _wait_ready(admin: Any, cfg: MonitorConfig) -> None:
+    deadline = time.monotonic() + cfg.ready_timeout_s
+    last: Exception | None = None
+    created = False
+    while time.monotonic() < deadline:
+        try:
+            if not created and cfg.topic not in admin.list_topics():
+                admin.create_topic(cfg.topic, partitions=cfg.partitions,
+                                   replication_factor=cfg.replication_factor,
+                                   config=cfg.topic_config)
+            created = True
+            parts = _first(admin.describe_topic(cfg.topic), "partitions") or []
+            if len(parts) == cfg.partitions and all(
+                    (_first(p, "leader") if _first(p, "leader") is not None else -1) >= 0
+                    for p in parts):
+                return
+        except Exception as e:  # noqa: BLE001 - the node may still be starting
+            last = e
+        time.sleep(0.1)
+    raise TimeoutError(f"node at {cfg.bootstrap} not ready within {cfg.ready_timeout_s:g} s: "
+                       f"{last!r}")
+
+
+def run(cfg: MonitorConfig, ch: ChildChannel) -> None:
+    from qnode.sdk import Admin  # here, so a broken SDK is reported over the channel
+
+    admin = Admin(bootstrap=cfg.bootstrap)
+    try:
+        _wait_ready(admin, cfg)
+        ch.send({"op": "ready", "pid": 0})
+        next_at = time.monotonic()
+        while True:
+            if any(m["op"] == "stop" for m in ch.poll_control(
+                    max(0.0, next_at - time.monotonic()))) or ch.orphaned():
+                return
+            next_at += cfg.interval_s
+            t = time.time()
+            try:
+                msg = sample(admin, cfg.group, cfg.topic)
+            except Exception as e:  # noqa: BLE001 - e.g. a worker restarting: say so, go on
+                ch.send({"op": "log", "msg": f"lag sample failed: {type(e).__name__}: {e}"})
+                continue
+            ch.send({"op": "lag", "t": t, **msg})
+    finally:
+        close = getattr(admin, "close", None)
+        if close:
+            close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    cfg = MonitorConfig(**json.loads(args[0]))
+    ch = ChildChannel(cfg.endpoint)
+    try:
+        run(cfg, ch)
+    except BaseException:  # noqa: BLE001 - anything at all must reach the runner
+        ch.send({"op": "fatal", "msg": traceback.format_exc()})
+        ch.close()
+        return 1
+    ch.send({"op": "done", "stats": {}})
+    ch.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
