@@ -24,6 +24,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from crc32c import crc32c
 
@@ -75,9 +76,12 @@ _pack_h = struct.Struct(">h").pack_into
 _unpack_h = struct.Struct(">h").unpack_from
 
 
-@dataclass(frozen=True, slots=True)
-class BatchHeader:
-    """The header fields of one batch, plus where it sits in the buffer it came from."""
+class BatchHeader(NamedTuple):
+    """The header fields of one batch, plus where it sits in the buffer it came from.
+
+    A named tuple rather than a dataclass: the broker makes one per batch it appends, reads or
+    recovers, and a tuple is built several times faster.
+    """
 
     position: int
     size: int  # whole batch, header included (batchLength + 12)
@@ -140,6 +144,9 @@ class BatchHeader:
         return self.position + self.size
 
 
+_new_header = tuple.__new__
+
+
 @dataclass(frozen=True, slots=True)
 class BatchesInfo:
     """What `validate_batches` learned about a buffer of whole batches."""
@@ -177,7 +184,7 @@ def read_header(buf: bytes | bytearray | memoryview, pos: int = 0) -> BatchHeade
         raise CorruptRecordError(
             f"truncated batch at position {pos}: length says {size} bytes, {avail} present"
         )
-    return BatchHeader(pos, size, *h[0:1], *h[2:])
+    return _new_header(BatchHeader, (pos, size, h[0], *h[2:]))
 
 
 def iter_batches(
@@ -249,7 +256,8 @@ def validate_batches(
             raise RecordTooLargeError(
                 f"batch at position {pos} is {hdr.size} bytes, over the limit of {max_batch_bytes}"
             )
-        check_crc(mv, hdr)
+        if crc32c(mv[pos + ATTRIBUTES_OFFSET : pos + hdr.size]) != hdr.crc:
+            check_crc(mv, hdr)  # raises with the full message
         _check_counts(hdr, producer_batches)
         codec = hdr.attributes & COMPRESSION_MASK
         if codec not in _READABLE_CODECS:
