@@ -1,9 +1,9 @@
 """Futures of produced records, resolved lazily from their batch's result.
 
-One record's future is two slots (its batch and its index in it): `send()` must stay cheap at
-a million records a second, so nothing per record is computed until someone asks. The batch
-(`BatchResult`) is completed once by the sender thread with a base offset or an error; each
-record's offset is then `base_offset + index`.
+One record's future is three slots (its batch, its index in it, its timestamp): `send()`
+must stay cheap at a million records a second, so nothing per record is computed until
+someone asks. The batch (`BatchResult`) is completed once by the sender thread with a base
+offset or an error; each record's offset is then `base_offset + index`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class BatchResult:
     """The outcome of one produced batch, shared by the futures of its records."""
 
     __slots__ = ("topic", "partition", "base_offset", "log_append_time", "error", "done",
-                 "_event", "_callbacks", "_lock", "timestamps")
+                 "_event", "_callbacks", "_lock")
 
     def __init__(self, topic: str, partition: int) -> None:
         self.topic = topic
@@ -35,9 +35,6 @@ class BatchResult:
         self._event: threading.Event | None = None
         self._callbacks: list[tuple[RecordFuture, Callable[[RecordFuture], Any]]] | None = None
         self._lock = threading.Lock()
-        # Per-record timestamps, handed over by the sender once the batch is encoded (the
-        # records themselves are dropped then, so futures kept by the app pin no values).
-        self.timestamps: list[int] | None = None
 
     def complete(self, base_offset: int, log_append_time: int = -1,
                  error: BaseException | None = None) -> None:
@@ -85,11 +82,12 @@ class BatchResult:
 class RecordFuture:
     """The future result of one `Producer.send()`: `result()` → RecordMetadata."""
 
-    __slots__ = ("_batch", "_index")
+    __slots__ = ("_batch", "_index", "_timestamp")
 
-    def __init__(self, batch: BatchResult, index: int) -> None:
+    def __init__(self, batch: BatchResult, index: int, timestamp: int = -1) -> None:
         self._batch = batch
         self._index = index
+        self._timestamp = timestamp
 
     def done(self) -> bool:
         return self._batch.done
@@ -119,12 +117,7 @@ class RecordFuture:
     def _metadata(self) -> RecordMetadata:
         b = self._batch
         offset = b.base_offset + self._index if b.base_offset >= 0 else -1
-        if b.log_append_time >= 0:
-            ts = b.log_append_time
-        elif b.timestamps is not None:
-            ts = b.timestamps[self._index]
-        else:
-            ts = -1
+        ts = b.log_append_time if b.log_append_time >= 0 else self._timestamp
         return RecordMetadata(b.topic, b.partition, offset, ts)
 
     def add_done_callback(self, fn: Callable[[RecordFuture], Any]) -> RecordFuture:

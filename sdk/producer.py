@@ -166,7 +166,7 @@ class Producer:
                     batch.size += rs
                     if self._linger_zero and self._acc.sender_waiting:
                         self._acc.wake()
-                    return RecordFuture(batch.result, idx)
+                    return RecordFuture(batch.result, idx, timestamp_ms)
         return self._send_slow(topic, value, key, partition, headers, timestamp_ms)
 
     def _send_slow(self, topic: str, value: Any, key: Any, partition: int | None,
@@ -220,7 +220,7 @@ class Producer:
                 acc.seal(batch)
             elif acc.sender_waiting:
                 acc.wake()  # a new open batch moves the sender's linger deadline
-        return RecordFuture(batch.result, idx)
+        return RecordFuture(batch.result, idx, timestamp_ms)
 
     def _partitions(self, topic: str) -> int:
         """The topic's partition count, fetching metadata (up to max.block.ms) if needed."""

@@ -74,7 +74,7 @@ class Sender(threading.Thread):
         self.topics: set[str] = set()  # every topic this producer has written to
         self.metadata_error: QnodeError | None = None
         self._meta_in_flight = False
-        self._stop = False
+        self._stopping = False
         self._force_close = False
         self.muted: set[PartitionKey] = set()
         self.in_flight_batches = 0
@@ -101,7 +101,7 @@ class Sender(threading.Thread):
         self.wake()
 
     def stop(self, force: bool) -> None:
-        self._stop = True
+        self._stopping = True
         self._force_close = force
         self.wake()
 
@@ -135,7 +135,7 @@ class Sender(threading.Thread):
         acc = self.acc
         while True:
             now = time.monotonic()
-            if self._stop and (self._force_close or not acc.pending()):
+            if self._stopping and (self._force_close or not acc.pending()):
                 if self._force_close:
                     self._fail_all(QnodeError("producer closed before the record was sent"))
                 return

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-Headers = list[tuple[str, bytes | None]]
+Headers = Sequence[tuple[str, bytes | None]]
 
 
 @dataclass(slots=True, frozen=True, order=True)
@@ -25,7 +26,7 @@ class Record:
     timestamp: int
     key: bytes | None
     value: bytes | None
-    headers: Headers = field(default_factory=list)
+    headers: Headers = ()
 
     @property
     def topic_partition(self) -> TopicPartition:
