@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 
 HELLO_RETRY_S = 1.0
 DRAIN_S = 1.0  # at most this long serving requests already queued when SIGTERM came
-METADATA_GRACE_S = 5.0  # a metadata fetch unanswered this long past its max wait is re-sent
+METADATA_GRACE_S = 5.0
+METADATA_RETRY_S = 0.5  # a metadata fetch unanswered this long past its max wait is re-sent
 
 
 @dataclass
@@ -116,6 +117,7 @@ class Worker:
         self._hello_done = False
         self._meta_corr: int | None = None
         self._meta_deadline = 0.0
+        self._meta_retry_at = 0.0
         self._next_tick = 0.0
 
     # -- coordinator -------------------------------------------------------------------------
@@ -175,21 +177,26 @@ class Worker:
                 self._send_metadata_fetch(now)
             elif resp.correlation_id == self._meta_corr:
                 self._meta_corr = None
-                self._on_metadata(resp.error_code or resp.body.get("error", 0), resp.body)
-                self._send_metadata_fetch(time.monotonic())
+                now = time.monotonic()
+                if self._on_metadata(resp.error_code or resp.body.get("error", 0), resp.body):
+                    self._send_metadata_fetch(now)
+                else:  # do not hammer a coordinator that answers errors: ask again later
+                    self._meta_retry_at = now + METADATA_RETRY_S
 
-    def _on_metadata(self, error: int, body: dict[str, Any]) -> None:
+    def _on_metadata(self, error: int, body: dict[str, Any]) -> bool:
+        """Apply a MetadataLogFetch answer; False when it was an error (retry later)."""
         if error:
             log.warning("MetadataLogFetch error %s: %s", error, body.get("message"))
-            return
+            return False
         try:
             applied = self.follower.apply_response(body)
         except Exception as exc:
             log.error("metadata response not applied: %s", exc)
-            return
+            return False
         if applied or body.get("snapshot") is not None:
             self.server.reconcile()
             self._wake_dirty()
+        return True
 
     # -- clients -----------------------------------------------------------------------------
 
@@ -280,7 +287,13 @@ class Worker:
         if not self._hello_done and self._hello_at + HELLO_RETRY_S <= now:
             self._send_hello(now)
         if self._meta_corr is not None and now >= self._meta_deadline:
-            log.warning("MetadataLogFetch unanswered: asking again")
+            # the coordinator may have restarted: say hello again, then fetch from where we are
+            log.warning("MetadataLogFetch unanswered: saying hello again")
+            self._meta_corr = None
+            self._hello_done = False
+            self._send_hello(now)
+        if self._meta_retry_at and now >= self._meta_retry_at:
+            self._meta_retry_at = 0.0
             self._send_metadata_fetch(now)
         for f in self.waiters.expired(now):
             self._answer(f, force=True)
@@ -298,14 +311,19 @@ class Worker:
             nearest = min(nearest, deadline)
         if self._meta_corr is not None:
             nearest = min(nearest, self._meta_deadline)
+        if self._meta_retry_at:
+            nearest = min(nearest, self._meta_retry_at)
         if not self._hello_done:
             nearest = min(nearest, self._hello_at + HELLO_RETRY_S)
         return max(0, min(int((nearest - now) * 1000) + 1, 100))
 
-    def run(self) -> None:
+    def run(self, wakeup_fd: int | None = None) -> None:
+        """Serve until `stop()`; `wakeup_fd` (a signal wake-up pipe) interrupts the poll."""
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.coord, zmq.POLLIN)
+        if wakeup_fd is not None:
+            poller.register(wakeup_fd, zmq.POLLIN)
         self._send_hello(time.monotonic())
         while not self.stopping:
             now = time.monotonic()
@@ -314,6 +332,8 @@ class Worker:
                 self._on_clients()
             if self.coord in events:
                 self._on_coordinator(time.monotonic())
+            if wakeup_fd is not None and wakeup_fd in events:
+                _drain_fd(wakeup_fd)
             self._timers(time.monotonic())
 
     def stop(self) -> None:
@@ -346,18 +366,33 @@ def run_worker(config: WorkerConfig) -> int:
     def on_signal(signum: int, frame: Any) -> None:
         worker.stop()
 
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    os.set_blocking(w, False)
+    signal.set_wakeup_fd(w)  # a signal wakes the poll at once instead of at its timeout
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log.info(
         "worker %d of node %d serving on %s", config.worker_id, config.node_id, worker.endpoint
     )
     try:
-        worker.run()
+        worker.run(r)
     finally:
+        signal.set_wakeup_fd(-1)
+        os.close(r)
+        os.close(w)
         worker.close()
         worker.ctx.term()
     log.info("worker %d stopped cleanly", config.worker_id)
     return 0
+
+
+def _drain_fd(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
 
 
 def main(argv: list[str] | None = None) -> None:
