@@ -245,13 +245,15 @@ class Client:
         assert resp.correlation_id == corr
         return resp
 
-    def produce(self, topic: str, partition: int, batch: bytes, acks: int = 1) -> dict[str, Any]:
+    def produce(
+        self, topic: str, partition: int, batch: bytes, acks: int = 1, timeout: float = 10
+    ) -> dict[str, Any]:
         body = {
             "acks": acks,
             "timeout_ms": 5000,
             "topics": [{"name": topic, "partitions": [{"partition": partition, "frame": 0}]}],
         }
-        resp = self.call(ApiKey.PRODUCE, body, [batch])
+        resp = self.call(ApiKey.PRODUCE, body, [batch], timeout=timeout)
         return resp.body["topics"][0]["partitions"][0]
 
     def fetch_body(
