@@ -545,7 +545,10 @@ class Log:
                 self.flush()
                 for seg in self._segments:
                     seg.close()
-                write_clean_shutdown(self.directory, self._leo)
+                try:
+                    write_clean_shutdown(self.directory, self._leo)
+                except OSError:
+                    pass  # a full disk: the next open recovers the (already flushed) tail
             finally:
                 self._closed = True
                 for seg in self._segments:

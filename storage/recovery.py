@@ -53,7 +53,8 @@ class RecoveryReport:
     rebuilt_indexes: list[int] = field(default_factory=list)
     removed_files: list[str] = field(default_factory=list)
     completed_swaps: list[int] = field(default_factory=list)
-    gaps: list[tuple[int, int]] = field(default_factory=list)  # (expected, found) base offsets
+    # (end of a segment, base of the next) where they differ: compaction, or a deleted file
+    gaps: list[tuple[int, int]] = field(default_factory=list)
     elapsed_ms: float = 0.0
 
     @property
@@ -180,7 +181,8 @@ def load_segments(
         raise
     report.segments = len(segments)
     for prev, nxt in zip(segments, segments[1:], strict=False):
-        if prev.next_offset > nxt.base_offset:
+        # compaction leaves gaps too; a gap is worth reporting, it is not an error
+        if prev.next_offset != nxt.base_offset:
             report.gaps.append((prev.next_offset, nxt.base_offset))
     if clean is not None:
         os.unlink(os.path.join(directory, CLEAN_SHUTDOWN_FILE))
