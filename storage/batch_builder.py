@@ -91,7 +91,12 @@ def _make_append(check_room: bool):  # type: ignore[no-untyped-def]
                 value = as_bytes(value, "value")
             vl = len(value)  # type: ignore[arg-type]
             vp = Z[vl] if vl < TABLE_SIZE else zigzag_encode(vl)
-        hp = encode_headers(headers) if headers else b"\x00"
+        if headers:
+            hp = encode_headers(headers)
+            lh = len(hp)
+        else:
+            hp = b"\x00"
+            lh = 1
         if timestamp_ms is None:
             timestamp_ms = time.time_ns() // 1_000_000
         tsd = timestamp_ms - self._base_ts if od else 0
@@ -102,9 +107,10 @@ def _make_append(check_room: bool):  # type: ignore[no-untyped-def]
             + kp
             + vp
         )
-        body = len(head) + vl + len(hp)
-        head = (Z[body] if body < TABLE_SIZE else zigzag_encode(body)) + head
-        size = self._size + len(head) + vl + len(hp)
+        body = len(head) + vl + lh
+        zb = Z[body] if body < TABLE_SIZE else zigzag_encode(body)
+        head = zb + head
+        size = self._size + len(zb) + body
         if check_room and od and size > self._limit:
             return -1
         if od:

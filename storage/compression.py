@@ -77,7 +77,15 @@ def compress(codec: int, data: bytes | bytearray | memoryview, level: int | None
     if c is Compression.NONE:
         return bytes(data)
     if c is Compression.LZ4:
-        return lz4.frame.compress(data, compression_level=level or 0, store_size=False)
+        # Kafka's reader (Lz4BlockInputStream) decompresses each block on its own, with no
+        # dictionary from the previous one: blocks must be independent, 64 KB as Kafka writes.
+        return lz4.frame.compress(
+            data,
+            compression_level=level or 0,
+            block_size=lz4.frame.BLOCKSIZE_MAX64KB,
+            block_linked=False,
+            store_size=False,
+        )
     if c is Compression.ZSTD:
         return zstandard.ZstdCompressor(level=3 if level is None else level).compress(data)
     # gzip framing (header + trailer), as Kafka writes it; mtime 0 keeps output reproducible.

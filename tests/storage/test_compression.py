@@ -44,7 +44,10 @@ def test_standard_framings() -> None:
     """Other Kafka clients must read ours: gzip member, LZ4 frame (KIP-57), zstd frame."""
     assert compress(Compression.GZIP, DATA)[:2] == b"\x1f\x8b"
     assert gzip.decompress(compress(Compression.GZIP, DATA)) == DATA
-    assert compress(Compression.LZ4, DATA)[:4] == bytes.fromhex("04224d18")
+    lz = compress(Compression.LZ4, DATA * 10)
+    assert lz[:4] == bytes.fromhex("04224d18")
+    # FLG: version 01, independent blocks (Kafka's reader needs them); BD: 64 KB blocks
+    assert lz[4] & 0xC0 == 0x40 and lz[4] & 0x20 and lz[5] == 0x40
     assert lz4.frame.decompress(compress(Compression.LZ4, DATA)) == DATA
     assert compress(Compression.ZSTD, DATA)[:4] == bytes.fromhex("28b52ffd")
     assert zstandard.ZstdDecompressor().decompress(compress(Compression.ZSTD, DATA)) == DATA
