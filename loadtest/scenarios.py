@@ -33,7 +33,7 @@ from qnode.loadtest.client_process import ClientProcess, ClientProcessError
 from qnode.loadtest.context import ScenarioContext, WorkloadConfig
 from qnode.loadtest.local_node import LocalNode, NodeError
 from qnode.loadtest.schedule import Plan
-from qnode.loadtest.shapes import ScenarioShape
+from qnode.loadtest.shapes import ExactDispatcher, ScenarioShape
 from qnode.loadtest.timeline import load, rate_trend, summarize
 from qnode.loadtest.users import user_classes
 from qnode.loadtest.verify import verify
@@ -156,7 +156,8 @@ class _Run:
         produce_cls, consume_cls = user_classes(self.opts.producers, self.opts.consumers)
         shape = shape_cls(self.ctx, plan, produce_cls, consume_cls)
         env = Environment(user_classes=[produce_cls, consume_cls], shape_class=shape,
-                          stop_timeout=self.workload.stop_timeout_s)
+                          stop_timeout=self.workload.stop_timeout_s,
+                          dispatcher_class=ExactDispatcher)
         env.qnode = self.ctx  # type: ignore[attr-defined]  # how users find the context
         env.events.request.add_listener(self.ctx.timeline.on_request)
         runner = env.create_local_runner()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 from locust import LoadTestShape
+from locust.dispatch import UsersDispatcher
 
 from qnode.loadtest.context import ScenarioContext
 from qnode.loadtest.schedule import (
@@ -24,6 +25,31 @@ from qnode.loadtest.schedule import (
 from qnode.loadtest.users import ConsumeUser, ProduceUser
 
 SPAWN_RATE = 50.0
+
+
+class ExactDispatcher(UsersDispatcher):
+    """Dispatches straight to each listed user class's `fixed_count`, every other class to 0.
+
+    Locust's own dispatcher ramps by weights and keeps the class mix it has: measured here,
+    a shape going from [ProduceUser] to [ProduceUser, ConsumeUser] to [ConsumeUser] never
+    started a consumer (fixed_count) or kept producers running (weights). A scenario needs
+    exact counts per phase -- "consumers stopped while producers write" -- so the local runner
+    gets this dispatcher (`Environment(dispatcher_class=ExactDispatcher)`).
+    """
+
+    def new_dispatch(self, target_user_count: int, spawn_rate: float,
+                     user_classes: list | None = None) -> None:
+        listed = user_classes if user_classes is not None else self._original_user_classes
+        counts = {u.__name__: 0 for u in self._original_user_classes}
+        for u in listed:
+            counts[u.__name__] = u.fixed_count
+        assert sum(counts.values()) == target_user_count, (counts, target_user_count)
+        self._pending = [{w.id: dict(counts) for w in self._worker_nodes}]
+
+    def __next__(self) -> dict[str, dict[str, int]]:
+        if not getattr(self, "_pending", None):
+            raise StopIteration
+        return self._pending.pop()
 
 
 class ScenarioShape(LoadTestShape):
