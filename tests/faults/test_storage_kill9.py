@@ -20,7 +20,8 @@ CHILD = r"""
 import sys
 from qnode.storage import Log, LogConfig
 from qnode.storage.batch_builder import BatchBuilder
-log = Log.open(sys.argv[1], LogConfig.from_topic_config(%r), recovery_point=int(sys.argv[2]))
+cfg = LogConfig.from_topic_config(CONFIG_REPR)
+log = Log.open(sys.argv[1], cfg, recovery_point=int(sys.argv[2]))
 nxt = log.log_end_offset
 print("ready", nxt, flush=True)
 n = 0
@@ -30,10 +31,10 @@ while True:
         b.append(None, str(nxt + j).encode() * 10, timestamp_ms=1000)
     nxt = log.append(b.build(), 0).last_offset + 1
     n += 1
-    if n %% 7 == 0:
+    if n % 7 == 0:
         log.flush()
         print("flushed", log.recovery_point, flush=True)
-""" % (CONFIG,)
+""".replace("CONFIG_REPR", repr(CONFIG))
 
 
 def run_and_kill(path: str, recovery_point: int, rnd: random.Random) -> int:
