@@ -195,8 +195,9 @@ class GroupService:
             return retry()
         self._state[p] = "loaded"
         self.coordinator.finish_load(p)
-        log.info("loaded %s-%d: %d records (%d unreadable) in %.3f s", OFFSETS_TOPIC, p,
-                 progress.records, progress.skipped, time.monotonic() - started)
+        log.log(logging.INFO if progress.records or progress.skipped else logging.DEBUG,
+                "loaded %s-%d: %d records (%d unreadable) in %.3f s", OFFSETS_TOPIC, p,
+                progress.records, progress.skipped, time.monotonic() - started)
 
     # ---- writing (OffsetsWriter) --------------------------------------------------------
 

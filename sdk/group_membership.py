@@ -288,9 +288,9 @@ class GroupMembership:
         while time.monotonic() < deadline and not self._stop_requested(client):
             ep = md.endpoint()
             try:
-                body = client.request(ep, ApiKey.FIND_COORDINATOR,
-                                      {"key": self.settings.group_id, "key_type": 0},
-                                      timeout_ms=self._timeout_ms(deadline)).body
+                body = self._request(client, ep, ApiKey.FIND_COORDINATOR,
+                                     {"key": self.settings.group_id, "key_type": 0},
+                                     self._timeout_ms(deadline))
             except QnodeError as exc:
                 last = exc
                 md.rotate()
@@ -321,14 +321,30 @@ class GroupMembership:
         while True:
             ep = self._find_coordinator(client, deadline)
             try:
-                return client.request(ep, api, body,
-                                      timeout_ms=max(self._timeout_ms(deadline), wait_ms))
+                return self._request(client, ep, api, body,
+                                     max(self._timeout_ms(deadline), wait_ms))
             except (NetworkError, CoordinatorError) as exc:
                 self._forget_coordinator(client)
                 if not retries or time.monotonic() >= deadline:
                     raise
                 log.debug("group request %s failed (%s): retrying", api.name, exc)
                 self._sleep(client, self.settings.retry_backoff_ms)
+
+    def _request(self, client: NetworkClient, endpoint: str, api: ApiKey,
+                 body: dict[str, Any], timeout_ms: int) -> dict[str, Any]:
+        """A request/response that `close()` can interrupt on the background thread."""
+        if client is self._fg:
+            return client.request(endpoint, api, body, timeout_ms=timeout_ms).body
+        req = client.send(endpoint, api, body, timeout_ms=timeout_ms)
+        while not req.done:
+            if self._stop.is_set():
+                client.disconnect(endpoint, "closing")
+                raise _Stop
+            client.poll(50)
+        if req.error is not None:
+            raise req.error
+        assert req.response is not None
+        return req.response.body
 
     def _retry_or_raise(self, err: int, deadline: float, what: str) -> None:
         if err in _COORDINATOR_MOVED:
