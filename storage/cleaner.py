@@ -217,7 +217,7 @@ class Cleaner:
                 break
             map_end = self._build_map(segs, rng.first_dirty, rng.first_uncleanable, stats)
             for group in _group(segs[:-1], map_end, log.config):
-                new = self._clean_group(directory, group, log.config, now_ms,
+                new = self._clean_group(directory, group, log.config, now_ms, map_end,
                                         active_producers, stats)
                 if new is None:
                     continue
@@ -287,7 +287,7 @@ class Cleaner:
     # -- rewriting -----------------------------------------------------------------------
 
     def _clean_group(self, directory: str, group: list[Segment], config: LogConfig,
-                     now_ms: int, producers: Mapping[int, int],
+                     now_ms: int, map_end: int, producers: Mapping[int, int],
                      stats: CleanerStats) -> Segment | None:
         """Write the cleaned copy of `group` as an open `.cleaned` segment; None if empty."""
         omap = self._offset_map()
@@ -306,7 +306,10 @@ class Cleaner:
                 buf = seg.view(0, seg.size)
                 for hdr in iter_batches(buf):
                     last_hdr = hdr
-                    kept = _filter(buf, hdr, omap, drop_tombstones, producers, stats)
+                    # A tombstone past the map may still hide an older value the map does not
+                    # know to drop yet: it stays until a round's map covers it.
+                    kept = _filter(buf, hdr, omap, drop_tombstones and hdr.last_offset < map_end,
+                                   producers, stats)
                     if kept is not None:
                         writer.add(kept, hdr)
                         last_written = hdr.last_offset
