@@ -68,7 +68,7 @@ NO_TIMESTAMP = -1
 DEFAULT_MAX_BATCH_BYTES = 1048588  # Kafka's max.message.bytes default
 
 _unpack_header = HEADER.unpack_from
-_unpack_length_magic = struct.Struct(">i4xb").unpack_from  # batchLength, magic (at +8)
+_unpack_i = struct.Struct(">i").unpack_from
 _pack_q = struct.Struct(">q").pack_into
 _pack_i = struct.Struct(">i").pack_into
 _pack_I = struct.Struct(">I").pack_into
@@ -202,7 +202,7 @@ def iter_batches(
         if allow_partial_tail:
             if n - pos < HEADER_SIZE:
                 return
-            length = _unpack_length_magic(buf, pos + LENGTH_OFFSET)[0]
+            length = _unpack_i(buf, pos + LENGTH_OFFSET)[0]
             if length >= 0 and pos + length + LOG_OVERHEAD > n:
                 return
         hdr = read_header(buf, pos)
@@ -231,6 +231,7 @@ def validate_batches(
     max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
     *,
     producer_batches: bool = True,
+    allow_control: bool = True,
 ) -> BatchesInfo:
     """Check a buffer of whole batches: lengths, magic, CRC-32C, counts; no record decoding.
 
@@ -238,7 +239,8 @@ def validate_batches(
     lastOffsetDelta == count - 1; otherwise (replication, recovery of compacted segments)
     lastOffsetDelta >= count - 1 and empty batches are allowed, as compaction leaves them.
     Raises CorruptRecordError (damage), InvalidRecordError (well-formed but not acceptable),
-    RecordTooLargeError (a batch over `max_batch_bytes`).
+    RecordTooLargeError (a batch over `max_batch_bytes`). A client's produce passes
+    `allow_control=False`: only the transaction coordinator writes COMMIT/ABORT markers.
     """
     mv = buf if isinstance(buf, memoryview) else memoryview(buf)
     n = len(mv)
@@ -259,6 +261,10 @@ def validate_batches(
         if crc32c(mv[pos + ATTRIBUTES_OFFSET : pos + hdr.size]) != hdr.crc:
             check_crc(mv, hdr)  # raises with the full message
         _check_counts(hdr, producer_batches)
+        if not allow_control and hdr.attributes & CONTROL_MASK:
+            raise InvalidRecordError(
+                f"batch at position {pos} is a control batch: clients may not write them"
+            )
         codec = hdr.attributes & COMPRESSION_MASK
         if codec not in _READABLE_CODECS:
             check_supported(codec)  # raises UnsupportedCompressionError with a clear message
@@ -279,23 +285,36 @@ _MIN_RECORD_SIZE = 7  # length, attributes, ts delta, offset delta, key len, val
 def _check_counts(hdr: BatchHeader, producer_batches: bool) -> None:
     count = hdr.record_count
     delta = hdr.last_offset_delta
-    where = f"batch at position {hdr.position}"
     if count < 0 or delta < 0:
-        raise CorruptRecordError(f"{where} has negative records count {count} or delta {delta}")
-    if hdr.compression == 0 and count * _MIN_RECORD_SIZE > hdr.size - HEADER_SIZE:
-        room = hdr.size - HEADER_SIZE
-        raise CorruptRecordError(f"{where} claims {count} records in {room} bytes")
+        raise CorruptRecordError(
+            f"batch at position {hdr.position} has negative records count {count} or "
+            f"lastOffsetDelta {delta}"
+        )
+    if not hdr.attributes & COMPRESSION_MASK and count * _MIN_RECORD_SIZE > hdr.size - HEADER_SIZE:
+        raise CorruptRecordError(
+            f"batch at position {hdr.position} claims {count} records in "
+            f"{hdr.size - HEADER_SIZE} bytes"
+        )
     if producer_batches:
         if count == 0:
-            raise InvalidRecordError(f"{where} holds no records")
+            raise InvalidRecordError(f"batch at position {hdr.position} holds no records")
         if delta != count - 1:
             raise InvalidRecordError(
-                f"{where} has lastOffsetDelta {delta} but {count} records (expected {count - 1})"
+                f"batch at position {hdr.position} has lastOffsetDelta {delta} but {count} "
+                f"records (expected {count - 1})"
+            )
+        if hdr.producer_id < 0 and (
+            hdr.attributes & (TRANSACTIONAL_MASK | CONTROL_MASK) or hdr.base_sequence >= 0
+        ):
+            raise InvalidRecordError(
+                f"batch at position {hdr.position} is transactional, control or sequenced "
+                f"but has no producer id"
             )
     elif count > 0 and delta < count - 1:
-        raise InvalidRecordError(f"{where} has lastOffsetDelta {delta} below records count {count}")
-    if hdr.is_control and producer_batches and hdr.producer_id < 0:
-        raise InvalidRecordError(f"{where} is a control batch without a producer id")
+        raise InvalidRecordError(
+            f"batch at position {hdr.position} has lastOffsetDelta {delta} below records "
+            f"count {count}"
+        )
 
 
 def stamp(

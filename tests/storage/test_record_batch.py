@@ -314,3 +314,22 @@ def test_valid_prefix_stops_at_damage() -> None:
     assert end == len(a) and [h.position for h in good] == [0]
     assert valid_prefix(a + b, max_batch_bytes=len(a))[0] == len(a)
     assert valid_prefix(b"") == (0, [])
+
+
+def test_control_batches_refused_from_clients() -> None:
+    from qnode.storage.batch_builder import ControlType, build_control_batch
+
+    marker = build_control_batch(ControlType.ABORT, 3, 0, 1)
+    assert validate_batches(marker).first.is_control  # the coordinator's append
+    with pytest.raises(InvalidRecordError, match="control batch"):
+        validate_batches(make_batch(1) + marker, allow_control=False)
+
+
+@pytest.mark.parametrize(
+    "kw", [{"transactional": True}, {"base_sequence": 0}, {"control": True}]
+)
+def test_producer_state_needs_a_producer_id(kw: dict[str, object]) -> None:
+    data = make_batch(2, **kw)
+    with pytest.raises(InvalidRecordError, match="no producer id"):
+        validate_batches(data)
+    assert validate_batches(data, producer_batches=False).record_count == 2
