@@ -17,6 +17,15 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _root() -> None:
+    # A callback keeps Typer in command-group mode even while only one command is registered
+    # (otherwise `qnode start` would be read as `qnode` with an extra argument).
+    pass
+
+
 cli_start.register(app)
 cli_client.register(app)
 

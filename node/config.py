@@ -49,10 +49,12 @@ class Key:
     topic: bool = False  # a topic-level config: its node value is the default for new topics
 
 
-def _int(name: str, default: int, lo: int, allowed: str = "", hi: int = LONG_MAX,
-         topic: bool = False) -> Key:
-    return Key(name, "int", default, allowed or f"an integer from {lo} to {hi}", lo, hi,
-               topic=topic)
+def _int(
+    name: str, default: int, lo: int, allowed: str = "", hi: int = LONG_MAX, topic: bool = False
+) -> Key:
+    return Key(
+        name, "int", default, allowed or f"an integer from {lo} to {hi}", lo, hi, topic=topic
+    )
 
 
 KEYS: dict[str, Key] = {
@@ -92,8 +94,7 @@ KEYS: dict[str, Key] = {
         _int("transaction.max.timeout.ms", 900000, 1),
         _int("transactional.id.expiration.ms", 604800000, 1),
         # Topic defaults (topic-level configs, Kafka's names and defaults).
-        Key("cleanup.policy", "policy", "delete", "delete, compact or compact,delete",
-            topic=True),
+        Key("cleanup.policy", "policy", "delete", "delete, compact or compact,delete", topic=True),
         _int("segment.bytes", 1073741824, 14, hi=2**31 - 1, topic=True),
         _int("segment.ms", 604800000, 1, topic=True),
         _int("segment.index.bytes", 10485760, 8, hi=2**31 - 1, topic=True),
@@ -108,14 +109,26 @@ KEYS: dict[str, Key] = {
         _int("delete.retention.ms", 86400000, 0, topic=True),
         _int("min.compaction.lag.ms", 0, 0, topic=True),
         _int("max.compaction.lag.ms", LONG_MAX, 1, topic=True),
-        Key("min.cleanable.dirty.ratio", "float", 0.5, "a number from 0 to 1", 0.0, 1.0,
-            topic=True),
+        Key(
+            "min.cleanable.dirty.ratio", "float", 0.5, "a number from 0 to 1", 0.0, 1.0, topic=True
+        ),
         _int("file.delete.delay.ms", 60000, 0, topic=True),
-        Key("message.timestamp.type", "enum", "CreateTime", "CreateTime or LogAppendTime",
-            choices=("CreateTime", "LogAppendTime"), topic=True),
-        Key("compression.type", "enum", "producer",
+        Key(
+            "message.timestamp.type",
+            "enum",
+            "CreateTime",
+            "CreateTime or LogAppendTime",
+            choices=("CreateTime", "LogAppendTime"),
+            topic=True,
+        ),
+        Key(
+            "compression.type",
+            "enum",
+            "producer",
             "producer, uncompressed, gzip, lz4 or zstd",
-            choices=("producer", "uncompressed", "gzip", "lz4", "zstd"), topic=True),
+            choices=("producer", "uncompressed", "gzip", "lz4", "zstd"),
+            topic=True,
+        ),
     ]
 }
 
@@ -231,8 +244,10 @@ def parse_value(key: Key, value: Any) -> Any:
     """The typed value of `value` for `key`, or None when it is not allowed."""
     if key.kind == "int":
         n = _parse_int(value)
-        if n is None or (key.minimum is not None and n < key.minimum) or (
-            key.maximum is not None and n > key.maximum
+        if (
+            n is None
+            or (key.minimum is not None and n < key.minimum)
+            or (key.maximum is not None and n > key.maximum)
         ):
             return None
         return n
@@ -297,8 +312,11 @@ def build_config(values: Mapping[str, Any], source: str = "node.toml") -> NodeCo
     if settings["workers"] is None:
         settings["workers"] = max(1, os.cpu_count() or 1)
     if settings["supervisor.restart.backoff.max.ms"] < settings["supervisor.restart.backoff.ms"]:
-        raise _bad(source, KEYS["supervisor.restart.backoff.max.ms"],
-                   settings["supervisor.restart.backoff.max.ms"])
+        raise _bad(
+            source,
+            KEYS["supervisor.restart.backoff.max.ms"],
+            settings["supervisor.restart.backoff.max.ms"],
+        )
     settings["peers"] = tuple(settings["peers"])
     data_dir = Path(os.path.abspath(os.path.expanduser(settings["data.dir"])))
     settings["data.dir"] = str(data_dir)
@@ -320,8 +338,9 @@ def build_config(values: Mapping[str, Any], source: str = "node.toml") -> NodeCo
     )
 
 
-def load_config(path: str | os.PathLike[str] | None = None,
-                overrides: Mapping[str, Any] | None = None) -> NodeConfig:
+def load_config(
+    path: str | os.PathLike[str] | None = None, overrides: Mapping[str, Any] | None = None
+) -> NodeConfig:
     """node.toml at `path` (None: defaults only) with `overrides` (flat keys, None = unset)."""
     values: dict[str, Any] = {}
     source = "defaults"

@@ -1,0 +1,304 @@
+"""Shared fixtures: free ports, real nodes started with `qnode start`, and their cleanup.
+
+    def test_something(node):                    # a started 2-worker node on free ports
+        admin = Admin(bootstrap=node.bootstrap)
+
+    def test_custom(node_factory):
+        n = node_factory(workers=1, config={"flush.messages": 1})   # extra node.toml keys
+        n.kill_child("worker", 0)                 # kill -9 one child; the supervisor restarts it
+        n.kill()                                  # kill -9 the whole node (supervisor + children)
+        n.restart()                               # same data dir and port, waits for ready
+        n.stop()                                  # SIGTERM: asserts exit 0 and no child left
+
+Every node is torn down at the end of its test whatever happened: all its processes killed
+and every `/dev/shm` name of that node (shm tables, semaphores) unlinked. Timeouts are
+bounded; a node that does not get ready shows the tail of its log in the failure.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 30.0
+_LAUNCH = "import sys; from qnode.node.cli import main; sys.argv[0] = 'qnode'; main()"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def free_endpoint(host: str = "127.0.0.1") -> str:
+    return f"tcp://{host}:{free_port(host)}"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def process_alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie counts as dead)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def children_of(pid: int) -> list[int]:
+    """Live child pids of `pid` (from /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
+            out.append(int(entry))
+    return out
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
+             interval: float = 0.02) -> Any:
+    """Poll `predicate` until it returns something truthy; fail the test after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+class NodeProcess:
+    """One `qnode start` process (supervisor + coordinator + workers) under test."""
+
+    def __init__(self, base_dir: Path, workers: int = 2, node_id: int = 0,
+                 config: dict[str, Any] | None = None, port: int | None = None,
+                 extra_args: list[str] | None = None) -> None:
+        self.base_dir = base_dir
+        self.data_dir = base_dir / "data"
+        self.workers = workers
+        self.node_id = node_id
+        self.port = port or free_port()
+        self.bootstrap = f"tcp://127.0.0.1:{self.port}"
+        self.config_path = base_dir / "node.toml"
+        self.config_path.write_text(
+            "".join(f"{k} = {_toml_value(v)}\n" for k, v in (config or {}).items())
+        )
+        self.extra_args = extra_args or []
+        self.log_path = base_dir / "node.log"
+        self.proc: subprocess.Popen | None = None
+        self.returncode: int | None = None
+        self.seen_pids: set[int] = set()
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self.stdout_lines: list[str] = []
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", _LAUNCH, "start", "--config", str(self.config_path),
+                "--data-dir", str(self.data_dir), "--node-id", str(self.node_id),
+                "--workers", str(self.workers), "--listen", self.bootstrap, *self.extra_args]
+
+    def spawn(self) -> subprocess.Popen:
+        """Start `qnode start` without waiting for it (see `wait_ready`)."""
+        assert self.proc is None or self.proc.poll() is not None, "node already running"
+        self._lines = queue.Queue()
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=log,
+                                     stdin=subprocess.DEVNULL, text=True, cwd=self.base_dir)
+        log.close()
+        self.returncode = None
+        self.seen_pids.add(self.proc.pid)
+        threading.Thread(target=self._read_stdout, args=(self.proc,), daemon=True).start()
+        return self.proc
+
+    def _read_stdout(self, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self.stdout_lines.append(line.rstrip("\n"))
+            self._lines.put(line.rstrip("\n"))
+        self._lines.put(None)
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> NodeProcess:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                pytest.fail(f"node not ready after {timeout:.0f} s\n{self.log_tail()}")
+            try:
+                line = self._lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line is None:
+                code = self.proc.wait() if self.proc else None
+                pytest.fail(f"qnode start exited with {code} before ready\n{self.log_tail()}")
+            if " ready on " in line:
+                self.child_pids()  # remember them for cleanup
+                return self
+
+    def start(self, timeout: float = READY_TIMEOUT_S) -> NodeProcess:
+        self.spawn()
+        return self.wait_ready(timeout)
+
+    def restart(self, timeout: float = READY_TIMEOUT_S) -> NodeProcess:
+        """Start again on the same data dir and port (after `stop` or `kill`)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.stop()
+        return self.start(timeout)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def child_pids(self) -> dict[str, int]:
+        """{"coordinator": pid, "worker 0": pid, ...} of the live children."""
+        out = {}
+        if self.proc is None:
+            return out
+        for pid in children_of(self.proc.pid):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    args = f.read().split(b"\0")
+            except FileNotFoundError:
+                continue
+            if b"qnode.node.process_main" in args:
+                i = args.index(b"qnode.node.process_main")
+                role = " ".join(a.decode() for a in args[i + 1:] if a)
+                out[role] = pid
+                self.seen_pids.add(pid)
+        return out
+
+    def kill_child(self, role: str, worker_id: int | None = None,
+                   sig: int = signal.SIGKILL) -> int:
+        """Signal one child ("coordinator", or "worker" with `worker_id`); returns its pid."""
+        name = role if worker_id is None else f"{role} {worker_id}"
+        pid = self.child_pids().get(name)
+        assert pid is not None, f"no live {name} in {self.child_pids()}"
+        os.kill(pid, sig)
+        return pid
+
+    def wait_child_restarted(self, role: str, old_pid: int, worker_id: int | None = None,
+                             timeout: float = READY_TIMEOUT_S) -> int:
+        name = role if worker_id is None else f"{role} {worker_id}"
+
+        def new_pid() -> int | None:
+            pid = self.child_pids().get(name)
+            return pid if pid is not None and pid != old_pid else None
+
+        return wait_for(new_pid, timeout, f"{name} to be restarted")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send `sig` to the whole node at once (supervisor first, then every child) and wait
+        until they are all gone: a power cut, when sig is SIGKILL."""
+        if self.proc is None:
+            return
+        children = list(self.child_pids().values())
+        for pid in [self.proc.pid, *children]:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        self.returncode = self.proc.wait(STOP_TIMEOUT_S)
+        wait_for(lambda: not any(process_alive(p) for p in children), STOP_TIMEOUT_S,
+                 "the node's children to die")
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int:
+        """SIGTERM the supervisor; assert it exits 0 and leaves no child behind."""
+        assert self.proc is not None
+        children = list(self.child_pids().values())
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.returncode = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"node did not stop within {timeout:.0f} s\n{self.log_tail()}")
+        assert self.returncode == 0, f"qnode start exited {self.returncode}\n{self.log_tail()}"
+        left = [p for p in children if process_alive(p)]
+        assert not left, f"children still alive after stop: {left}"
+        return self.returncode
+
+    def cleanup(self) -> None:
+        """Kill whatever is left of the node and unlink its shared-memory names."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.child_pids()
+            self.proc.kill()
+            self.proc.wait(STOP_TIMEOUT_S)
+        for pid in self.seen_pids:
+            if process_alive(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 10
+        while any(process_alive(p) for p in self.seen_pids) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+        from qnode.node.supervisor import node_shm_names, unlink_shm
+
+        unlink_shm(node_shm_names(self.node_id, self.data_dir))
+
+    def shm_names(self) -> list[str]:
+        from qnode.node.supervisor import node_shm_names
+
+        return node_shm_names(self.node_id, self.data_dir)
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+
+@pytest.fixture
+def node_factory(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
+    """Make and start nodes (kwargs of NodeProcess; `start=False` to only create one)."""
+    made: list[NodeProcess] = []
+
+    def make(start: bool = True, **kwargs: Any) -> NodeProcess:
+        base = tmp_path / f"node{len(made)}"
+        base.mkdir()
+        n = NodeProcess(base, **kwargs)
+        made.append(n)
+        return n.start() if start else n
+
+    yield make
+    for n in made:
+        n.cleanup()
+
+
+@pytest.fixture
+def node(node_factory: Callable[..., NodeProcess]) -> NodeProcess:
+    """A started node: 2 workers, free port, fresh data dir; torn down after the test."""
+    return node_factory(workers=2)
