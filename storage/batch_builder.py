@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import IntEnum
 
 from crc32c import crc32c
@@ -58,7 +58,7 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _make_append(check_room: bool):  # type: ignore[no-untyped-def]
+def _make_append(check_room: bool) -> Callable[..., int]:
     """Build `append` (never refuses) or `try_append` (refuses past batch_size) from one body.
 
     This is the producer's per-record hot path: one call, table lookups, a few bytes
@@ -140,7 +140,7 @@ def _make_append(check_room: bool):  # type: ignore[no-untyped-def]
 
 
 class BatchBuilder:
-    """Accumulates records and builds one RecordBatch v2.
+    """Accumulates records and builds one RecordBatch v2 (not thread-safe: one owner at a time).
 
     `batch_size` is the producer's `batch.size`: `has_room_for` says no once the estimate
     would pass it (the first record is always accepted, however large, as in Kafka).
