@@ -281,6 +281,144 @@ class NodeProcess:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
 
+class CoordinatorProcess:
+    """A coordinator process alone (`process_main coordinator`), no supervisor, no workers:
+    for tests of the bootstrap endpoint and the metadata log over real processes."""
+
+    def __init__(self, base_dir: Path, config: dict[str, Any] | None = None,
+                 port: int | None = None) -> None:
+        from qnode.node.config import load_config
+
+        self.base_dir = base_dir
+        self.data_dir = base_dir / "data"
+        self.port = port or free_port()
+        self.bootstrap = f"tcp://127.0.0.1:{self.port}"
+        overrides = {"data.dir": str(self.data_dir), "listen": self.bootstrap, "workers": 2}
+        overrides.update(config or {})
+        self.config = load_config(None, overrides)
+        self.log_path = base_dir / "coordinator.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = READY_TIMEOUT_S) -> CoordinatorProcess:
+        from qnode.node.process_main import CONFIG_ENV, NOTIFY_ENV
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        r, w = os.pipe()
+        env = dict(os.environ, **{CONFIG_ENV: self.config.to_json(), NOTIFY_ENV: str(w)})
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "qnode.node.process_main", "coordinator"],
+            env=env, pass_fds=(w,), stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        log.close()
+        os.close(w)
+        lines: queue.Queue[str | None] = queue.Queue()
+
+        def read() -> None:
+            with os.fdopen(r) as f:
+                for line in f:
+                    lines.put(line)
+            lines.put(None)
+
+        threading.Thread(target=read, daemon=True).start()
+        try:
+            line = lines.get(timeout=timeout)
+        except queue.Empty:
+            line = None
+        if not line or not line.startswith("coordinator ready"):
+            self.kill()
+            pytest.fail(f"coordinator not ready: {line!r}\n{self.log_path.read_text()[-3000:]}")
+        return self
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        assert code == 0, f"coordinator exited {code}\n{self.log_path.read_text()[-3000:]}"
+        return code
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(STOP_TIMEOUT_S)
+
+    def restart(self) -> CoordinatorProcess:
+        if self.proc is not None and self.proc.poll() is None:
+            self.stop()
+        return self.start()
+
+
+class RawClient:
+    """A DEALER speaking the wire protocol by hand (transport/frame.py), for tests."""
+
+    def __init__(self, endpoint: str, timeout_ms: int = 10_000) -> None:
+        import zmq
+
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+        self.timeout_ms = timeout_ms
+        self._corr = 0
+
+    def send(self, frames: list[Any]) -> None:
+        self.sock.send_multipart(frames)
+
+    def recv(self, timeout_ms: int | None = None) -> Any:
+        """The next response, decoded (fails the test when none comes in time)."""
+        from qnode.transport.frame import decode_response
+
+        if not self.sock.poll(self.timeout_ms if timeout_ms is None else timeout_ms):
+            pytest.fail("no response from the server in time")
+        return decode_response(self.sock.recv_multipart())
+
+    def call(self, api_key: int, body: dict[str, Any], version: int = 0,
+             data: tuple[Any, ...] = (), timeout_ms: int | None = None) -> Any:
+        """Send one request and return its `Response` (correlation id checked)."""
+        from qnode.transport.frame import encode_request
+
+        self._corr += 1
+        self.send(encode_request(api_key, version, self._corr, body, data, client_id="test"))
+        resp = self.recv(timeout_ms)
+        assert resp.correlation_id == self._corr, "response to another request"
+        return resp
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
+
+
+@pytest.fixture
+def coordinator_factory(tmp_path: Path) -> Iterator[Callable[..., CoordinatorProcess]]:
+    """Make and start lone coordinator processes; all killed at teardown."""
+    made: list[CoordinatorProcess] = []
+
+    def make(start: bool = True, **kwargs: Any) -> CoordinatorProcess:
+        base = tmp_path / f"coord{len(made)}"
+        base.mkdir()
+        c = CoordinatorProcess(base, **kwargs)
+        made.append(c)
+        return c.start() if start else c
+
+    yield make
+    for c in made:
+        c.kill()
+
+
+@pytest.fixture
+def raw_client_factory() -> Iterator[Callable[[str], RawClient]]:
+    """`raw_client_factory(endpoint)` → RawClient; all closed at teardown."""
+    made: list[RawClient] = []
+
+    def make(endpoint: str) -> RawClient:
+        c = RawClient(endpoint)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
+
+
 @pytest.fixture
 def node_factory(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
     """Make and start nodes (kwargs of NodeProcess; `start=False` to only create one)."""
