@@ -109,6 +109,18 @@ class LocalNode:
                 return pid
         raise NodeError(f"no worker process listens on any of {endpoints}")
 
+    def shm_leftovers(self, unlink: bool = True) -> list[str]:
+        """POSIX shm tables of this node's data dir still present (unlinked when asked)."""
+        from qnode.node.shm_table import shm_name
+
+        digest = shm_name(0, str(self.data_dir), 0).split(".")[2]
+        shm = Path("/dev/shm")
+        found = sorted(p.name for p in shm.glob(f"qnode.*.{digest}.w*")) if shm.is_dir() else []
+        if unlink:
+            for name in found:
+                (shm / name).unlink(missing_ok=True)
+        return found
+
     def stop(self, timeout_s: float = 30.0) -> int:
         """SIGTERM (the clean path) and wait; SIGKILL the whole group if it hangs."""
         if self.proc.poll() is None:

@@ -193,6 +193,9 @@ class _Run:
             if self.node_exit != 0:
                 self.ctx.fail(f"node exited with {self.node_exit} on SIGTERM "
                               f"(log: {self.node.log_path})")
+            leftovers = self.node.shm_leftovers()
+            if leftovers:
+                self.ctx.fail(f"node left shared memory behind (now unlinked): {leftovers}")
 
 
 def _phase_seconds(values: Any, phases: list[str], phase: str) -> Any:

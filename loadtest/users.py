@@ -53,7 +53,8 @@ class QnodeUser(User):
         try:
             self.client.wait_ready(self.ctx.workload.ready_timeout_s)
         except ClientProcessError as e:
-            self.ctx.fail(str(e))
+            if self.client.fatal is None:  # a fatal message was reported as it arrived
+                self.ctx.fail(str(e))
             raise StopUser() from e  # Locust then runs on_stop, which reaps the child
         self.on_ready()
 

@@ -1,0 +1,338 @@
+"""The broker path alone: ready-made batches produced to a node vs raw pyzmq PUSH→PULL.
+
+`qnode bench produce --prebuilt` calls `run_prebuilt`. The client builds one RecordBatch v2 of
+about `batch_bytes` (records of `record_size` bytes) once and sends it over and over, pipelined
+(`inflight` requests outstanding), straight to the worker endpoints the metadata names, so the
+client costs almost nothing and the figure is the broker's: receive, validate (CRC-32C),
+stamp, append to the mapped segment, answer. In the same run the very same multipart frames
+go through a raw pyzmq PUSH→PULL pair (receiver in its own process, as the worker is), which
+is the ceiling any zmq broker could reach on this machine: the ratio shows the broker's own
+overhead.
+
+    python -m qnode.loadtest.bench_broker [--bootstrap tcp://...] [--seconds 5] [--partitions 1]
+
+Without `--bootstrap` it starts a node of its own (`qnode start`, temporary data dir).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import zmq
+
+from qnode.storage.batch_builder import BatchBuilder
+from qnode.transport.api import ApiKey
+from qnode.transport.errors import ErrorCode, error_name
+from qnode.transport.frame import decode_response, encode_request, encode_request_header
+
+DEFAULT_TOPIC = "bench-prebuilt"
+Progress = Callable[[int, int], None]  # (bytes acknowledged so far, batches so far)
+
+
+class BenchError(RuntimeError):
+    """The node refused the bench (topic, metadata, produce errors)."""
+
+
+@dataclass
+class PrebuiltResult:
+    batches: int
+    records: int
+    bytes: int
+    seconds: float
+    raw_bytes: int
+    raw_seconds: float
+    batch_bytes: int
+    partitions: int
+    inflight: int
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / self.seconds / 1e6 if self.seconds else 0.0
+
+    @property
+    def records_per_s(self) -> float:
+        return self.records / self.seconds if self.seconds else 0.0
+
+    @property
+    def raw_mb_per_s(self) -> float:
+        return self.raw_bytes / self.raw_seconds / 1e6 if self.raw_seconds else 0.0
+
+    @property
+    def ratio(self) -> float:
+        return self.mb_per_s / self.raw_mb_per_s if self.raw_mb_per_s else 0.0
+
+    def summary(self) -> str:
+        return (
+            f"broker: {self.batches} batches of {self.batch_bytes} B to {self.partitions} "
+            f"partition(s) in {self.seconds:.2f} s = {self.mb_per_s:.0f} MB/s, "
+            f"{self.records_per_s:,.0f} records/s\n"
+            f"raw pyzmq PUSH->PULL, same frames: {self.raw_mb_per_s:.0f} MB/s\n"
+            f"broker / raw = {self.ratio * 100:.0f} % (target >= 50 %)"
+        )
+
+
+def prebuilt_batch(batch_bytes: int = 16384, record_size: int = 100) -> tuple[bytes, int]:
+    """One batch of ~`batch_bytes` made of `record_size`-byte values; (bytes, record count)."""
+    b = BatchBuilder(batch_size=batch_bytes)
+    value = bytes(itertools.islice(itertools.cycle(b"qnode-prebuilt-"), record_size))
+    n = 0
+    while b.try_append(None, value) >= 0:  # -1: the next record would pass batch_bytes
+        n += 1
+    return b.build(), n
+
+
+# -- talking to the node ----------------------------------------------------------------------
+
+
+class _Rpc:
+    def __init__(self, ctx: zmq.Context, endpoint: str) -> None:
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+        self.corr = 0
+
+    def call(self, api: int, body: dict[str, Any], timeout_s: float = 10) -> dict[str, Any]:
+        self.corr += 1
+        self.sock.send_multipart(encode_request(api, 0, self.corr, body, client_id="bench"))
+        end = time.monotonic() + timeout_s
+        while True:
+            left = end - time.monotonic()
+            if left <= 0 or not self.sock.poll(int(left * 1000) + 1):
+                raise BenchError(f"no answer to {ApiKey(api).name} within {timeout_s} s")
+            resp = decode_response(self.sock.recv_multipart())
+            if resp.correlation_id == self.corr:
+                if resp.error_code:
+                    raise BenchError(f"{error_name(resp.error_code)}: {resp.body.get('message')}")
+                return resp.body
+
+    def close(self) -> None:
+        self.sock.close(0)
+
+
+def _leaders(ctx: zmq.Context, bootstrap: str, topic: str, partitions: int,
+             timeout_s: float = 30) -> dict[int, str]:
+    """Partition → worker endpoint, creating the topic if needed and waiting for leaders."""
+    rpc = _Rpc(ctx, bootstrap)
+    try:
+        end = time.monotonic() + timeout_s
+        created = False
+        while True:
+            try:
+                md = rpc.call(ApiKey.METADATA, {"topics": [topic], "include_offsets": False})
+            except BenchError:
+                if time.monotonic() > end:
+                    raise
+                continue
+            t = md["topics"][0]
+            if t["error"] == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION and not created:
+                res = rpc.call(ApiKey.CREATE_TOPICS, {"topics": [{
+                    "name": topic, "num_partitions": partitions, "replication_factor": 1,
+                    "configs": {}}], "validate_only": False}, timeout_s=30)
+                err = res["topics"][0]["error"]
+                if err not in (0, ErrorCode.TOPIC_ALREADY_EXISTS):
+                    raise BenchError(f"cannot create {topic}: {res['topics'][0].get('message')}")
+                created = True
+                continue
+            parts = {p["partition"]: p.get("endpoint") for p in t.get("partitions", [])
+                     if p["error"] == 0 and p.get("endpoint")}
+            if t["error"] == 0 and len(parts) >= partitions:
+                return {p: parts[p] for p in range(partitions)}
+            if time.monotonic() > end:
+                raise BenchError(f"topic {topic} not ready: {t}")
+            time.sleep(0.05)
+    finally:
+        rpc.close()
+
+
+# -- the two measurements ---------------------------------------------------------------------
+
+
+def _produce_loop(ctx: zmq.Context, leaders: dict[int, str], topic: str, batch: bytes,
+                  seconds: float, inflight: int, acks: int,
+                  progress: Progress | None) -> tuple[int, float]:
+    """Send `batch` round-robin over the partitions for `seconds`; (batches acked, elapsed)."""
+    socks: dict[str, zmq.Socket] = {}
+    targets = []
+    for p, ep in sorted(leaders.items()):
+        if ep not in socks:
+            s = ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.SNDHWM, 0)
+            s.setsockopt(zmq.RCVHWM, 0)
+            s.connect(ep)
+            socks[ep] = s
+        body = msgpack.packb({"acks": acks, "timeout_ms": 30000, "topics": [
+            {"name": topic, "partitions": [{"partition": p, "frame": 0}]}]})
+        targets.append((socks[ep], body))
+    poller = zmq.Poller()
+    for s in socks.values():
+        poller.register(s, zmq.POLLIN)
+    header = encode_request_header
+    out = 0
+    acked = 0
+    corr = 0
+    rr = itertools.cycle(targets)
+    next_report = time.monotonic() + 0.5
+    start = time.monotonic()
+    stop_at = start + seconds
+    sending = True
+    while sending or out:
+        while sending and out < inflight:
+            sock, body = next(rr)
+            corr += 1
+            sock.send_multipart([header(ApiKey.PRODUCE, 0, corr, "bench"), body, batch])
+            out += 1
+        if not poller.poll(10_000):
+            raise BenchError("the node stopped answering produce requests")
+        for s in socks.values():
+            while True:
+                try:
+                    frames = s.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                out -= 1
+                resp = msgpack.unpackb(frames[1])
+                part = resp["topics"][0]["partitions"][0]
+                if part["error"]:
+                    raise BenchError(f"produce failed: {error_name(part['error'])} "
+                                     f"{part.get('message', '')}")
+                acked += 1
+        now = time.monotonic()
+        if now >= stop_at:
+            sending = False
+        if progress is not None and now >= next_report:
+            next_report = now + 0.5
+            progress(acked * len(batch), acked)
+    elapsed = time.monotonic() - start
+    for s in socks.values():
+        s.close(0)
+    return acked, elapsed
+
+
+_PULL = textwrap.dedent(
+    """
+    import sys, zmq
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL); pull.setsockopt(zmq.RCVHWM, 0)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    done = ctx.socket(zmq.PUSH); done.connect(sys.argv[1])
+    print(port, flush=True)
+    n = int(sys.stdin.readline())
+    for _ in range(n):
+        pull.recv_multipart(copy=False)
+    done.send(b"done")
+    done.close(1000); pull.close(0); ctx.term()
+    """
+)
+
+
+def raw_push_pull(frames: list[bytes], count: int) -> float:
+    """Seconds to move `count` copies of `frames` through PUSH→PULL to another process."""
+    ctx = zmq.Context()
+    back = ctx.socket(zmq.PULL)
+    back_port = back.bind_to_random_port("tcp://127.0.0.1")
+    proc = subprocess.Popen([sys.executable, "-c", _PULL, f"tcp://127.0.0.1:{back_port}"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    push = ctx.socket(zmq.PUSH)
+    try:
+        port = int(proc.stdout.readline())
+        push.setsockopt(zmq.SNDHWM, 1000)
+        push.connect(f"tcp://127.0.0.1:{port}")
+        proc.stdin.write(f"{count}\n")
+        proc.stdin.flush()
+        time.sleep(0.2)  # connected before the clock starts, as the broker's DEALERs are
+        start = time.monotonic()
+        for _ in range(count):
+            push.send_multipart(frames)
+        if not back.poll(120_000):
+            raise BenchError("raw PULL receiver did not finish")
+        back.recv()
+        return time.monotonic() - start
+    finally:
+        push.close(0)
+        back.close(0)
+        ctx.term()
+        proc.wait(10)
+
+
+def run_prebuilt(
+    bootstrap: str,
+    topic: str = DEFAULT_TOPIC,
+    partitions: int = 1,
+    seconds: float = 5.0,
+    batch_bytes: int = 16384,
+    record_size: int = 100,
+    inflight: int = 64,
+    acks: int = 1,
+    progress: Progress | None = None,
+) -> PrebuiltResult:
+    """Produce ready-made batches to the node at `bootstrap`, then the raw baseline."""
+    batch, records = prebuilt_batch(batch_bytes, record_size)
+    ctx = zmq.Context()
+    try:
+        leaders = _leaders(ctx, bootstrap, topic, partitions)
+        # warm up: connections, first segment pages
+        _produce_loop(ctx, leaders, topic, batch, min(0.5, seconds / 4), inflight, acks, None)
+        acked, elapsed = _produce_loop(ctx, leaders, topic, batch, seconds, inflight, acks,
+                                       progress)
+    finally:
+        ctx.term()
+    body = msgpack.packb({"acks": acks, "timeout_ms": 30000, "topics": [
+        {"name": topic, "partitions": [{"partition": 0, "frame": 0}]}]})
+    frames = [encode_request_header(ApiKey.PRODUCE, 0, 1, "bench"), body, batch]
+    raw_count = max(acked, 1000)
+    raw_seconds = raw_push_pull(frames, raw_count)
+    return PrebuiltResult(
+        batches=acked, records=acked * records, bytes=acked * len(batch), seconds=elapsed,
+        raw_bytes=raw_count * len(batch), raw_seconds=raw_seconds, batch_bytes=len(batch),
+        partitions=partitions, inflight=inflight,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bootstrap", help="a running node (default: start one)")
+    ap.add_argument("--topic", default=DEFAULT_TOPIC)
+    ap.add_argument("--partitions", type=int, default=1)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--batch-bytes", type=int, default=16384)
+    ap.add_argument("--record-size", type=int, default=100)
+    ap.add_argument("--inflight", type=int, default=64)
+    ap.add_argument("--acks", type=int, default=1, choices=(1, -1))
+    ap.add_argument("--workers", type=int, default=1, help="workers of a node started here")
+    args = ap.parse_args(argv)
+    node = None
+    bootstrap = args.bootstrap
+    if bootstrap is None:
+        from qnode.loadtest.local_node import LocalNode
+
+        node = LocalNode.start(Path(tempfile.mkdtemp(prefix="qnode-bench-")),
+                               workers=args.workers)
+        bootstrap = node.bootstrap
+        print(f"started a node on {bootstrap} ({args.workers} worker(s))", file=sys.stderr)
+    try:
+        res = run_prebuilt(bootstrap, args.topic, args.partitions, args.seconds,
+                           args.batch_bytes, args.record_size, args.inflight, args.acks,
+                           lambda b, n: print(f"\r  {b / 1e6:,.0f} MB acknowledged", end="",
+                                              file=sys.stderr))
+        print(file=sys.stderr)
+        print(res.summary())
+    finally:
+        if node is not None:
+            node.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
