@@ -1,0 +1,103 @@
+"""Controller rules on a real metadata store (files, no sockets): placement, ids, configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from qnode.coordinator.controller import (
+    PRODUCER_ID_BLOCK,
+    Controller,
+    ControllerError,
+    TopicSpec,
+    check_topic_name,
+)
+from qnode.coordinator.metadata_log import MetadataLog
+from qnode.coordinator.quorum import Quorum
+from qnode.coordinator.store import MetadataStore
+from qnode.node.config import load_config
+from qnode.transport.errors import ErrorCode
+
+
+def make_controller(d: Path, workers: int = 3, **overrides) -> tuple[Controller, MetadataLog]:
+    config = load_config(None, {"data.dir": str(d), "workers": workers,
+                                "listen": "tcp://127.0.0.1:1", **overrides})
+    mlog = MetadataLog(d / "meta")
+    quorum = Quorum(0, frozenset({0}), mlog, d / "meta" / "quorum-state")
+    store = MetadataStore(mlog, quorum, 1 << 30)
+    quorum.start_election()
+    controller = Controller(config, store)
+    controller.start()
+    return controller, mlog
+
+
+def workers_of(c: Controller, topic: str) -> list[int]:
+    return [p.worker for p in c.partitions_of(c.topic(topic))]
+
+
+def test_placement_least_loaded_and_stable(tmp_path: Path) -> None:
+    c, mlog = make_controller(tmp_path)
+    c.create_topic(TopicSpec("a", 2))
+    assert workers_of(c, "a") == [0, 1]
+    c.create_topic(TopicSpec("b", 4))
+    assert workers_of(c, "b") == [2, 0, 1, 2], "fills the least-loaded worker first"
+    c.delete_topic("a")
+    c.create_topic(TopicSpec("c", 2))
+    assert workers_of(c, "c") == [0, 1], "deleted partitions free their workers"
+    mlog.close()
+    c2, mlog2 = make_controller(tmp_path)
+    assert workers_of(c2, "b") == [2, 0, 1, 2] and workers_of(c2, "c") == [0, 1]
+    assert c2.image.topics["b"].topic_id == c.image.topics["b"].topic_id
+    mlog2.close()
+
+
+def test_producer_id_blocks(tmp_path: Path) -> None:
+    c, mlog = make_controller(tmp_path)
+    ids = [c.allocate_producer_id() for _ in range(PRODUCER_ID_BLOCK + 2)]
+    assert ids == list(range(PRODUCER_ID_BLOCK + 2)), "a second block follows the first"
+    assert c.image.next_producer_id == 2 * PRODUCER_ID_BLOCK
+    assert c.image.producer_id_blocks == {0: 2 * PRODUCER_ID_BLOCK}
+    mlog.close()
+
+
+def test_internal_topics(tmp_path: Path) -> None:
+    c, mlog = make_controller(tmp_path, workers=2)
+    c.ensure_internal_topic("__consumer_offsets", 5, {"cleanup.policy": "compact"})
+    c.ensure_internal_topic("__consumer_offsets", 5, {"cleanup.policy": "compact"})  # no-op
+    t = c.topic("__consumer_offsets")
+    assert t.internal and len(t.partitions) == 5 and t.configs == {"cleanup.policy": "compact"}
+    with pytest.raises(ControllerError) as e:
+        c.delete_topic("__consumer_offsets")
+    assert e.value.code == ErrorCode.INVALID_REQUEST
+    mlog.close()
+
+
+@pytest.mark.parametrize("name", ["ok", "a.b-c_D9", "x" * 249])
+def test_legal_names(name: str) -> None:
+    check_topic_name(name)
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "x" * 250, "sp ace", "é", "a:b"])
+def test_illegal_names(name: str) -> None:
+    with pytest.raises(ControllerError) as e:
+        check_topic_name(name)
+    assert e.value.code == ErrorCode.INVALID_TOPIC_EXCEPTION
+
+
+def test_config_changes_are_validated_and_recorded(tmp_path: Path) -> None:
+    c, mlog = make_controller(tmp_path)
+    c.create_topic(TopicSpec("t", 1, configs={"cleanup.policy": "delete,compact"}))
+    assert c.topic("t").configs == {"cleanup.policy": "compact,delete"}, "normalized"
+    end = c.store.committed_offset
+    c.alter_topic_configs("t", [("cleanup.policy", "set", "compact,delete")])
+    assert c.store.committed_offset == end, "no change, no record"
+    with pytest.raises(ControllerError) as e:
+        c.alter_topic_configs("t", [("max.message.bytes", "set", "-1")])
+    assert e.value.code == ErrorCode.INVALID_CONFIG and "max.message.bytes" in e.value.message
+    c.alter_topic_configs("t", [("max.message.bytes", "set", "2000"),
+                                ("cleanup.policy", "delete", None)])
+    assert c.topic("t").configs == {"max.message.bytes": "2000"}
+    sources = {k: s for k, _v, s in c.effective_configs("t")}
+    assert sources["max.message.bytes"] == "topic" and sources["cleanup.policy"] == "default"
+    mlog.close()
