@@ -171,6 +171,7 @@ class NodeConfig:
         """Every key's value as JSON: how the supervisor hands the config to its children."""
         values = dict(self.settings)
         values["data.dir"] = str(self.data_dir)
+        values["peers"] = [f"{p.node_id}@{p.endpoint}" for p in self.peers]
         return json.dumps(values)
 
     @classmethod
