@@ -192,11 +192,14 @@ class GroupCoordinator:
             old.join_waiter(JoinResult(E.FENCED_INSTANCE_ID, member_id=old.member_id))
         if old.sync_waiter:
             old.sync_waiter(SyncResult(E.FENCED_INSTANCE_ID))
-        unchanged = old.protocols == req.protocols
         member = self._add_member(group, req, member_id, None)
         member.assignment = old.assignment
         if group.leader == old.member_id:
             group.leader = member_id
+        # As Kafka: only a change of the group's selected protocol forces a rebalance; the
+        # restarted member's subscription bytes differ anyway (it owns nothing yet).
+        unchanged = (group.protocol in member.protocol_names()
+                     and group.select_protocol() == group.protocol)
         if group.state is S.STABLE and unchanged:
             # No rebalance: same subscription, same slot, same assignment (KIP-345).
             self._persist_group(group, lambda _err: None)
