@@ -305,3 +305,17 @@ def test_property_resealed_damage_only_raises_corrupt(recs: list, codec: str,
         list(iter_records(bytes(buf)))
     except CorruptRecordError:
         pass
+
+
+def test_codec_benchmark_script_runs() -> None:
+    """The benchmark prints a row per codec (figures are read by people, never asserted)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "qnode.loadtest.bench_codec", "--records", "3000", "--repeat", "1",
+         "--key-size", "8"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout
+    rows = [line.split()[0] for line in out.splitlines()[2:]]
+    assert sorted(rows) == sorted(CODECS)
