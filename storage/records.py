@@ -140,8 +140,13 @@ def _decode_loop(data: bytes, count: int, base_offset: int, base_ts: int) -> lis
             ts = base_ts + U1[b]
             pos += 2
         else:
-            tsd, pos = zigzag_decode(data, pos + 1)
-            ts = base_ts + tsd
+            b2 = data[pos + 2]
+            if b2 < 0x80:  # records appended within ~8 s of the first one
+                ts = base_ts + U2[b | b2 << 8]
+                pos += 3
+            else:
+                tsd, pos = zigzag_decode(data, pos + 1)
+                ts = base_ts + tsd
         b = data[pos]
         if b < 0x80:
             offset = base_offset + U1[b]
