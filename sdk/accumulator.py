@@ -1,7 +1,7 @@
 """The producer's record accumulator: per-partition batches between `send()` and the sender.
 
-Application threads append records to the partition's open batch (a storage `BatchBuilder`,
-so each record is encoded once, in `send()`); a batch is sealed when it reaches `batch.size`,
+Application threads append records to the partition's open batch (encoded once, in
+`send()`, by `record_writer`); a batch is sealed when it reaches `batch.size`,
 when `linger.ms` has passed since it was opened, or on `flush()`. Sealed batches wait in
 their partition's queue until the sender thread drains them into Produce requests.
 `buffer.memory` bounds the bytes held in batches not yet acknowledged: opening a batch
@@ -21,24 +21,27 @@ from typing import Any
 
 from qnode.sdk.errors import RequestTimeoutError
 from qnode.sdk.futures import BatchResult
-from qnode.storage.batch_builder import BatchBuilder
+from qnode.sdk.record_writer import build_batch
 
 PartitionKey = tuple[str, int]
 
 
 class ProducerBatch:
-    """One batch of one partition: its builder while open, its bytes once built."""
+    """One batch of one partition: encoded record parts while open, its bytes once built."""
 
-    __slots__ = ("topic", "partition", "key", "builder", "result", "size", "created",
-                 "deadline", "sealed", "attempts", "retry_at", "data", "record_count",
-                 "reserved", "base_sequence", "sent_at")
+    __slots__ = ("topic", "partition", "key", "parts", "count", "base_ts", "max_ts", "result",
+                 "size", "created", "deadline", "sealed", "attempts", "retry_at", "data",
+                 "record_count", "reserved", "base_sequence", "sent_at")
 
-    def __init__(self, topic: str, partition: int, builder: BatchBuilder, reserved: int,
-                 now: float, delivery_timeout: float) -> None:
+    def __init__(self, topic: str, partition: int, reserved: int, now: float,
+                 delivery_timeout: float) -> None:
         self.topic = topic
         self.partition = partition
         self.key: PartitionKey = (topic, partition)
-        self.builder: BatchBuilder | None = builder
+        self.parts: list[bytes] = []  # see record_writer: what send() appends per record
+        self.count = 0
+        self.base_ts = 0  # set from the first record
+        self.max_ts = -1
         self.result = BatchResult(topic, partition)
         self.size = 61  # running estimate of the built batch (header included)
         self.created = now
@@ -52,14 +55,16 @@ class ProducerBatch:
         self.base_sequence = -1
         self.sent_at = 0.0
 
-    def build(self) -> bytes:
-        """Encode the sealed batch once; the records are then dropped (only bytes remain)."""
+    def build(self, compression: int, producer_id: int = -1, producer_epoch: int = -1,
+              base_sequence: int = -1) -> bytes:
+        """Encode the sealed batch once; the record parts are dropped (only bytes remain)."""
         if self.data is None:
-            b = self.builder
-            assert b is not None and self.sealed
-            self.data = b.build()
-            self.record_count = b.record_count
-            self.builder = None
+            assert self.sealed and self.count > 0
+            self.base_sequence = base_sequence
+            self.data = build_batch(self.parts, self.count, self.base_ts, self.max_ts,
+                                    compression, producer_id, producer_epoch, base_sequence)
+            self.record_count = self.count
+            self.parts = []
         return self.data
 
 
@@ -68,13 +73,12 @@ class Accumulator:
 
     def __init__(self, *, batch_size: int, linger_ms: float, buffer_memory: int,
                  max_block_ms: float, delivery_timeout_ms: float,
-                 make_builder: Callable[[], BatchBuilder], wake: Callable[[], None]) -> None:
+                 wake: Callable[[], None]) -> None:
         self.batch_size = batch_size
         self.linger = linger_ms / 1000.0
         self.buffer_memory = buffer_memory
         self.max_block = max_block_ms / 1000.0
         self.delivery_timeout = delivery_timeout_ms / 1000.0
-        self.make_builder = make_builder
         self.wake = wake
         self.lock = threading.Lock()
         self.memory_freed = threading.Condition(self.lock)
@@ -108,8 +112,7 @@ class Accumulator:
         old = self.open.get(key)
         if old is not None:
             self.seal(old)
-        batch = ProducerBatch(topic, partition, self.make_builder(), reserve, time.monotonic(),
-                              self.delivery_timeout)
+        batch = ProducerBatch(topic, partition, reserve, time.monotonic(), self.delivery_timeout)
         self.buffered += reserve
         self.incomplete += 1
         self.open[key] = batch
@@ -125,7 +128,7 @@ class Accumulator:
             del self.open[key]
         if self.sticky.get(batch.topic) is batch:
             del self.sticky[batch.topic]
-        if batch.builder is not None and batch.builder.record_count == 0:
+        if batch.count == 0:
             self._release(batch)  # never got a record (open raced with close): drop it
             batch.result.complete(-1)
             return

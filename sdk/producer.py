@@ -26,10 +26,12 @@ from qnode.sdk.errors import (
 from qnode.sdk.futures import RecordFuture
 from qnode.sdk.metadata import Metadata
 from qnode.sdk.partitioner import StickyPartitioner, partition_for_key
+from qnode.sdk.record_writer import PREFIXES as _PREFIXES
+from qnode.sdk.record_writer import ZERO, encode_headers_section, encode_record, keyless_prefix
 from qnode.sdk.sender import Sender, SenderConfig
 from qnode.sdk.types import Headers, TopicPartition
-from qnode.storage.batch_builder import BatchBuilder
 from qnode.storage.compression import Compression, UnsupportedCompressionError
+from qnode.storage.records import as_bytes
 
 _time_ns = time.time_ns
 _RECORD_OVERHEAD = 12  # varint lengths, attributes, deltas, header count of a small record
@@ -116,22 +118,17 @@ class Producer:
         self.max_request_size = max_request_size
         self.linger_ms = linger_ms
         self._metadata = Metadata(bootstrap, retry_backoff_ms, metadata_max_age_ms)
-        compression_id = int(self.compression)
-
-        def make_builder() -> BatchBuilder:
-            return BatchBuilder(compression_id, batch_size=batch_size)
-
         self._sender: Sender
         self._acc = Accumulator(
             batch_size=batch_size, linger_ms=linger_ms, buffer_memory=buffer_memory,
             max_block_ms=max_block_ms, delivery_timeout_ms=delivery_timeout_ms,
-            make_builder=make_builder, wake=lambda: self._sender.wake())
+            wake=lambda: self._sender.wake())
         self._sender = Sender(self._acc, self._metadata, SenderConfig(
             acks=self.acks, retries=retries, retry_backoff_ms=retry_backoff_ms,
             request_timeout_ms=request_timeout_ms,
             max_in_flight=max_in_flight_requests_per_connection,
             max_request_size=max_request_size, client_id=self.client_id,
-            idempotent=enable_idempotence))
+            idempotent=enable_idempotence, compression=int(self.compression)))
         self._lock = self._acc.lock
         self._sticky = self._acc.sticky
         self._partitioner = StickyPartitioner()
@@ -156,17 +153,29 @@ class Producer:
         """
         if timestamp_ms is None:
             timestamp_ms = _time_ns() // 1_000_000
-        if partition is None and key is None and headers is None and value is not None:
+        if partition is None and key is None and headers is None \
+                and value.__class__ is bytes:
             # The hot path: a keyless record for the topic's current sticky batch.
-            rs = len(value) + _RECORD_OVERHEAD
+            vl = len(value)  # type: ignore[arg-type]
+            rs = vl + _RECORD_OVERHEAD
             with self._lock:
                 batch = self._sticky.get(topic)
                 if batch is not None and batch.size + rs <= self._limit:
-                    idx = batch.builder.append(None, value, None, timestamp_ms)
-                    batch.size += rs
-                    if self._linger_zero and self._acc.sender_waiting:
-                        self._acc.wake()
-                    return RecordFuture(batch.result, idx, timestamp_ms)
+                    od = batch.count
+                    k = (timestamp_ms - batch.base_ts, od, vl)
+                    if k[0] >= 0:
+                        prefix = _PREFIXES.get(k) or keyless_prefix(k)
+                        parts = batch.parts
+                        parts.append(prefix)
+                        parts.append(value)  # type: ignore[arg-type]
+                        parts.append(ZERO)
+                        batch.count = od + 1
+                        batch.size += rs
+                        if timestamp_ms > batch.max_ts:
+                            batch.max_ts = timestamp_ms
+                        if self._linger_zero and self._acc.sender_waiting:
+                            self._acc.wake()
+                        return RecordFuture(batch.result, od, timestamp_ms)
         return self._send_slow(topic, value, key, partition, headers, timestamp_ms)
 
     def _send_slow(self, topic: str, value: Any, key: Any, partition: int | None,
@@ -175,8 +184,8 @@ class Producer:
             raise ProducerClosedError("send() on a closed producer")
         if not isinstance(topic, str) or not topic:
             raise TypeError(f"topic must be a non-empty str, not {topic!r}")
-        if value is None and key is None:
-            pass  # a null record is legal (a tombstone needs a key to mean anything, though)
+        value = as_bytes(value, "value")
+        key = as_bytes(key, "key")
         headers = _normalize_headers(headers)
         n = self._partitions(topic)
         if partition is not None:
@@ -185,14 +194,10 @@ class Producer:
                     f"UNKNOWN_TOPIC_OR_PARTITION: partition {partition!r} of {topic!r} does "
                     f"not exist (it has {n})", retriable=False)
         elif key is not None:
-            if key.__class__ is not bytes:
-                if isinstance(key, str):
-                    raise TypeError("record key must be bytes (encode the str first)")
-                key = bytes(key)
             partition = partition_for_key(key, n)
+        hp = encode_headers_section(headers)
         rs = _RECORD_OVERHEAD + (len(value) if value is not None else 0) \
-            + (len(key) if key is not None else 0) \
-            + (sum(len(k) + len(v or b"") + 4 for k, v in headers) if headers else 0)
+            + (len(key) if key is not None else 0) + len(hp)
         if rs + 61 > self.max_request_size:
             raise RecordTooLargeError(
                 f"MESSAGE_TOO_LARGE: record of ~{rs} bytes is over max_request_size "
@@ -206,21 +211,27 @@ class Producer:
                         acc.seal(batch)
                     partition = self._partitioner.next_partition(topic, n)
                     batch = acc.open.get((topic, partition))
-                    if batch is None or (batch.size + rs > self._limit and batch.size > 61):
+                    if batch is None or (batch.size + rs > self._limit and batch.count):
                         batch = acc.new_batch(topic, partition, rs + 61)
                     self._sticky[topic] = batch
             else:
                 batch = acc.open.get((topic, partition))
-                if batch is None or (batch.size + rs > self._limit and batch.size > 61):
+                if batch is None or (batch.size + rs > self._limit and batch.count):
                     batch = acc.new_batch(topic, partition, rs + 61)
-            assert batch.builder is not None and not batch.sealed
-            idx = batch.builder.append(key, value, headers, timestamp_ms)
+            assert not batch.sealed
+            od = batch.count
+            if od == 0:
+                batch.base_ts = batch.max_ts = timestamp_ms
+            elif timestamp_ms > batch.max_ts:
+                batch.max_ts = timestamp_ms
+            batch.parts.append(encode_record(od, timestamp_ms - batch.base_ts, key, value, hp))
+            batch.count = od + 1
             batch.size += rs
             if batch.size >= self._limit:
                 acc.seal(batch)
             elif acc.sender_waiting:
                 acc.wake()  # a new open batch moves the sender's linger deadline
-        return RecordFuture(batch.result, idx, timestamp_ms)
+        return RecordFuture(batch.result, od, timestamp_ms)
 
     def _partitions(self, topic: str) -> int:
         """The topic's partition count, fetching metadata (up to max.block.ms) if needed."""

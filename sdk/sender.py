@@ -56,6 +56,7 @@ class SenderConfig:
     max_request_size: int
     client_id: str
     idempotent: bool
+    compression: int
 
 
 class Sender(threading.Thread):
@@ -251,12 +252,9 @@ class Sender(threading.Thread):
             for b in batches:
                 if b.data is None and cfg.idempotent:
                     seq = self.next_sequence.get(key, 0)
-                    assert b.builder is not None
-                    b.builder.set_producer_state(self.producer_id, self.producer_epoch, seq)
-                    b.base_sequence = seq
-                    b.build()
+                    b.build(cfg.compression, self.producer_id, self.producer_epoch, seq)
                     self.next_sequence[key] = (seq + b.record_count) & 0x7FFFFFFF
-                datas.append(b.build())
+                datas.append(b.build(cfg.compression))
                 b.attempts += 1
                 b.sent_at = now
             topics.setdefault(key[0], []).append({"partition": key[1], "frame": len(frames)})
