@@ -13,7 +13,7 @@ object, one plain tuple per record. Any malformed input ends in CorruptRecordErr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from qnode.storage.errors import CorruptRecordError
 from qnode.storage.varint import (
@@ -39,12 +39,20 @@ def encode_length_prefixed(data: bytes | None) -> bytes:
     return (ZIGZAG_BYTES[n] if n < TABLE_SIZE else zigzag_encode(n)) + data
 
 
-def encode_headers(headers: Sequence[Header] | None) -> bytes:
-    """Header count and headers of one record (keys are str, values bytes or None)."""
+def encode_headers(headers: Sequence[Header] | Mapping[str, bytes | None] | None) -> bytes:
+    """Header count and headers of one record (keys are str, values bytes or None).
+
+    A sequence of (key, value) pairs keeps order and repeated keys, as Kafka allows; a mapping
+    is taken in its iteration order.
+    """
     if not headers:
         return b"\x00"
-    parts = [zigzag_encode(len(headers))]
-    for key, value in headers:
+    pairs = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
+    parts = [zigzag_encode(len(pairs))]
+    for pair in pairs:
+        if not isinstance(pair, tuple | list) or len(pair) != 2:
+            raise TypeError(f"a header must be a (str, bytes | None) pair, not {pair!r}")
+        key, value = pair
         if not isinstance(key, str):
             raise TypeError(f"header key must be str, not {type(key).__name__}")
         if value is not None and not isinstance(value, bytes | bytearray | memoryview):

@@ -141,6 +141,20 @@ def test_non_bytes_rejected(bad: object) -> None:
     assert b.record_count == 0
 
 
+def test_headers_as_pairs_or_mapping() -> None:
+    b = BatchBuilder()
+    b.append(None, b"v", [("dup", b"1"), ("dup", b"2")])  # repeated keys kept, in order
+    b.append(None, b"v", {"a": b"x", "b": None})
+    b.append(None, b"v", iter([("g", b"")]))  # type: ignore[arg-type]
+    out = Batch(b.build()).records()
+    assert [r.headers for r in out] == [
+        (("dup", b"1"), ("dup", b"2")), (("a", b"x"), ("b", None)), (("g", b""),)
+    ]
+    with pytest.raises(TypeError, match="pair"):
+        b.append(None, b"v", ["not-a-pair"])  # type: ignore[list-item]
+    assert b.record_count == 3
+
+
 def test_empty_batch_refused() -> None:
     with pytest.raises(InvalidRecordError):
         BatchBuilder().build()
