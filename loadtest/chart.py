@@ -31,12 +31,12 @@ def _shade_phases(ax: plt.Axes, data: TimelineData, label: bool) -> None:
         if label:
             ax.text(m.t, 1.0, f" {m.label}", transform=ax.get_xaxis_transform(),
                     va="top", ha="left", fontsize=8, color="#555555")
-    for m in data.marks:
-        if m.kind == "event":
-            ax.axvline(m.t, color="red", linestyle="--", linewidth=1)
-            if label:
-                ax.text(m.t, 0.85, f" {m.label}", transform=ax.get_xaxis_transform(),
-                        va="top", ha="left", fontsize=8, color="red")
+    events = [m for m in data.marks if m.kind == "event"]
+    for i, m in enumerate(events):
+        ax.axvline(m.t, color="red", linestyle="--", linewidth=1)
+        if label:  # staggered, so that close events stay readable
+            ax.text(m.t, 0.88 - 0.07 * (i % 4), f" {m.label}", transform=ax.get_xaxis_transform(),
+                    va="top", ha="left", fontsize=8, color="red")
 
 
 def plot(results_dir: Path, out: Path, title: str) -> Path:

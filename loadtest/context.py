@@ -36,6 +36,7 @@ class WorkloadConfig:
     consumer: dict[str, Any] = field(default_factory=dict)  # extra sdk.Consumer keyword args
     ready_timeout_s: float = 60.0
     stop_timeout_s: float = 120.0
+    records_per_producer: int | None = None  # a cap, e.g. the backlog scenario's byte budget
 
 
 class ScenarioContext:
@@ -62,7 +63,8 @@ class ScenarioContext:
         index = self._index("producer")
         cfg = {"bootstrap": w.bootstrap, "topic": w.topic, "index": index,
                "record_size": w.record_size, "ids_dir": str(self.ids_dir),
-               "producer": w.producer, "flush_timeout_s": w.stop_timeout_s}
+               "producer": w.producer, "flush_timeout_s": w.stop_timeout_s,
+               "max_records": w.records_per_producer}
         client = ClientProcess(f"producer-{index}", "qnode.loadtest.proc_producer", cfg,
                                self.logs_dir, on_message)
         self.clients.append(client)

@@ -76,7 +76,8 @@ def run(cfg: ConsumerConfig, ch: ChildChannel) -> dict[str, int]:
         counts["revocations"] += 1
 
     options = {"group_id": cfg.group, "auto_offset_reset": "earliest",
-               "enable_auto_commit": False, **(cfg.consumer or {})}
+               "enable_auto_commit": False, "client_id": f"loadtest-consumer-{cfg.index}",
+               **(cfg.consumer or {})}
     with Consumer(bootstrap=cfg.bootstrap, **options) as consumer:
         consumer.subscribe([cfg.topic], on_assign=on_assign, on_revoke=on_revoke)
         ready = False

@@ -36,6 +36,7 @@ class ProducerConfig:
     ids_dir: str
     producer: dict[str, Any] = field(default_factory=dict)  # keyword args of sdk.Producer
     flush_timeout_s: float = 120.0
+    max_records: int | None = None  # send no more than this many in all (a byte budget)
 
 
 class AckTracker:
@@ -109,6 +110,8 @@ def run(cfg: ProducerConfig, ch: ChildChannel) -> dict[str, int]:
                         int((time.monotonic() - anchor) * rate) - (seq - anchor_seq))
             else:
                 n = 0
+            if cfg.max_records is not None:
+                n = min(n, cfg.max_records - seq)
             for _ in range(n):
                 rid = make_id(cfg.index, seq)
                 start = time.time()

@@ -243,7 +243,8 @@ def summarize(data: TimelineData, drain_from: str | None, drain_threshold: float
         "max_lag": int(data.lag.max()) if data.lag.size else None,
     }
     # Steady consume rate: the median over the seconds in which the consumers had a backlog
-    # to work on (lag above the threshold) -- their own pace, not the producers'.
+    # to work on (lag above the threshold) -- their own pace, not the producers'. Seconds
+    # with a backlog and nothing consumed (e.g. a worker restarting) are counted apart.
     backlog_secs = set()
     for t, lag in zip(data.lag_t, data.lag, strict=True):
         if lag > max(drain_threshold, 1):
@@ -251,7 +252,9 @@ def summarize(data: TimelineData, drain_from: str | None, drain_threshold: float
     inner = [s for s in sorted(backlog_secs) if s + 1 in backlog_secs and s - 1 in backlog_secs]
     secs = inner or (list(active[1:-1]) if active.size > 2 else list(active))
     rates = [int(data.consumed[s]) for s in secs if s < data.consumed.size]
-    summary["steady_consume_rps"] = float(np.median(rates)) if rates else 0.0
+    working = [r for r in rates if r > 0]
+    summary["steady_consume_rps"] = float(np.median(working)) if working else 0.0
+    summary["consume_stalled_s"] = len(rates) - len(working)
     if drain_from is not None:
         span = data.phase_span(drain_from)
         if span is not None:
