@@ -46,7 +46,12 @@ from qnode.storage.batch_filter import (
     records_section,
     walk_records,
 )
-from qnode.storage.errors import StorageError
+from qnode.storage.errors import (
+    CorruptRecordError,
+    DiskFullError,
+    InvalidRecordError,
+    StorageError,
+)
 from qnode.storage.log import Log
 from qnode.storage.log_config import LogConfig
 from qnode.storage.offset_map import OffsetMap, key_hash
@@ -178,6 +183,27 @@ class Cleaner:
     def __init__(self, config: CleanerConfig | None = None) -> None:
         self.config = config or CleanerConfig()
         self._map: OffsetMap | None = None
+        self.last_stats: dict[str, CleanerStats] = {}  # by log directory
+        self.uncleanable: dict[str, str] = {}  # log directory -> why it is skipped
+
+    def __call__(self, log: Log, now_ms: int) -> bool:
+        """The `LogManager.cleaners` hook: clean `log` if it is dirty enough; True if it did.
+
+        A log whose clean fails on its data (a corrupt batch, a batch with more keys than the
+        dedupe buffer holds) is marked uncleanable and skipped from then on, but stays
+        online: the cleaner never takes a serving log down. A full disk skips this round.
+        """
+        if log.directory in self.uncleanable or not self.needs_cleaning(log, now_ms):
+            return False
+        try:
+            stats = self.clean(log, now_ms)
+        except (CleanerError, CorruptRecordError, InvalidRecordError) as exc:
+            self.uncleanable[log.directory] = str(exc)
+            return False
+        except DiskFullError:
+            return False
+        self.last_stats[log.directory] = stats
+        return stats.segments_written > 0
 
     def _offset_map(self) -> OffsetMap:
         if self._map is None:

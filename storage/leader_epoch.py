@@ -13,18 +13,24 @@ partition directory (`leader-epoch-checkpoint`):
     3 1200
 
 The file is replaced atomically (write a temp file, fsync, rename, fsync the directory), so
-a crash leaves either the old or the new checkpoint, never a torn one.
+a crash leaves either the old or the new checkpoint, never a torn one. `attach(log)` wires a
+cache to a `Log` (its hooks keep the two in step) as `log.leader_epoch_cache`.
 """
 
 from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qnode.storage.errors import StorageError
+
+if TYPE_CHECKING:  # the log imports nothing from here; attach() only duck-types it
+    from qnode.storage.log import AppendResult, Log
+    from qnode.storage.record_batch import BatchesInfo
 
 CHECKPOINT_NAME = "leader-epoch-checkpoint"
 CHECKPOINT_VERSION = 0
@@ -258,3 +264,47 @@ class LeaderEpochCache:
 
     def _flush(self) -> None:
         write_checkpoint(self._path, self._entries)
+
+
+def _log_epochs(log: Log) -> Iterator[tuple[int, int]]:
+    """(leader epoch, base offset) of every batch of `log`, from headers only."""
+    for seg in log.segments:
+        for pos, _size, base, _last, _ts in seg.walk(0):
+            yield seg.header_at(pos)[2], base
+
+
+def attach(log: Log) -> LeaderEpochCache:
+    """Load (or rebuild) the cache of `log`, keep it in step with the log, return it.
+
+    The checkpoint is trimmed to the log's current ends; a missing or corrupt one is rebuilt
+    from the batch headers. Then every append assigns its epoch (the leader's, or for a
+    follower the epochs the leader stamped in the batches), truncations and log-start moves
+    trim the entries. The cache is `log.leader_epoch_cache`.
+    """
+    directory = Path(log.directory)
+    if (directory / CHECKPOINT_NAME).exists():
+        cache = LeaderEpochCache.open(directory, rebuild=lambda: _log_epochs(log))
+    else:
+        cache = LeaderEpochCache(directory)
+        if log.log_end_offset > log.log_start_offset:
+            cache.rebuild_from(_log_epochs(log))
+    cache.truncate_from_end(log.log_end_offset)
+    cache.truncate_from_start(log.log_start_offset)
+
+    def on_append(result: AppendResult, info: BatchesInfo, leader_epoch: int) -> None:
+        first, last = info.batches[0], info.batches[-1]
+        replicated = first.base_offset == result.base_offset and \
+            last.last_offset == result.last_offset and first.leader_epoch >= 0
+        if not replicated:
+            if leader_epoch > cache.latest_epoch:
+                cache.assign(leader_epoch, result.base_offset)
+            return
+        for h in info.batches:
+            if h.leader_epoch > cache.latest_epoch:
+                cache.assign(h.leader_epoch, h.base_offset)
+
+    log.hooks.on_append.append(on_append)
+    log.hooks.on_truncate.append(cache.truncate_from_end)
+    log.hooks.on_log_start.append(cache.truncate_from_start)
+    log.leader_epoch_cache = cache
+    return cache

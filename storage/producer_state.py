@@ -19,6 +19,10 @@ the body: i64 map end offset, i32 producer count, per producer: i64 pid, i16 epo
 coordinator epoch, i64 txn first offset (-1 none), u8 batch count, per batch: i32 first seq,
 i32 last seq, i64 first offset, i64 last offset, i64 max timestamp. A snapshot failing its
 CRC, version or length is deleted and the state rebuilt from an older one plus the log.
+
+`attach(log)` loads the state of a `Log` (snapshot + replay of the batches after it), keeps
+it in step through the log's hooks and snapshots on every roll; the leader's produce path
+calls `log.producer_state.check_batches(headers)` before `log.append`.
 """
 
 from __future__ import annotations
@@ -26,15 +30,22 @@ from __future__ import annotations
 import os
 import re
 import struct
+import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import crc32c
 
 from qnode.storage.batch_reader import Batch
 from qnode.storage.errors import StorageError
-from qnode.storage.record_batch import BatchHeader
+from qnode.storage.record_batch import BatchHeader, iter_batches
+
+if TYPE_CHECKING:  # the log imports nothing from here; attach() only duck-types it
+    from qnode.storage.log import AppendResult, Log
+    from qnode.storage.record_batch import BatchesInfo
 
 INT32_MAX = 2**31 - 1
 NO_PRODUCER_ID = -1
@@ -91,7 +102,7 @@ class BatchMeta:
         if hdr.is_control:
             if buf is None:
                 raise ValueError("a control batch needs its bytes to read the marker type")
-            control = control_type_of(buf, hdr)
+            control, coordinator_epoch = control_record_of(buf, hdr)
         return cls(hdr.producer_id, hdr.producer_epoch, hdr.base_sequence, hdr.base_offset,
                    hdr.last_offset, hdr.max_timestamp, hdr.is_transactional, control,
                    coordinator_epoch)
@@ -165,9 +176,11 @@ class LoadReport:
     discarded: tuple[str, ...]
 
 
-def control_type_of(buf: bytes | bytearray | memoryview, hdr: BatchHeader) -> int:
-    """Marker type (CONTROL_ABORT / CONTROL_COMMIT) of the control batch `hdr` in `buf`."""
-    return int(Batch.from_header(buf, hdr).control_record().type)
+def control_record_of(buf: bytes | bytearray | memoryview,
+                      hdr: BatchHeader) -> tuple[int, int]:
+    """(marker type CONTROL_ABORT / CONTROL_COMMIT, coordinator epoch) of a control batch."""
+    rec = Batch.from_header(buf, hdr).control_record()
+    return int(rec.type), rec.coordinator_epoch
 
 
 def add_sequence(seq: int, delta: int) -> int:
@@ -243,6 +256,7 @@ class ProducerStateManager:
         self._expiration_ms = producer_id_expiration_ms
         self._producers: dict[int, ProducerEntry] = {}
         self.map_end_offset = 0  # the state reflects every batch below this offset
+        self.last_load: LoadReport | None = None
 
     # -- queries -------------------------------------------------------------------------
 
@@ -295,6 +309,34 @@ class ProducerStateManager:
             raise OutOfOrderSequenceError(
                 f"producer {batch.producer_id} bumped epoch {entry.epoch} -> "
                 f"{batch.producer_epoch} must restart at sequence 0, got {batch.base_sequence}")
+        return None
+
+    def check_batches(self, headers: Iterable[BatchHeader]) -> DuplicateBatch | None:
+        """`check` the batches of one produce request, in order, before `Log.append`.
+
+        Several batches of one producer in one request must follow each other. A retried
+        request is a duplicate only when it is that single batch (the client sends one batch
+        per partition per request); a duplicate among others is out of order.
+        """
+        hdrs = [h for h in headers if h.producer_id >= 0 and not h.is_control]
+        pending: dict[int, tuple[int, int]] = {}  # pid -> (epoch, last seq) of earlier ones
+        for h in hdrs:
+            meta = BatchMeta.from_header(h)
+            prev = pending.get(h.producer_id)
+            if prev is not None:
+                if h.producer_epoch != prev[0] or not in_sequence(prev[1], h.base_sequence):
+                    raise OutOfOrderSequenceError(
+                        f"producer {h.producer_id}: batch sequence {h.base_sequence} does not "
+                        f"follow {prev[1]} in the same request")
+            else:
+                dup = self.check(meta)
+                if dup is not None:
+                    if len(hdrs) == 1:
+                        return dup
+                    raise OutOfOrderSequenceError(
+                        f"producer {h.producer_id}: retried batch {h.base_sequence} sent "
+                        f"with others")
+            pending[h.producer_id] = (h.producer_epoch, meta.last_sequence)
         return None
 
     def check_and_update(self, batch: BatchMeta) -> DuplicateBatch | None:
@@ -423,9 +465,82 @@ class ProducerStateManager:
         """The log was truncated: reload from the newest snapshot not past the new log end."""
         return self.load(log_start_offset, log_end_offset)
 
-    def delete_snapshots_before(self, offset: int, keep: int = 2) -> None:
-        """Drop old snapshots below `offset`, keeping the newest `keep` of all of them."""
+    def retain_newest_snapshots(self, keep: int = 2) -> None:
+        """Delete all but the newest `keep` snapshots (older ones only slow nothing down)."""
         snaps = list_snapshots(self._dir)
-        for snap_offset, path in snaps[:max(0, len(snaps) - keep)]:
-            if snap_offset < offset:
-                path.unlink(missing_ok=True)
+        for _, path in snaps[:max(0, len(snaps) - keep)]:
+            path.unlink(missing_ok=True)
+
+
+def replay(psm: ProducerStateManager, log: Log, upto: int | None = None) -> int:
+    """Feed `psm` the log's batches from its `map_end_offset` to `upto` (the log end)."""
+    end = log.log_end_offset if upto is None else upto
+    offset = max(psm.map_end_offset, log.log_start_offset)
+    batches = 0
+    while offset < end:
+        data = log.read(offset, 1 << 20, max_offset=end)
+        if not data.slices:
+            break
+        for sl in data.slices:
+            for h in iter_batches(sl):
+                if h.last_offset < offset:
+                    continue  # the read starts at the batch holding `offset`
+                if h.producer_id >= 0:
+                    psm.update_from_batch(BatchMeta.from_header(h, sl))
+                else:
+                    psm.map_end_offset = max(psm.map_end_offset, h.next_offset)
+                offset = h.next_offset
+                batches += 1
+    psm.map_end_offset = max(psm.map_end_offset, end)
+    return batches
+
+
+def attach(log: Log, producer_id_expiration_ms: int = 86_400_000,
+           keep_snapshots: int = 2) -> ProducerStateManager:
+    """Load the producer state of `log` (newest good snapshot + replay), keep it in step.
+
+    After this, appends update the state (the leader checks first with `check_batches`),
+    truncation reloads it, a log-start move forgets producers whose batches are gone, and a
+    snapshot is written whenever the log rolls a segment (expired producers are dropped
+    then too). The state is `log.producer_state`; `last_load` says what loading found.
+    """
+    psm = ProducerStateManager(log.directory, producer_id_expiration_ms)
+    psm.last_load = psm.load(log.log_start_offset, log.log_end_offset)
+    replay(psm, log)
+    active_base = [log.active_segment.base_offset]
+
+    def on_append(result: AppendResult, info: BatchesInfo, leader_epoch: int) -> None:
+        first, last = info.batches[0], info.batches[-1]
+        own_offsets = first.base_offset == result.base_offset and \
+            last.last_offset == result.last_offset
+        offset = result.base_offset
+        for h in info.batches:
+            base = h.base_offset if own_offsets else offset
+            offset = base + h.last_offset_delta + 1
+            if h.producer_id < 0:
+                continue
+            control, coordinator_epoch = None, -1
+            if h.is_control:  # the marker type is in the record: read the stored batch
+                stored = log.read(base, h.size, max_offset=offset).slices[0]
+                control, coordinator_epoch = control_record_of(stored,
+                                                               next(iter_batches(stored)))
+            psm.update(BatchMeta(h.producer_id, h.producer_epoch, h.base_sequence, base,
+                                 offset - 1, h.max_timestamp, h.is_transactional, control,
+                                 coordinator_epoch))
+        psm.map_end_offset = max(psm.map_end_offset, result.last_offset + 1)
+        if log.active_segment.base_offset != active_base[0]:
+            active_base[0] = log.active_segment.base_offset
+            psm.remove_expired_producers(time.time_ns() // 1_000_000)
+            psm.take_snapshot()
+            psm.retain_newest_snapshots(keep_snapshots)
+
+    def on_truncate(new_end: int) -> None:
+        psm.last_load = psm.truncate_and_reload(log.log_start_offset, new_end)
+        replay(psm, log, new_end)
+        active_base[0] = log.active_segment.base_offset
+
+    log.hooks.on_append.append(on_append)
+    log.hooks.on_truncate.append(on_truncate)
+    log.hooks.on_log_start.append(psm.truncate_head)
+    log.producer_state = psm
+    return psm

@@ -264,3 +264,27 @@ def test_needs_cleaning_follows_dirty_ratio(tmp_path):
         assert not Cleaner().needs_cleaning(plain, NOW)
     finally:
         plain.close()
+
+
+def test_log_manager_hook_cleans_dirty_logs_and_skips_uncleanable_ones(tmp_path):
+    from qnode.storage.log_manager import LogManager
+
+    manager = LogManager(tmp_path, "w0", cleaner_backoff_ms=0)
+    cleaner = Cleaner(CleanerConfig(dedupe_buffer_size=SLOT_BYTES * 16))
+    manager.cleaners.append(cleaner)
+    try:
+        good = manager.open_log("good", 0, config())
+        bad = manager.open_log("bad", 0, config())
+        write(good, [kv(i, 5) for i in range(80)])
+        write(bad, [kv(i, 50) for i in range(80)], per_batch=20)  # 20 keys > 14 map entries
+        good.roll()
+        bad.roll()
+        report = manager.tick(NOW)
+        assert report.cleaned == [("good", 0)] and not report.errors
+        assert len(read_all(good)) == 5
+        assert cleaner.last_stats[good.directory].records_kept == 5
+        assert "dedupe.buffer.size" in cleaner.uncleanable[bad.directory]
+        assert len(read_all(bad)) == 80 and not bad.closed  # still online, untouched
+        assert manager.tick(NOW + 1).cleaned == []
+    finally:
+        manager.close()

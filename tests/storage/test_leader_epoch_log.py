@@ -1,0 +1,79 @@
+"""Leader-epoch cache wired to a real Log: appends, follower appends, truncation, rebuild."""
+
+from __future__ import annotations
+
+from qnode.storage.batch_builder import BatchBuilder
+from qnode.storage.leader_epoch import CHECKPOINT_NAME, EpochEntry, attach
+from qnode.storage.log import Log
+from qnode.storage.log_config import LogConfig
+
+CFG = LogConfig.from_topic_config({"segment.bytes": "1024", "segment.index.bytes": "4096"})
+
+
+def batch(n: int = 3, base_offset: int = 0, epoch: int = -1) -> bytes:
+    b = BatchBuilder(base_offset=base_offset, partition_leader_epoch=epoch)
+    for i in range(n):
+        b.append(b"k", b"v%d" % i, timestamp_ms=1000)
+    return b.build()
+
+
+def test_leader_appends_record_epoch_starts_and_survive_reopen(tmp_path):
+    log = Log.open(tmp_path / "t-0", CFG)
+    cache = attach(log)
+    for epoch in (0, 0, 2, 2, 5):
+        log.append(batch(), leader_epoch=epoch)
+    assert cache.entries == [EpochEntry(0, 0), EpochEntry(2, 6), EpochEntry(5, 12)]
+    assert cache.end_offset_for(2, log.log_end_offset) == (2, 12)
+    log.close()
+    log = Log.open(tmp_path / "t-0", CFG)
+    try:
+        assert attach(log).entries == [EpochEntry(0, 0), EpochEntry(2, 6), EpochEntry(5, 12)]
+        assert log.leader_epoch_cache.end_offset_for(5, 15) == (5, 15)
+    finally:
+        log.close()
+
+
+def test_follower_appends_take_epochs_from_the_batches(tmp_path):
+    log = Log.open(tmp_path / "t-0", CFG)
+    cache = attach(log)
+    try:
+        data = batch(2, 0, epoch=1) + batch(2, 2, epoch=1) + batch(2, 4, epoch=3)
+        log.append(data, leader_epoch=-1, assign_offsets=False)
+        assert cache.entries == [EpochEntry(1, 0), EpochEntry(3, 4)]
+    finally:
+        log.close()
+
+
+def test_truncation_and_log_start_moves_trim_the_cache(tmp_path):
+    log = Log.open(tmp_path / "t-0", CFG)
+    cache = attach(log)
+    try:
+        for epoch in (1, 1, 2, 3, 3):
+            log.append(batch(), leader_epoch=epoch)
+        log.truncate_to(9)
+        assert cache.entries == [EpochEntry(1, 0), EpochEntry(2, 6)]
+        log.high_watermark = log.log_end_offset
+        log.delete_records_before(7)
+        assert cache.entries == [EpochEntry(2, 7)]
+    finally:
+        log.close()
+
+
+def test_missing_or_corrupt_checkpoint_is_rebuilt_from_batch_headers(tmp_path):
+    log = Log.open(tmp_path / "t-0", CFG)
+    attach(log)
+    for epoch in (0, 4, 4, 9):
+        log.append(batch(5), leader_epoch=epoch)
+    log.close()
+    expected = [EpochEntry(0, 0), EpochEntry(4, 5), EpochEntry(9, 15)]
+    for damage in (None, b"0\n3\n0 0\n"):
+        path = tmp_path / "t-0" / CHECKPOINT_NAME
+        if damage is None:
+            path.unlink()
+        else:
+            path.write_bytes(damage)
+        log = Log.open(tmp_path / "t-0", CFG)
+        try:
+            assert attach(log).entries == expected
+        finally:
+            log.close()
