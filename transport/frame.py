@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 import zmq
@@ -26,6 +26,9 @@ HEADER_VERSION = 1
 REQUEST_HEADER = struct.Struct(">2sBHHIH")
 RESPONSE_HEADER = struct.Struct(">2sBHHIh")
 MAX_CLIENT_ID_BYTES = 0xFFFF
+_REQ_SIZE = REQUEST_HEADER.size
+
+_unpack_req = REQUEST_HEADER.unpack_from
 
 # What a frame may be: zmq hands out Frames (copy=False) or bytes; tests and the SDK may build
 # memoryviews or bytearrays.
@@ -65,8 +68,7 @@ class UnsupportedVersion(RequestError):
     code = ErrorCode.UNSUPPORTED_VERSION
 
 
-@dataclass(slots=True, frozen=True)
-class RequestHeader:
+class RequestHeader(NamedTuple):  # a tuple: built once per request, so cheap to make
     api_key: int
     api_version: int
     correlation_id: int
@@ -128,28 +130,28 @@ def encode_request_header(
 
 def decode_request_header(frame: FrameLike) -> RequestHeader:
     """Parse frame 0 of a request; raise `MalformedRequest` (header None) if it is not one."""
-    buf = frame.bytes if isinstance(frame, zmq.Frame) else bytes(frame)
-    if len(buf) < REQUEST_HEADER.size:
-        raise MalformedRequest(
-            f"request header is {len(buf)} bytes, at least {REQUEST_HEADER.size} expected"
-        )
-    magic, hv, key, ver, corr, cid_len = REQUEST_HEADER.unpack_from(buf)
+    buf = frame.buffer if isinstance(frame, zmq.Frame) else frame
+    size = len(buf)
+    if size < _REQ_SIZE:
+        raise MalformedRequest(f"request header is {size} bytes, at least {_REQ_SIZE} expected")
+    magic, hv, key, ver, corr, cid_len = _unpack_req(buf)
     if magic != MAGIC:
         raise MalformedRequest(f"bad magic {magic!r} in request header, expected {MAGIC!r}")
     if hv != HEADER_VERSION:
         raise MalformedRequest(f"request header version {hv} not supported (only {HEADER_VERSION})")
-    end = REQUEST_HEADER.size + cid_len
-    partial = RequestHeader(key, ver, corr, "")
-    if len(buf) != end:
+    if size != _REQ_SIZE + cid_len:
         raise MalformedRequest(
-            f"request header says a {cid_len}-byte client id but {len(buf) - REQUEST_HEADER.size}"
-            " bytes follow",
-            partial,
+            f"request header says a {cid_len}-byte client id but {size - _REQ_SIZE} bytes follow",
+            RequestHeader(key, ver, corr, ""),
         )
+    if not cid_len:
+        return RequestHeader(key, ver, corr, "")
     try:
-        cid = buf[REQUEST_HEADER.size : end].decode()
+        cid = bytes(buf[_REQ_SIZE:]).decode()
     except UnicodeDecodeError:
-        raise MalformedRequest("client id is not valid UTF-8", partial) from None
+        raise MalformedRequest(
+            "client id is not valid UTF-8", RequestHeader(key, ver, corr, "")
+        ) from None
     return RequestHeader(key, ver, corr, cid)
 
 

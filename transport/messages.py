@@ -12,7 +12,7 @@ from typing import Any
 
 from qnode.transport.api import ApiKey, VersionRange
 from qnode.transport.frame import FrameLike, MalformedRequest, Request, decode_request
-from qnode.transport.schema import Default, ListOf, Opt, SchemaError, StrMap, validate
+from qnode.transport.schema import Default, ListOf, Opt, SchemaError, StrMap, compile_schema
 
 DEFAULT_PARTITION_MAX_BYTES = 1048576
 DEFAULT_FETCH_MAX_BYTES = 52428800
@@ -151,16 +151,19 @@ REQUEST_SCHEMAS: Mapping[tuple[int, int], dict[str, Any]] = {
 }
 
 
+_CHECKS = {key: compile_schema(schema) for key, schema in REQUEST_SCHEMAS.items()}
+
+
 def validate_request(req: Request) -> None:
     """Check a decoded request's body against its schema (defaults filled in place).
 
     Raises `MalformedRequest` (INVALID_REQUEST) naming the offending key.
     """
-    schema = REQUEST_SCHEMAS.get((req.api_key, req.version))
-    if schema is None:
+    check = _CHECKS.get((req.api_key, req.version))
+    if check is None:
         raise MalformedRequest(f"no schema for API {req.api_key} version {req.version}", req.header)
     try:
-        validate(req.body, schema)
+        check(req.body)
     except SchemaError as exc:
         raise MalformedRequest(str(exc), req.header) from None
 

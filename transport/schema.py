@@ -11,12 +11,29 @@ Validation walks topics and partitions, never records: its cost is per request.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 
 class SchemaError(ValueError):
     """A body that does not match its schema; the message names the key."""
+
+
+class _Mismatch(Exception):
+    """Raised inside the checkers; each level adds its key on the way up (paths are built only
+    on failure, so a valid body costs no string work)."""
+
+    def __init__(self, problem: str, path: list[str | int]) -> None:
+        self.problem = problem  # "must be an integer, got str" / "is missing"
+        self.path = path
+
+
+def _format_path(path: list[str | int]) -> str:
+    out = ""
+    for part in reversed(path):  # built innermost first
+        out += f"[{part}]" if type(part) is int else (f".{part}" if out else part)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,66 +74,142 @@ def _type_name(spec: Any) -> str:
         return "a list"
     if isinstance(spec, StrMap):
         return "a map of strings"
+    if isinstance(spec, Opt | Default):
+        return _type_name(spec.spec)
     return _TYPE_NAMES.get(spec, str(spec))
 
 
-def _fail(path: str, value: Any, spec: Any) -> SchemaError:
+def _mismatch(value: Any, spec: Any, key: str | int | None = None) -> _Mismatch:
     got = "nil" if value is None else type(value).__name__
-    return SchemaError(f"key '{path}' must be {_type_name(spec)}, got {got}")
+    return _Mismatch(f"must be {_type_name(spec)}, got {got}", [] if key is None else [key])
 
 
-def _check(value: Any, spec: Any, path: str) -> None:
-    t = type(value)
-    if spec is int:
-        if t is not int:  # bool is an int subclass: `type is` keeps True out
-            raise _fail(path, value, spec)
-    elif spec is str or spec is bool or spec is dict:
-        if t is not spec:
-            raise _fail(path, value, spec)
-    elif spec is bytes:
-        if t is not bytes:
-            raise _fail(path, value, spec)
-    elif spec is float:
-        if t is not float and t is not int:
-            raise _fail(path, value, spec)
-    elif isinstance(spec, dict):
-        if t is not dict:
-            raise _fail(path, value, spec)
-        _check_map(value, spec, path + ".")
-    elif isinstance(spec, ListOf):
-        if t is not list:
-            raise _fail(path, value, spec)
-        item = spec.item
-        for i, v in enumerate(value):
-            _check(v, item, f"{path}[{i}]")
-    elif isinstance(spec, Opt):
+# A compiled check: value -> None, raising _Mismatch.
+Check = Callable[[Any], None]
+
+
+def _exact(kind: type, spec: Any) -> Check:
+    def check(value: Any) -> None:
+        if type(value) is not kind:  # `type is`: bool (an int subclass) is not an integer
+            raise _mismatch(value, spec)
+
+    return check
+
+
+def _number(value: Any) -> None:
+    if type(value) is not float and type(value) is not int:
+        raise _mismatch(value, float)
+
+
+def _list_of(item: Check, spec: Any) -> Check:
+    def check(value: Any) -> None:
+        if type(value) is not list:
+            raise _mismatch(value, spec)
+        i = 0
+        try:
+            for v in value:
+                item(v)
+                i += 1
+        except _Mismatch as m:
+            m.path.append(i)
+            raise
+
+    return check
+
+
+def _optional(inner: Check) -> Check:
+    def check(value: Any) -> None:
         if value is not None:
-            _check(value, spec.spec, path)
-    elif isinstance(spec, Default):
-        _check(value, spec.spec, path)
-    elif isinstance(spec, StrMap):
-        if t is not dict:
-            raise _fail(path, value, spec)
-        for k, v in value.items():
-            if type(v) is not str:
-                raise SchemaError(f"key '{path}.{k}' must be a string, got {type(v).__name__}")
-    else:  # pragma: no cover - a schema bug, not bad input
-        raise TypeError(f"bad schema spec {spec!r} at {path}")
+            inner(value)
+
+    return check
 
 
-def _check_map(body: dict[str, Any], schema: dict[str, Any], prefix: str) -> None:
+def _str_map(value: Any) -> None:
+    if type(value) is not dict:
+        raise _mismatch(value, StrMap())
+    for k, v in value.items():
+        if type(v) is not str:
+            raise _mismatch(v, str, str(k))
+
+
+_MISSING = object()
+
+
+def _map(schema: dict[str, Any]) -> Check:
+    # (key, check, fill): fill is _MISSING for a required key, else the default to fill in
+    fields: list[tuple[str, Check, Any]] = []
     for key, spec in schema.items():
-        if key in body:
-            _check(body[key], spec, prefix + key)
-        elif isinstance(spec, Default):
-            v = spec.value  # copy containers: a default must never be shared between bodies
-            body[key] = list(v) if type(v) is list else dict(v) if type(v) is dict else v
+        if isinstance(spec, Default):
+            fields.append((key, _compile(spec.spec), spec.value))
         elif isinstance(spec, Opt):
-            body[key] = None
+            fields.append((key, _compile(spec), None))
         else:
-            raise SchemaError(f"required key '{prefix}{key}' is missing")
+            fields.append((key, _compile(spec), _MISSING))
+    whole = dict(schema)
+
+    def check(body: Any) -> None:
+        if type(body) is not dict:
+            raise _mismatch(body, whole)
+        get = body.get
+        for key, chk, fill in fields:
+            value = get(key, _MISSING)
+            if value is _MISSING:
+                if fill is _MISSING:
+                    raise _Mismatch("is missing", [key])
+                # copy containers: a default must never be shared between bodies
+                t = type(fill)
+                body[key] = list(fill) if t is list else dict(fill) if t is dict else fill
+            else:
+                try:
+                    chk(value)
+                except _Mismatch as m:
+                    m.path.append(key)
+                    raise
+
+    return check
+
+
+def _compile(spec: Any) -> Check:
+    if spec is int or spec is str or spec is bool or spec is bytes or spec is dict:
+        return _exact(spec, spec)
+    if spec is float:
+        return _number
+    if isinstance(spec, dict):
+        return _map(spec)
+    if isinstance(spec, ListOf):
+        return _list_of(_compile(spec.item), spec)
+    if isinstance(spec, Opt):
+        return _optional(_compile(spec.spec))
+    if isinstance(spec, Default):
+        return _compile(spec.spec)
+    if isinstance(spec, StrMap):
+        return _str_map
+    raise TypeError(f"bad schema spec {spec!r}")  # a schema bug, not bad input
+
+
+_compiled: dict[int, tuple[dict[str, Any], Check]] = {}
+
+
+def compile_schema(schema: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+    """A fast validator for a top-level schema: body -> None, raising `SchemaError`."""
+    hit = _compiled.get(id(schema))
+    if hit is None or hit[0] is not schema:
+        hit = (schema, _map(schema))
+        _compiled[id(schema)] = hit
+    check = hit[1]
+
+    def validate_body(body: dict[str, Any]) -> None:
+        try:
+            check(body)
+        except _Mismatch as m:
+            if m.problem == "is missing":
+                raise SchemaError(f"required key '{_format_path(m.path)}' is missing") from None
+            raise SchemaError(f"key '{_format_path(m.path)}' {m.problem}") from None
+
+    return validate_body
 
 
 def validate(body: dict[str, Any], schema: dict[str, Any]) -> None:
     """Check `body` against `schema` (filling defaults in place); raise `SchemaError`."""
-    _check_map(body, schema, "")
+    compile_schema(schema)(body)
