@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -120,8 +122,9 @@ class _Rpc:
         self.sock.close(0)
 
 
-def _leaders(ctx: zmq.Context, bootstrap: str, topic: str, partitions: int,
-             timeout_s: float = 30) -> dict[int, str]:
+def _leaders(
+    ctx: zmq.Context, bootstrap: str, topic: str, partitions: int, timeout_s: float = 30
+) -> dict[int, str]:
     """Partition → worker endpoint, creating the topic if needed and waiting for leaders."""
     rpc = _Rpc(ctx, bootstrap)
     try:
@@ -136,16 +139,31 @@ def _leaders(ctx: zmq.Context, bootstrap: str, topic: str, partitions: int,
                 continue
             t = md["topics"][0]
             if t["error"] == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION and not created:
-                res = rpc.call(ApiKey.CREATE_TOPICS, {"topics": [{
-                    "name": topic, "num_partitions": partitions, "replication_factor": 1,
-                    "configs": {}}], "validate_only": False}, timeout_s=30)
+                res = rpc.call(
+                    ApiKey.CREATE_TOPICS,
+                    {
+                        "topics": [
+                            {
+                                "name": topic,
+                                "num_partitions": partitions,
+                                "replication_factor": 1,
+                                "configs": {},
+                            }
+                        ],
+                        "validate_only": False,
+                    },
+                    timeout_s=30,
+                )
                 err = res["topics"][0]["error"]
                 if err not in (0, ErrorCode.TOPIC_ALREADY_EXISTS):
                     raise BenchError(f"cannot create {topic}: {res['topics'][0].get('message')}")
                 created = True
                 continue
-            parts = {p["partition"]: p.get("endpoint") for p in t.get("partitions", [])
-                     if p["error"] == 0 and p.get("endpoint")}
+            parts = {
+                p["partition"]: p.get("endpoint")
+                for p in t.get("partitions", [])
+                if p["error"] == 0 and p.get("endpoint")
+            }
             if t["error"] == 0 and len(parts) >= partitions:
                 return {p: parts[p] for p in range(partitions)}
             if time.monotonic() > end:
@@ -158,9 +176,16 @@ def _leaders(ctx: zmq.Context, bootstrap: str, topic: str, partitions: int,
 # -- the two measurements ---------------------------------------------------------------------
 
 
-def _produce_loop(ctx: zmq.Context, leaders: dict[int, str], topic: str, batch: bytes,
-                  seconds: float, inflight: int, acks: int,
-                  progress: Progress | None) -> tuple[int, float]:
+def _produce_loop(
+    ctx: zmq.Context,
+    leaders: dict[int, str],
+    topic: str,
+    batch: bytes,
+    seconds: float,
+    inflight: int,
+    acks: int,
+    progress: Progress | None,
+) -> tuple[int, float]:
     """Send `batch` round-robin over the partitions for `seconds`; (batches acked, elapsed)."""
     socks: dict[str, zmq.Socket] = {}
     targets = []
@@ -172,8 +197,13 @@ def _produce_loop(ctx: zmq.Context, leaders: dict[int, str], topic: str, batch: 
             s.setsockopt(zmq.RCVHWM, 0)
             s.connect(ep)
             socks[ep] = s
-        body = msgpack.packb({"acks": acks, "timeout_ms": 30000, "topics": [
-            {"name": topic, "partitions": [{"partition": p, "frame": 0}]}]})
+        body = msgpack.packb(
+            {
+                "acks": acks,
+                "timeout_ms": 30000,
+                "topics": [{"name": topic, "partitions": [{"partition": p, "frame": 0}]}],
+            }
+        )
         targets.append((socks[ep], body))
     poller = zmq.Poller()
     for s in socks.values():
@@ -205,8 +235,9 @@ def _produce_loop(ctx: zmq.Context, leaders: dict[int, str], topic: str, batch: 
                 resp = msgpack.unpackb(frames[1])
                 part = resp["topics"][0]["partitions"][0]
                 if part["error"]:
-                    raise BenchError(f"produce failed: {error_name(part['error'])} "
-                                     f"{part.get('message', '')}")
+                    raise BenchError(
+                        f"produce failed: {error_name(part['error'])} {part.get('message', '')}"
+                    )
                 acked += 1
         now = time.monotonic()
         if now >= stop_at:
@@ -242,8 +273,12 @@ def raw_push_pull(frames: list[bytes], count: int) -> float:
     ctx = zmq.Context()
     back = ctx.socket(zmq.PULL)
     back_port = back.bind_to_random_port("tcp://127.0.0.1")
-    proc = subprocess.Popen([sys.executable, "-c", _PULL, f"tcp://127.0.0.1:{back_port}"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _PULL, f"tcp://127.0.0.1:{back_port}"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     push = ctx.socket(zmq.PUSH)
     try:
         port = int(proc.stdout.readline())
@@ -284,19 +319,31 @@ def run_prebuilt(
         leaders = _leaders(ctx, bootstrap, topic, partitions)
         # warm up: connections, first segment pages
         _produce_loop(ctx, leaders, topic, batch, min(0.5, seconds / 4), inflight, acks, None)
-        acked, elapsed = _produce_loop(ctx, leaders, topic, batch, seconds, inflight, acks,
-                                       progress)
+        acked, elapsed = _produce_loop(
+            ctx, leaders, topic, batch, seconds, inflight, acks, progress
+        )
     finally:
         ctx.term()
-    body = msgpack.packb({"acks": acks, "timeout_ms": 30000, "topics": [
-        {"name": topic, "partitions": [{"partition": 0, "frame": 0}]}]})
+    body = msgpack.packb(
+        {
+            "acks": acks,
+            "timeout_ms": 30000,
+            "topics": [{"name": topic, "partitions": [{"partition": 0, "frame": 0}]}],
+        }
+    )
     frames = [encode_request_header(ApiKey.PRODUCE, 0, 1, "bench"), body, batch]
     raw_count = max(acked, 1000)
     raw_seconds = raw_push_pull(frames, raw_count)
     return PrebuiltResult(
-        batches=acked, records=acked * records, bytes=acked * len(batch), seconds=elapsed,
-        raw_bytes=raw_count * len(batch), raw_seconds=raw_seconds, batch_bytes=len(batch),
-        partitions=partitions, inflight=inflight,
+        batches=acked,
+        records=acked * records,
+        bytes=acked * len(batch),
+        seconds=elapsed,
+        raw_bytes=raw_count * len(batch),
+        raw_seconds=raw_seconds,
+        batch_bytes=len(batch),
+        partitions=partitions,
+        inflight=inflight,
     )
 
 
@@ -311,26 +358,48 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--inflight", type=int, default=64)
     ap.add_argument("--acks", type=int, default=1, choices=(1, -1))
     ap.add_argument("--workers", type=int, default=1, help="workers of a node started here")
+    ap.add_argument(
+        "--data-dir",
+        help="data dir of a node started here (default: a temporary "
+        "dir in /dev/shm, so the figure is the broker's, not this disk's)",
+    )
     args = ap.parse_args(argv)
     node = None
+    cleanup: list[Path] = []
     bootstrap = args.bootstrap
     if bootstrap is None:
         from qnode.loadtest.local_node import LocalNode
 
-        node = LocalNode.start(Path(tempfile.mkdtemp(prefix="qnode-bench-")),
-                               workers=args.workers)
+        scratch = Path(tempfile.mkdtemp(prefix="qnode-bench-"))
+        if args.data_dir:
+            data_dir = Path(args.data_dir)
+        else:
+            shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+            data_dir = Path(tempfile.mkdtemp(prefix="qnode-bench-data-", dir=shm))
+            cleanup.append(data_dir)
+        cleanup.append(scratch)
+        node = LocalNode.start(scratch, workers=args.workers, data_dir=data_dir)
         bootstrap = node.bootstrap
         print(f"started a node on {bootstrap} ({args.workers} worker(s))", file=sys.stderr)
     try:
-        res = run_prebuilt(bootstrap, args.topic, args.partitions, args.seconds,
-                           args.batch_bytes, args.record_size, args.inflight, args.acks,
-                           lambda b, n: print(f"\r  {b / 1e6:,.0f} MB acknowledged", end="",
-                                              file=sys.stderr))
+        res = run_prebuilt(
+            bootstrap,
+            args.topic,
+            args.partitions,
+            args.seconds,
+            args.batch_bytes,
+            args.record_size,
+            args.inflight,
+            args.acks,
+            lambda b, n: print(f"\r  {b / 1e6:,.0f} MB acknowledged", end="", file=sys.stderr),
+        )
         print(file=sys.stderr)
         print(res.summary())
     finally:
         if node is not None:
             node.stop()
+        for d in cleanup:
+            shutil.rmtree(d, ignore_errors=True)
     return 0
 
 

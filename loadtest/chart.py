@@ -39,17 +39,24 @@ def _shade_phases(ax: plt.Axes, data: TimelineData, label: bool) -> None:
                     va="top", ha="left", fontsize=8, color="red")
 
 
-def plot(results_dir: Path, out: Path, title: str) -> Path:
-    """Draw the chart of the timeline in `results_dir` into `out` (PNG); returns `out`."""
+def plot(results_dir: Path, out: Path, title: str, unit: str = "records") -> Path:
+    """Draw the chart of the timeline in `results_dir` into `out` (PNG); returns `out`.
+
+    `unit` "records" plots records/s, "MB" plots MB/s (for large records: the backlog).
+    """
     data = load(results_dir)
     fig, (ax_rate, ax_lag) = plt.subplots(2, 1, sharex=True, figsize=(11, 7),
                                           gridspec_kw={"height_ratios": [3, 2]})
     _shade_phases(ax_rate, data, label=True)
     _shade_phases(ax_lag, data, label=False)
     # Rates are plotted at the middle of their one-second bucket.
-    ax_rate.plot(data.t + 0.5, data.produced, label="produce (acked records/s)", color="#1f77b4")
-    ax_rate.plot(data.t + 0.5, data.consumed, label="consume (records/s)", color="#2ca02c")
-    ax_rate.set_ylabel("records / s")
+    produced, consumed = data.produced, data.consumed
+    if unit == "MB":
+        produced, consumed = data.produced_mb, data.consumed_mb
+    per_s = "MB/s" if unit == "MB" else "records/s"
+    ax_rate.plot(data.t + 0.5, produced, label=f"produce (acked, {per_s})", color="#1f77b4")
+    ax_rate.plot(data.t + 0.5, consumed, label=f"consume ({per_s})", color="#2ca02c")
+    ax_rate.set_ylabel(per_s)
     ax_rate.set_ylim(bottom=0)
     ax_rate.legend(loc="upper right")
     ax_rate.set_title(title)
@@ -74,8 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("results_dir", type=Path)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--title", default="qnode load test")
+    parser.add_argument("--unit", choices=["records", "MB"], default="records")
     args = parser.parse_args(argv)
-    out = plot(args.results_dir, args.out or args.results_dir / "chart.png", args.title)
+    out = plot(args.results_dir, args.out or args.results_dir / "chart.png", args.title,
+               args.unit)
     print(out)
     return 0
 

@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds into the burst for --kill-worker (default: half way)")
     p = sub.add_parser("backlog", help="write a backlog with consumers stopped, then drain")
     _common(p)
-    p.add_argument("--backlog-size", type=parse_size, default=parse_size("2GiB"))
+    p.add_argument("--backlog-size", type=parse_size, default=parse_size("4GiB"))
     p.add_argument("--rate", type=float, default=UNLIMITED,
                    help="produce rate while filling, records/s (default: as fast as it goes)")
     p.add_argument("--consume-rate", type=float, default=0.0,

@@ -239,8 +239,11 @@ def run_scenario(opts: RunOptions, workload: WorkloadConfig, plan: Plan,
     summary["clients"] = run.client_stats
     summary["node_exit_code"] = run.node_exit
     summary["command"] = opts.command
-    summary["chart"] = str(chart.plot(opts.results_dir, opts.results_dir / "chart.png",
-                                      f"qnode {opts.name}"))
+    unit = "MB" if workload.record_size >= 4096 else "records"
+    title = (f"qnode {opts.name}: {opts.producers} producers, {opts.consumers} consumers, "
+             f"{workload.partitions} partitions, {workload.record_size} B records")
+    summary["chart"] = str(chart.plot(opts.results_dir, opts.results_dir / "chart.png", title,
+                                      unit))
     ok = result.ok and not ctx.failures
     summary["ok"] = ok
     (opts.results_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -266,13 +266,16 @@ def summarize(data: TimelineData, drain_from: str | None, drain_threshold: float
 
 
 def rate_trend(values: np.ndarray) -> dict[str, float]:
-    """Median rate of the first and last quarter of the non-zero seconds, and last/first."""
+    """Median rate of the first and last quarter of the busy seconds, and last/first.
+
+    The first and last busy seconds are partial (the phase began or ended inside them) and
+    are left out; fewer than 6 busy seconds give no trend ({}), as one second is no trend.
+    """
     nz = values[values > 0]
-    if nz.size < 4:
+    body = nz[1:-1]
+    if body.size < 4:
         return {}
-    # The very first and last seconds are partial; leave them out of both quarters.
-    body = nz[1:-1] if nz.size > 6 else nz
     q = max(1, body.size // 4)
     first, last = float(np.median(body[:q])), float(np.median(body[-q:]))
-    return {"first_quarter_rps": first, "last_quarter_rps": last,
+    return {"seconds": int(body.size), "first_quarter_rps": first, "last_quarter_rps": last,
             "last_over_first": round(last / first, 3) if first else math.nan}

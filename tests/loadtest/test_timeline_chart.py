@@ -50,15 +50,17 @@ def test_counts_figures_and_latency(tmp_path: Path) -> None:
 
 def test_chart_is_a_png(tmp_path: Path) -> None:
     _synthetic(tmp_path)
-    out = plot(tmp_path, tmp_path / "chart.png", "synthetic")
-    data = out.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    for unit in ("records", "MB"):
+        out = plot(tmp_path, tmp_path / f"chart-{unit}.png", "synthetic", unit)
+        data = out.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
 
 
 def test_rate_trend_sees_a_falling_rate() -> None:
     import numpy as np
 
     flat = rate_trend(np.array([5] + [100] * 20 + [7]))
-    assert flat["last_over_first"] == 1.0
+    assert flat["last_over_first"] == 1.0 and flat["seconds"] == 20
     falling = rate_trend(np.array([100] * 10 + [40] * 10))
     assert falling["last_over_first"] < 0.5
+    assert rate_trend(np.array([0, 3, 100, 100, 9, 0])) == {}  # too short to be a trend
