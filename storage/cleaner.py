@@ -171,6 +171,15 @@ def cleanable_range(segments: Sequence[Segment], log_start: int, first_dirty: in
     return CleanableRange(dirty, uncleanable, clean_bytes, dirty_bytes)
 
 
+def _stable_bound(log: Log) -> int:
+    """Nothing at or past this offset is cleaned: the high watermark, or the first offset of
+    an open transaction when lower (its data may still be aborted)."""
+    bound = log.high_watermark
+    psm = log.producer_state
+    lso = psm.first_unstable_offset() if psm is not None else None
+    return bound if lso is None else min(bound, lso)
+
+
 def _decode(buf: memoryview, hdr: BatchHeader) -> tuple[bytes, list[RawRecord]]:
     check_crc(buf, hdr)  # never launder a damaged batch into a fresh CRC
     data = records_section(buf, hdr)
@@ -227,10 +236,7 @@ class Cleaner:
         stats = CleanerStats()
         psm = log.producer_state
         if max_offset is None:
-            max_offset = log.high_watermark
-            lso = psm.first_unstable_offset() if psm is not None else None
-            if lso is not None:
-                max_offset = min(max_offset, lso)
+            max_offset = _stable_bound(log)
         if active_producers is None:
             active_producers = {} if psm is None else \
                 {pid: e.last_offset for pid, e in psm.producers.items()}
@@ -264,13 +270,26 @@ class Cleaner:
         return stats
 
     def needs_cleaning(self, log: Log, now_ms: int) -> bool:
-        """Compaction is on and the dirty ratio reached `min.cleanable.dirty.ratio`."""
+        """Compaction is on and the dirty ratio reached `min.cleanable.dirty.ratio`, or the
+        oldest dirty segment waited past `max.compaction.lag.ms`."""
         if not log.config.compact_enabled:
             return False
-        rng = cleanable_range(log.segments, log.log_start_offset,
-                              read_first_dirty(log.directory), log.config, now_ms,
-                              log.high_watermark)
-        return rng.dirty_bytes > 0 and rng.dirty_ratio >= log.config.min_cleanable_dirty_ratio
+        segs = log.segments
+        rng = cleanable_range(segs, log.log_start_offset, read_first_dirty(log.directory),
+                              log.config, now_ms, _stable_bound(log))
+        if rng.dirty_bytes == 0:
+            return False
+        if rng.dirty_ratio >= log.config.min_cleanable_dirty_ratio:
+            return True
+        # max.compaction.lag.ms: a dirty record may not wait longer than this to be compacted.
+        max_lag = log.config.max_compaction_lag_ms
+        if max_lag is not None:
+            for seg in segs[:-1]:
+                if seg.next_offset > rng.first_dirty and seg.base_offset < rng.first_uncleanable:
+                    first_ts = seg.first_batch_ts if seg.first_batch_ts >= 0 \
+                        else seg.largest_timestamp()
+                    return first_ts <= now_ms - max_lag
+        return False
 
     # -- offset map ----------------------------------------------------------------------
 

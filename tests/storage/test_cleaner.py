@@ -288,3 +288,21 @@ def test_log_manager_hook_cleans_dirty_logs_and_skips_uncleanable_ones(tmp_path)
         assert manager.tick(NOW + 1).cleaned == []
     finally:
         manager.close()
+
+
+def test_max_compaction_lag_forces_a_clean_below_the_dirty_ratio(tmp_path):
+    lg = Log.open(tmp_path / "t-0", config(**{"min.cleanable.dirty.ratio": "0.99",
+                                               "max.compaction.lag.ms": "60000"}))
+    try:
+        write(lg, [kv(i, 50) for i in range(200)], ts=NOW)
+        lg.roll()
+        Cleaner().clean(lg, NOW)  # all clean now
+        write(lg, [kv(i, 50) for i in range(3)], ts=NOW)  # a little dirt: ratio far below 0.99
+        lg.roll()
+        cleaner = Cleaner()
+        assert not cleaner.needs_cleaning(lg, NOW + 59_000)
+        assert cleaner.needs_cleaning(lg, NOW + 60_000)
+        assert cleaner(lg, NOW + 60_000) is True
+        assert len(read_all(lg)) == 50
+    finally:
+        lg.close()
