@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import bisect
 import os
+import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import crc32c
 
 from qnode.storage.errors import (
     InvalidRecordError,
@@ -40,6 +43,7 @@ from qnode.storage.recovery import (
     write_clean_shutdown,
 )
 from qnode.storage.segment import (
+    BATCH_HEADER_SIZE,
     MAX_RELATIVE_OFFSET,
     BatchMeta,
     Segment,
@@ -50,7 +54,7 @@ EARLIEST_TIMESTAMP = -2
 LATEST_TIMESTAMP = -1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AppendResult:
     base_offset: int
     last_offset: int
@@ -84,13 +88,69 @@ class TimestampOffset:
 class LogHooks:
     """Callbacks the owners of per-log state (leader-epoch cache, producer state) wire in.
 
+    before_append(info, data): may raise to refuse the append (e.g. out-of-order sequence);
     on_append(result, info, leader_epoch): after a successful append;
     on_truncate(new_end): after truncate_to; on_log_start(new_start): after the log start moved.
     """
 
+    before_append: list[Callable[[BatchesInfo, Any], None]] = field(default_factory=list)
     on_append: list[Callable[[AppendResult, BatchesInfo, int], None]] = field(default_factory=list)
     on_truncate: list[Callable[[int], None]] = field(default_factory=list)
     on_log_start: list[Callable[[int], None]] = field(default_factory=list)
+
+
+_HEADER = struct.Struct(">qiibIhiqqqhii")  # RecordBatch v2 header (record_batch.HEADER)
+_STAMPED_PREFIX = struct.Struct(">qii")  # baseOffset, batchLength, partitionLeaderEpoch
+_MAX_SPLIT_BATCHES = 400  # 2 iovecs a batch, under IOV_MAX (1024) with room for groups
+Buffer = bytes | bytearray | memoryview
+
+
+@dataclass(slots=True)
+class _Prepared:
+    iov: list[Buffer]
+    metas: list[BatchMeta]
+    size: int
+    max_ts: int
+    records: int
+    append_time: int
+    info: BatchesInfo | None
+_READABLE_CODECS = (0, 1, 3, 4)  # none, gzip, lz4, zstd
+_MIN_RECORD_SIZE = 7
+
+
+def _scan_batches(data: bytes | bytearray | memoryview, max_batch_bytes: int,
+                  producer_batches: bool) -> list[tuple[int, int, int, int, int, int]] | None:
+    """The append hot path's validation: the checks of `record_batch.validate_batches`
+    (length, magic, size limit, CRC-32C, counts, codec) without building an object per batch.
+    Returns (position, size, base offset, last offset delta, max timestamp, record count) per
+    batch, or None at the first doubt: the caller then runs `validate_batches`, which raises
+    the precise error (so both paths refuse exactly the same input)."""
+    n = len(data)
+    out = []
+    pos = 0
+    unpack = _HEADER.unpack_from
+    while pos < n:
+        if n - pos < BATCH_HEADER_SIZE:
+            return None
+        (_base, length, _ple, magic, crc, attrs, delta, _bts, max_ts, pid, _pe, _seq,
+         count) = unpack(data, pos)
+        size = length + 12
+        if (magic != 2 or size < BATCH_HEADER_SIZE or size > n - pos or size > max_batch_bytes
+                or count < 0 or delta < 0 or (attrs & 7) not in _READABLE_CODECS):
+            return None
+        if not attrs & 7 and count * _MIN_RECORD_SIZE > size - BATCH_HEADER_SIZE:
+            return None
+        if producer_batches:
+            if count == 0 or delta != count - 1 or (attrs & 0x20 and pid < 0):
+                return None
+        elif count > 0 and delta < count - 1:
+            return None
+        mv = data if isinstance(data, memoryview) else memoryview(data)
+        if crc32c.crc32c(mv[pos + 21:pos + size]) != crc:
+            return None
+        out.append((pos, size, _base, delta, max_ts, count))
+        pos += size
+    return out if out else None
 
 
 def _now_ms() -> int:
@@ -188,76 +248,132 @@ class Log:
             raise LogClosedError(f"log {self.directory} is closed")
 
     # ------------------------------------------------------------------ append
-    def append(self, data: bytes | bytearray | memoryview, leader_epoch: int,
-               assign_offsets: bool = True, *, now_ms: int | None = None) -> AppendResult:
-        """Validate, stamp and append whole batches. Leader (assign_offsets=True): offsets
-        from the log end, `leader_epoch` stamped. Follower: the batches' own offsets, which
-        must start at or after the log end."""
+    def append(self, data: Buffer, leader_epoch: int, assign_offsets: bool = True,
+               *, now_ms: int | None = None) -> AppendResult:
+        """Validate, stamp and append whole batches in one write. Leader (assign_offsets=True):
+        offsets from the log end, `leader_epoch` stamped. Follower: the batches' own offsets,
+        which must start at or after the log end. Nothing is written unless every batch is
+        valid. The caller's buffer is never modified (stamped headers go out as separate
+        pieces of one pwritev)."""
         with self._lock:
-            self._check_open()
-            info = validate_batches(data, self.config.max_message_bytes,
-                                    producer_batches=assign_offsets)
-            append_time = -1
-            if assign_offsets or self.config.log_append_time:
-                buf: bytes | bytearray | memoryview = data
-                if isinstance(data, bytes) or (isinstance(data, memoryview) and data.readonly):
-                    buf = bytearray(data)
-            else:
-                buf = data
+            if self._closed:
+                raise LogClosedError(f"log {self.directory} is closed")
             now = _now_ms() if now_ms is None else now_ms
-            if self.config.log_append_time and assign_offsets:
-                append_time = now
-            metas: list[BatchMeta] = []
-            nxt = self._leo
-            max_ts = -1
-            for h in info.batches:
-                if assign_offsets:
-                    base = nxt
-                    stamp(buf, h.position, base, leader_epoch)  # type: ignore[arg-type]
-                else:
-                    base = h.base_offset
-                    if base < nxt:
-                        raise InvalidRecordError(
-                            f"batch offset {base} is below the log end offset {nxt} "
-                            f"of {self.directory}")
-                ts = h.max_timestamp
-                if append_time >= 0:
-                    stamp_log_append_time(buf, h.position, h.size, append_time)  # type: ignore[arg-type]
-                    ts = append_time
-                last = base + h.last_offset_delta
-                metas.append((h.position, h.size, base, last, ts))
-                max_ts = max(max_ts, ts)
-                nxt = last + 1
-            first_base, last_offset = metas[0][2], metas[-1][3]
-            self._maybe_roll(len(buf), first_base, last_offset, max_ts, now)
-            self._segments[-1].append(buf, metas)
-            self._leo = last_offset + 1
-            self._unflushed_messages += info.record_count
-            result = AppendResult(first_base, last_offset, max_ts, append_time,
-                                  info.record_count, len(buf))
-            for cb in self.hooks.on_append:
-                cb(result, info, leader_epoch)
-            fm = self.config.flush_messages
-            if fm is not None and self._unflushed_messages >= fm:
-                self.flush()
+            p = self._prepare(data, leader_epoch, assign_offsets, self._leo, now, 0)
+            self._write(p.iov, p.metas, p.size, p.max_ts, now)
+            result = AppendResult(p.metas[0][2], p.metas[-1][3], p.max_ts, p.append_time,
+                                  p.records, p.size)
+            self._after_append(result, p.info, leader_epoch)
             return result
 
-    def _maybe_roll(self, size: int, first_base: int, last_offset: int, max_ts: int,
-                    now_ms: int) -> None:
-        seg = self._segments[-1]
+    def append_many(self, items: Sequence[tuple[Buffer, int]], assign_offsets: bool = True,
+                    *, now_ms: int | None = None) -> list[AppendResult | StorageError]:
+        """Group commit: append several requests' data, each (data, leader_epoch), with ONE
+        write. Each item gets its AppendResult, or the StorageError that refused it alone (a
+        bad item does not fail the others). A disk error fails the whole group, unwritten."""
+        with self._lock:
+            if self._closed:
+                raise LogClosedError(f"log {self.directory} is closed")
+            now = _now_ms() if now_ms is None else now_ms
+            out: list[AppendResult | StorageError] = []
+            done: list[tuple[AppendResult, BatchesInfo | None, int]] = []
+            iov: list[Buffer] = []
+            metas: list[BatchMeta] = []
+            nxt, size, max_ts = self._leo, 0, -1
+            for data, epoch in items:
+                try:
+                    p = self._prepare(data, epoch, assign_offsets, nxt, now, size)
+                except StorageError as exc:
+                    out.append(exc)
+                    continue
+                iov += p.iov
+                metas += p.metas
+                nxt = p.metas[-1][3] + 1
+                size += p.size
+                max_ts = max(max_ts, p.max_ts)
+                res = AppendResult(p.metas[0][2], nxt - 1, p.max_ts, p.append_time, p.records,
+                                   p.size)
+                out.append(res)
+                done.append((res, p.info, epoch))
+            if metas:
+                self._write(iov, metas, size, max_ts, now)
+                for res, info, epoch in done:
+                    self._after_append(res, info, epoch)
+            return out
+
+    def _prepare(self, data: Buffer, leader_epoch: int, assign_offsets: bool, nxt: int,
+                 now: int, at: int) -> _Prepared:
+        """Validate `data` and lay out what to write for offsets from `nxt`, `at` bytes into
+        the coming write. Raises the StorageError that refuses it; writes nothing."""
         cfg = self.config
-        reason = None
-        if seg.size > 0:
-            if seg.size + size > cfg.segment_bytes:
-                reason = "size"
-            elif seg.time_waited_for_roll(now_ms, max_ts) > cfg.segment_ms - cfg.segment_jitter_ms:
-                reason = "time"
-            elif seg.index_full():
-                reason = "index"
-            elif last_offset - seg.base_offset > MAX_RELATIVE_OFFSET:
-                reason = "offset"
-        if reason is not None:
-            self._roll_at(first_base)
+        hooks = self.hooks
+        info: BatchesInfo | None = None
+        scanned = None
+        if not (hooks.before_append or hooks.on_append):
+            scanned = _scan_batches(data, cfg.max_message_bytes, assign_offsets)
+        if scanned is None:  # hooks want headers, or a bad batch: the canonical checks
+            info = validate_batches(data, cfg.max_message_bytes, producer_batches=assign_offsets)
+            scanned = [(h.position, h.size, h.base_offset, h.last_offset_delta,
+                        h.max_timestamp, h.record_count) for h in info.batches]
+            for check in hooks.before_append:
+                check(info, data)
+        mv = data if isinstance(data, memoryview) else memoryview(data)
+        append_time = now if cfg.log_append_time and assign_offsets else -1
+        iov: list[Buffer] = []
+        metas: list[BatchMeta] = []
+        max_ts, records = -1, 0
+        copy: bytearray | None = None
+        if append_time >= 0 or (assign_offsets and len(scanned) > _MAX_SPLIT_BATCHES):
+            copy = bytearray(mv)  # LogAppendTime rewrites CRC-covered fields: a private copy
+            iov.append(copy)
+        for pos, size, hbase, delta, ts, count in scanned:
+            if assign_offsets:
+                base = nxt
+                if copy is not None:
+                    stamp(copy, pos, base, leader_epoch)
+                    if append_time >= 0:
+                        stamp_log_append_time(copy, pos, size, append_time)
+                        ts = append_time
+                else:
+                    iov.append(_STAMPED_PREFIX.pack(base, size - 12, leader_epoch))
+                    iov.append(mv[pos + 16:pos + size])
+            else:
+                base = hbase
+                if base < nxt:
+                    raise InvalidRecordError(f"batch offset {base} is below the log end offset "
+                                             f"{nxt} of {self.directory}")
+            last = base + delta
+            metas.append((at + pos, size, base, last, ts))
+            if ts > max_ts:
+                max_ts = ts
+            records += count
+            nxt = last + 1
+        if not assign_offsets:
+            iov.append(mv)
+        return _Prepared(iov, metas, len(mv), max_ts, records, append_time, info)
+
+    def _write(self, iov: list[Buffer], metas: list[BatchMeta], size: int, max_ts: int,
+               now: int) -> None:
+        cfg = self.config
+        seg = self._segments[-1]
+        first_base, last_offset = metas[0][2], metas[-1][3]
+        if (seg.size and (seg.size + size > cfg.segment_bytes
+                          or seg.index_full()
+                          or seg.time_waited_for_roll(now, max_ts)
+                          > cfg.segment_ms - cfg.segment_jitter_ms)) \
+                or last_offset - seg.base_offset > MAX_RELATIVE_OFFSET:
+            seg = self._roll_at(first_base)
+        seg.append(iov[0] if len(iov) == 1 else iov, metas)
+        self._leo = last_offset + 1
+
+    def _after_append(self, result: AppendResult, info: BatchesInfo | None,
+                      leader_epoch: int) -> None:
+        self._unflushed_messages += result.record_count
+        for cb in self.hooks.on_append:
+            cb(result, info, leader_epoch)  # type: ignore[arg-type]
+        fm = self.config.flush_messages
+        if fm is not None and self._unflushed_messages >= fm:
+            self.flush()
 
     # ------------------------------------------------------------------ roll
     def roll(self) -> Segment:

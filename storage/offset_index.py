@@ -108,6 +108,14 @@ class MappedIndex:
         assert self._mm is not None and 0 <= i < self.entries
         return self.entry.unpack_from(self._mm, i * self.entry.size)
 
+    def last(self) -> tuple[int, ...] | None:
+        """The last entry's fields (cached: the append path reads it every time)."""
+        if self._last is None and self.entries:
+            self._last = self.entry_at(self.entries - 1)
+        return self._last
+
+    _last: tuple[int, ...] | None = None
+
     def _put(self, *fields: int) -> None:
         if not self.writable:
             raise ValueError(f"index {self.path} is read-only (its segment was rolled)")
@@ -116,6 +124,7 @@ class MappedIndex:
         assert self._mm is not None
         self.entry.pack_into(self._mm, self.entries * self.entry.size, *fields)
         self.entries += 1
+        self._last = fields
 
     def truncate_entries(self, n: int) -> None:
         """Keep the first n entries; the dropped slots are zeroed so a reopen cannot see them."""
@@ -125,6 +134,7 @@ class MappedIndex:
         esize = self.entry.size
         self._mm[n * esize : self.entries * esize] = bytes((self.entries - n) * esize)
         self.entries = n
+        self._last = None
 
     def _search(self, key_of_entry: int, target: int) -> int:
         """Index of the last entry whose field `key_of_entry` is <= target, or -1."""
@@ -200,11 +210,11 @@ class OffsetIndex(MappedIndex):
     def append(self, offset: int, position: int) -> None:
         rel = offset - self.base_offset
         assert 0 <= rel <= 0xFFFFFFFF, f"offset {offset} outside segment {self.base_offset}"
-        if self.entries:
-            last_rel, last_pos = self.entry_at(self.entries - 1)
-            assert rel > last_rel and position > last_pos, (
-                f"index {self.path}: entry ({rel}, {position}) after ({last_rel}, {last_pos})"
-            )
+        last = self.last()
+        if last is not None:
+            # a non-monotone index would send lookups to the wrong batch: refuse it loudly
+            assert rel > last[0] and position > last[1], (
+                f"index {self.path}: entry ({rel}, {position}) after {last}")
         self._put(rel, position)
 
     def lookup(self, offset: int) -> tuple[int, int]:

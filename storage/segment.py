@@ -32,6 +32,7 @@ MIN_BATCH_LENGTH = BATCH_HEADER_SIZE - LOG_OVERHEAD
 CRC_START = 21  # the CRC covers attributes .. end of batch
 MAGIC_V2 = 2
 MAX_RELATIVE_OFFSET = 0xFFFFFFFF
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
 LOG_SUFFIX = ".log"
 INDEX_SUFFIX = ".index"
@@ -43,6 +44,7 @@ SWAP = ".swap"
 
 # (position in the appended buffer, size, base offset, last offset, max timestamp)
 BatchMeta = tuple[int, int, int, int, int]
+Buffer = bytes | bytearray | memoryview
 
 
 class SegmentMissingError(StorageError):
@@ -259,16 +261,27 @@ class Segment:
         # one time-index slot stays free for the entry written when the segment is sealed
         return self.index.is_full() or self.time_index.entries >= self.time_index.max_entries - 1
 
-    def append(self, data: bytes | bytearray | memoryview, batches: Sequence[BatchMeta]) -> None:
-        """Write whole batches (already stamped) at the end of the file and index them.
-        On ENOSPC the file is cut back and DiskFullError raised: the segment is unchanged."""
+    def append(self, data: bytes | bytearray | memoryview | Sequence[Buffer],
+               batches: Sequence[BatchMeta]) -> None:
+        """Write whole batches (already stamped) at the end of the file and index them; `data`
+        is one buffer or a list of buffers written back to back (one pwritev). Batch positions
+        in `batches` are relative to the start of the write. On ENOSPC the file is cut back
+        and DiskFullError raised: the segment is unchanged."""
         assert self.active and self.index is not None and self.time_index is not None
         start = self.size
-        mv = memoryview(data)
-        n = len(mv)
-        done = 0
         try:
-            while done < n:
+            if isinstance(data, (bytes, bytearray, memoryview)):
+                mv = memoryview(data)
+                n = len(mv)
+                done = os.pwrite(self._fd, mv, start)
+            else:
+                n = sum(len(b) for b in data)
+                if len(data) > _IOV_MAX:
+                    data = [b"".join(data)]
+                done = os.pwritev(self._fd, data, start)
+                if done < n:
+                    mv = memoryview(b"".join(data))
+            while done < n:  # short writes happen only near ENOSPC; the next one raises
                 done += os.pwrite(self._fd, mv[done:], start + done)
         except OSError as exc:
             try:

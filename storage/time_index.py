@@ -24,10 +24,9 @@ class TimeIndex(MappedIndex):
         ignored unless both strictly increase (the index is sparse and monotone)."""
         rel = offset - self.base_offset
         assert 0 <= rel <= 0xFFFFFFFF
-        if self.entries:
-            last_ts, last_rel = self.entry_at(self.entries - 1)
-            if timestamp <= last_ts or rel <= last_rel:
-                return
+        last = self.last()
+        if last is not None and (timestamp <= last[0] or rel <= last[1]):
+            return
         self._put(timestamp, rel)
 
     def lookup(self, timestamp: int) -> tuple[int, int]:

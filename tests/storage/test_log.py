@@ -15,7 +15,7 @@ from qnode.storage import (
     OffsetOutOfRangeError,
     RecordTooLargeError,
 )
-from qnode.storage.batch_reader import iter_records
+from qnode.storage.batch_reader import iter_records, read_batches
 
 
 @pytest.fixture
@@ -121,3 +121,31 @@ def test_directory_layout(tmp_path, small_config):
     for n in logs:
         stem = n[:-4]
         assert stem + ".index" in names and stem + ".timeindex" in names
+
+
+def test_append_many_is_one_write_with_per_item_errors(tmp_path, small_config):
+    log = Log.open(tmp_path / "t-0", small_config)
+    good = make_batch(3)
+    bad = good[:-1]
+    results = log.append_many([(good, 1), (bad, 1), (good, 2)])
+    assert [type(r).__name__ for r in results] == ["AppendResult", "CorruptRecordError",
+                                                   "AppendResult"]
+    assert (results[0].base_offset, results[2].base_offset) == (0, 3)
+    assert read_all(log) == list(range(6))
+    # leader epochs stamped per item; the caller's buffers are left as they were
+    epochs = [b.header.leader_epoch for b in read_batches(
+        b"".join(bytes(s) for s in log.read(0, 1 << 20).slices))]
+    assert epochs == [1, 2]
+    assert good == make_batch(3)
+    log.close()
+
+
+def test_log_append_time_stamps_and_reseals(tmp_path):
+    cfg = LogConfig.from_topic_config({"message.timestamp.type": "LogAppendTime"})
+    log = Log.open(tmp_path / "t-0", cfg)
+    r = log.append(make_batch(3, ts=5), 0, now_ms=123456)
+    assert r.log_append_time == 123456 and r.max_timestamp == 123456
+    batch = next(read_batches(bytes(log.read(0, 1 << 20).slices[0])))
+    batch.verify()  # CRC recomputed
+    assert [rec.timestamp for rec in batch.records()] == [123456] * 3
+    log.close()
