@@ -353,8 +353,16 @@ def run_prebuilt(
         # warm up: connections, first segment pages, both paths
         _produce_loop(ctx, leaders, topic, batch, 0.3, inflight, acks, None)
         raw.run(frames, 0.3)
+        done = 0  # batches of earlier rounds: progress counts across rounds
         for _ in range(rounds):
-            n, el = _produce_loop(ctx, leaders, topic, batch, per_round, inflight, acks, progress)
+            report = None
+            if progress is not None:
+
+                def report(b: int, n: int, base: int = done) -> None:
+                    progress((base + n) * len(batch), base + n)
+
+            n, el = _produce_loop(ctx, leaders, topic, batch, per_round, inflight, acks, report)
+            done += n
             if n / el > best[0] / best[1]:
                 best = (n, el)
             n, el = raw.run(frames, per_round)
