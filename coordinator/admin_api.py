@@ -10,6 +10,7 @@ produce to a topic right after creating it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from qnode.coordinator.controller import Controller, ControllerError, TopicSpec
@@ -31,8 +32,12 @@ class AdminApi:
     """Handlers of the metadata and admin APIs over one controller."""
 
     def __init__(self, server: CoordinatorServer, controller: Controller,
-                 propagation: Propagation, offsets: OffsetsView, cluster_id: str) -> None:
+                 propagation: Propagation, offsets: OffsetsView, cluster_id: str,
+                 worker_down: Callable[[int], bool] = lambda worker_id: False) -> None:
         self.server = server
+        # True for a local worker known to be dead (restarting): its partitions answer
+        # LEADER_NOT_AVAILABLE, so clients refresh metadata instead of calling a dead endpoint.
+        self.worker_down = worker_down
         self.controller = controller
         self.propagation = propagation
         self.offsets = offsets
@@ -58,13 +63,14 @@ class AdminApi:
         elif self.controller.config.get("auto.create.topics.enable"):
             self._auto_create([n for n in names if n not in image.topics])
         topics = []
+        down = {w for w in range(self.controller.config.workers) if self.worker_down(w)}
         for name in names:
             t = image.topics.get(name)
             if t is None:
                 topics.append({"name": name, "error": int(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION),
                                "internal": False, "config_version": 0, "partitions": []})
             else:
-                topics.append(self._topic_entry(t, b["include_offsets"]))
+                topics.append(self._topic_entry(t, b["include_offsets"], down))
         leader = self.controller.store.quorum.leader_id
         return {
             "cluster_id": self.cluster_id,
@@ -80,22 +86,26 @@ class AdminApi:
             except (ControllerError, NotControllerError) as exc:
                 log.info("auto-create of topic %r refused: %s", name, exc)
 
-    def _topic_entry(self, t: TopicImage, include_offsets: bool) -> dict[str, Any]:
+    def _topic_entry(self, t: TopicImage, include_offsets: bool,
+                     down: set[int]) -> dict[str, Any]:
         return {
             "name": t.name,
             "topic_id": t.topic_id,
             "error": 0,
             "internal": t.internal,
             "config_version": t.config_version,
-            "partitions": [self._partition_entry(p, include_offsets)
+            "partitions": [self._partition_entry(p, include_offsets, down)
                            for p in self.controller.partitions_of(t)],
         }
 
-    def _partition_entry(self, p: PartitionImage, include_offsets: bool) -> dict[str, Any]:
+    def _partition_entry(self, p: PartitionImage, include_offsets: bool,
+                         down: set[int]) -> dict[str, Any]:
         endpoint = self.controller.image.workers.get((p.leader, p.worker), "")
+        local = p.leader == self.controller.config.node_id
+        available = endpoint and not (local and p.worker in down)
         entry: dict[str, Any] = {
             "partition": p.partition,
-            "error": 0 if endpoint else int(ErrorCode.LEADER_NOT_AVAILABLE),
+            "error": 0 if available else int(ErrorCode.LEADER_NOT_AVAILABLE),
             "leader": p.leader,
             "leader_epoch": p.leader_epoch,
             "replicas": p.replicas,
@@ -105,7 +115,7 @@ class AdminApi:
         }
         if include_offsets:
             state = None
-            if p.leader == self.controller.config.node_id:
+            if local:
                 state = self.offsets.get(p.worker, p.topic, p.partition)
             entry["log_start_offset"] = state.log_start_offset if state else -1
             entry["high_watermark"] = state.high_watermark if state else -1

@@ -89,9 +89,11 @@ def run_coordinator(config: NodeConfig,
     offsets = OffsetsView(config.node_id, config.data_dir)
     coordinator = Coordinator(config, meta.cluster_id, ctx, server, store, controller, offsets)
     propagation = Propagation(server)
-    WorkerApi(server, store, controller, propagation,
-              on_worker_hello=lambda wid, pid: notify(f"worker {wid} {pid}")).install()
-    AdminApi(server, controller, propagation, offsets, meta.cluster_id).install()
+    workers = WorkerApi(server, store, controller, propagation,
+                        on_worker_hello=lambda wid, pid: notify(f"worker {wid} {pid}"))
+    workers.install()
+    AdminApi(server, controller, propagation, offsets, meta.cluster_id,
+             worker_down=workers.worker_down).install()
     _load_plugins(coordinator)
 
     r, w = signal_pipe()

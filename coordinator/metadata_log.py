@@ -65,7 +65,10 @@ class MetadataLog:
             {"segment.bytes": str(segment_bytes), "cleanup.policy": "delete",
              "retention.ms": "-1", "retention.bytes": "-1"}
         )
-        self._log = Log.open(directory, config)
+        # The log start is where `_trim` left it: the older of the two newest checkpoints.
+        cps = self.checkpoints()
+        start = cps[-2][0] if len(cps) >= 2 else 0
+        self._log = Log.open(directory, config, log_start_offset=start)
         # The storage HW bounds deletes; the quorum, not the HW, decides what is committed.
         self._log.high_watermark = self._log.log_end_offset
         self.last_term = self._scan_last_term()
@@ -189,6 +192,13 @@ class MetadataLog:
                 )
             image = MetadataImage()
         checkpoint_offset = image.offset
+        if image.offset > self.end_offset:
+            # The log lost records the checkpoint holds (a torn tail cut by recovery): the
+            # checkpoint wins, and the log continues after it so offsets are never reused.
+            log.error("metadata log ends at %d, before its checkpoint at %d: restarting the "
+                      "log at the checkpoint", self.end_offset, image.offset)
+            self._log.truncate_fully_and_start_at(image.offset)
+            self._log.high_watermark = self._log.log_end_offset
         replayed = 0
         for entry in self.entries(max(image.offset, self.start_offset)):
             image.apply(entry.record, entry.offset)

@@ -70,9 +70,15 @@ class Quorum:
     def __post_init__(self) -> None:
         assert self.node_id in self.voters, "a quorum member must be one of its voters"
         self.state = QuorumState.load(self.state_path)
-        # Everything on local disk at start-up was committed by a previous leader of this
-        # log (a single voter only writes what it commits; with peers, Raft would start from
-        # the last offset known committed and let the new leader settle the rest).
+
+    def log_loaded(self) -> None:
+        """The local log was recovered (checkpoint + replay): set the commit offset from it.
+
+        Everything on local disk at start-up was committed by a previous leader of this log
+        when this voter is the whole quorum (it only ever writes what it commits); with peers,
+        Raft starts from the last offset known committed and lets the new leader settle the
+        rest, which arrives with the multi-node work.
+        """
         if len(self.voters) == 1:
             self.committed_offset = self.log.end_offset
 

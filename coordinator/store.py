@@ -28,6 +28,7 @@ class MetadataStore:
         self.quorum = quorum
         self.checkpoint_bytes = checkpoint_bytes
         self.image: MetadataImage = metadata_log.load()
+        quorum.log_loaded()
         assert self.image.offset == quorum.committed_offset or len(quorum.voters) > 1
         self._listeners: list[Callable[[int], None]] = []
         quorum.on_commit(self._on_commit)

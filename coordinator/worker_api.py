@@ -109,6 +109,10 @@ class WorkerApi:
         self._parked: list[_ParkedFetch] = []
         store.on_change(self._on_commit)
 
+    def worker_down(self, worker_id: int) -> bool:
+        """True when the worker said hello in this coordinator's life and has died since."""
+        return worker_id in self.worker_pids and not self._worker_alive(worker_id)
+
     def _worker_alive(self, worker_id: int) -> bool:
         pid = self.worker_pids.get(worker_id)
         if pid is None:

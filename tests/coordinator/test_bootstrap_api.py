@@ -263,3 +263,23 @@ def test_fewer_workers_after_restart_moves_orphaned_partitions(coordinator_facto
         else:
             assert p["leader_epoch"] == 1, "a moved partition gets a new leader epoch"
     assert sorted(p["worker"] for p in after.values()) == [0, 0, 0, 0, 1, 1, 1, 1]
+
+
+def test_checkpoint_replay_and_snapshot_fetch_across_restart(coordinator_factory,
+                                                             raw_client_factory) -> None:
+    c = coordinator_factory(config={"metadata.log.max.record.bytes.between.snapshots": 1})
+    client = raw_client_factory(c.bootstrap)
+    for i in range(5):
+        create(client, f"t{i}", 2, configs={"retention.ms": str(1000 + i)})
+    client.call(ApiKey.DELETE_TOPICS, {"topics": ["t0"]})
+    meta_dir = c.data_dir / "__cluster_metadata-0"
+    assert len(list(meta_dir.glob("*.checkpoint"))) == 2
+    c.restart()
+    names = [t["name"] for t in metadata(client)["topics"]]
+    assert names == ["t1", "t2", "t3", "t4"]
+    fetched = client.call(ApiKey.METADATA_LOG_FETCH, {"offset": 0, "max_wait_ms": 0}).body
+    assert fetched["snapshot"] is not None, "offset 0 was trimmed: the image comes instead"
+    snap_topics = {t["name"]: t for t in fetched["snapshot"]["topics"]}
+    assert set(snap_topics) == set(names)
+    assert snap_topics["t3"]["configs"] == {"retention.ms": "1003"}
+    assert fetched["next_offset"] == fetched["snapshot"]["offset"]

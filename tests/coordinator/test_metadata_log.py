@@ -135,3 +135,20 @@ def test_image_round_trip_and_apply_order(tmp_path: Path) -> None:
     assert MetadataImage.from_dict(img.to_dict()).to_dict() == img.to_dict()
     with pytest.raises(AssertionError):
         img.apply(rec.remove_topic("x"), 1)  # going backwards is a bug, never silent
+
+
+def test_checkpoint_ahead_of_a_lost_log_tail_wins(tmp_path: Path) -> None:
+    mlog, quorum, store = open_store(tmp_path, checkpoint_bytes=1)
+    for i in range(3):
+        store.append(topic_records(f"t{i}", 1))
+    expected = store.image.to_dict()
+    end = mlog.end_offset
+    mlog.close()
+    for seg in tmp_path.glob("*.log"):  # the records vanish, the checkpoints stay
+        seg.write_bytes(b"")
+    mlog, quorum, store = open_store(tmp_path)
+    assert store.image.to_dict() == expected
+    assert mlog.end_offset == end, "the log continues after the checkpoint"
+    store.append([rec.remove_topic("t0")])
+    assert store.committed_offset == end + 1 and "t0" not in store.image.topics
+    mlog.close()

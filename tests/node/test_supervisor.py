@@ -10,6 +10,7 @@ import subprocess
 from conftest import free_port, process_alive, wait_for
 
 from qnode.transport.api import ApiKey
+from qnode.transport.errors import ErrorCode
 
 
 def test_start_prints_ready_and_sigterm_exits_zero(node_factory) -> None:
@@ -107,3 +108,27 @@ def test_killed_supervisor_takes_its_children_down(node_factory) -> None:
     wait_for(lambda: not any(process_alive(p) for p in children), 20, "orphans to exit")
     n.restart()  # the lock is free again once the last child is gone
     n.stop()
+
+
+def test_dead_worker_is_unavailable_until_restarted_with_backoff(node_factory,
+                                                                 raw_client_factory) -> None:
+    n = node_factory(workers=2, config={"supervisor.restart.backoff.ms": 1500})
+    client = raw_client_factory(n.bootstrap)
+    client.call(ApiKey.CREATE_TOPICS, {"topics": [
+        {"name": "t", "num_partitions": 2, "replication_factor": 1, "configs": {}}]})
+
+    def errors() -> dict[int, int]:
+        md = client.call(ApiKey.METADATA, {"topics": ["t"]}).body
+        return {p["worker"]: p["error"] for p in md["topics"][0]["partitions"]}
+
+    assert errors() == {0: 0, 1: 0}
+    old = n.kill_child("worker", 0)
+    wait_for(lambda: errors() == {0: ErrorCode.LEADER_NOT_AVAILABLE, 1: 0}, 1.4,
+             "worker 0's partition to be reported unavailable")
+    new = n.wait_child_restarted("worker", old, worker_id=0)
+    wait_for(lambda: errors() == {0: 0, 1: 0}, 20, "worker 0 serving again")
+    n.kill_child("worker", 0)
+    wait_for(lambda: f"worker 0 (pid {new}) exited" in n.log_text(), 10, "the second crash")
+    assert "restarting in 1500 ms (restart #1)" in n.log_text()
+    assert "restarting in 3000 ms (restart #2)" in n.log_text(), "backoff doubles in a streak"
+    n.stop()  # stopping while a restart is pending is clean too
