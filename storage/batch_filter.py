@@ -27,7 +27,7 @@ from qnode.storage.record_batch import (
     LOG_OVERHEAD,
     BatchHeader,
 )
-from qnode.storage.varint import zigzag_decode
+from qnode.storage.varint import UNZIGZAG_1, UNZIGZAG_2, zigzag_decode
 
 # (start, end) of a record's bytes in the records section, its offset delta, its key (None
 # when null) and whether its value is null (a tombstone).
@@ -44,31 +44,81 @@ def records_section(buf: bytes | bytearray | memoryview, hdr: BatchHeader,
 
 
 def walk_records(data: bytes, count: int) -> list[RawRecord]:
-    """Locate the `count` records filling `data`; raises CorruptRecordError on malformed input."""
-    out: list[RawRecord] = []
-    pos = 0
-    n = len(data)
+    """Locate the `count` records filling `data`; raises CorruptRecordError on malformed input.
+
+    Written for CPython speed like `records.decode_records`: one- and two-byte varints (all
+    the lengths and deltas of ordinary records) are table lookups, longer ones take the
+    general decoder; every record must end exactly where its length says.
+    """
     try:
-        for _ in range(count):
-            length, body = zigzag_decode(data, pos, 5)
-            end = body + length
-            if length < 0 or end > n:
-                raise CorruptRecordError(f"record length {length} at {pos} runs past the batch")
-            p = body + 1  # attributes
-            _, p = zigzag_decode(data, p)  # timestamp delta
-            offset_delta, p = zigzag_decode(data, p, 5)
-            klen, p = zigzag_decode(data, p, 5)
-            if klen < -1 or p + max(klen, 0) > end:
-                raise CorruptRecordError(f"record key length {klen} at {pos} is invalid")
-            key = None if klen < 0 else data[p: p + klen]
-            p += max(klen, 0)
-            vlen, p = zigzag_decode(data, p, 5)
-            if vlen < -1 or p + max(vlen, 0) > end:
-                raise CorruptRecordError(f"record value length {vlen} at {pos} is invalid")
-            out.append((pos, end, offset_delta, key, vlen < 0))
-            pos = end
-    except IndexError:
+        return _walk(data, count)
+    except CorruptRecordError:
+        raise
+    except (IndexError, ValueError):
         raise CorruptRecordError("record data ends inside a record") from None
+
+
+def _walk(data: bytes, count: int) -> list[RawRecord]:
+    u1 = UNZIGZAG_1
+    u2 = UNZIGZAG_2
+    out: list[RawRecord] = []
+    append = out.append
+    n = len(data)
+    pos = 0
+    for _ in range(count):
+        start = pos
+        b = data[pos]
+        if b < 0x80:
+            length = u1[b]
+            pos += 1
+        elif data[pos + 1] < 0x80:
+            length = u2[b | data[pos + 1] << 8]
+            pos += 2
+        else:
+            length, pos = zigzag_decode(data, pos, 5)
+        end = pos + length
+        if length < 0 or end > n:
+            raise CorruptRecordError(f"record length {length} at {start} runs past the batch")
+        pos += 1  # attributes
+        if data[pos] < 0x80:  # timestamp delta
+            pos += 1
+        else:
+            _, pos = zigzag_decode(data, pos)
+        b = data[pos]
+        if b < 0x80:
+            delta = u1[b]
+            pos += 1
+        elif data[pos + 1] < 0x80:
+            delta = u2[b | data[pos + 1] << 8]
+            pos += 2
+        else:
+            delta, pos = zigzag_decode(data, pos, 5)
+        b = data[pos]
+        if b < 0x80:
+            klen = u1[b]
+            pos += 1
+        else:
+            klen, pos = zigzag_decode(data, pos, 5)
+        if klen < 0:
+            if klen != -1:
+                raise CorruptRecordError(f"record key length {klen} at {start}")
+            key = None
+        else:
+            key = data[pos: pos + klen]
+            pos += klen
+        if pos >= end:
+            raise CorruptRecordError(f"record at {start} ends inside its key")
+        b = data[pos]
+        if b < 0x80:
+            vlen = u1[b]
+        elif data[pos + 1] < 0x80:
+            vlen = u2[b | data[pos + 1] << 8]
+        else:
+            vlen = zigzag_decode(data, pos, 5)[0]
+        if vlen < -1 or pos + max(vlen, 0) > end:
+            raise CorruptRecordError(f"record value length {vlen} at {start} is invalid")
+        append((start, end, delta, key, vlen < 0))
+        pos = end
     if pos != n:
         raise CorruptRecordError(f"{n - pos} bytes after the last of {count} records")
     return out

@@ -95,8 +95,9 @@ class OffsetMap:
                 i = 0
 
     def clear(self) -> None:
-        self._hashes = array("Q", bytes(8 * self.slots))
-        self._offsets = array("q", bytes(8 * self.slots))
+        if self.size:  # a fresh or already cleared table needs no zeroing
+            self._hashes = array("Q", bytes(8 * self.slots))
+            self._offsets = array("q", bytes(8 * self.slots))
         self.size = 0
         self.latest_offset = -1
         self.lookups = self.probes = 0

@@ -66,3 +66,21 @@ def test_walk_records_rejects_malformed_data():
         walk_records(data + b"\x00", hdr.record_count)
     with pytest.raises(CorruptRecordError):
         walk_records(b"\x7f", 1)
+
+
+def test_walk_handles_long_varints_and_negative_timestamp_deltas():
+    b = BatchBuilder(base_offset=50)
+    for i in range(100):  # offset deltas past one varint byte; lengths of 1, 2 and 3 bytes
+        key = None if i % 10 == 3 else b"K" * (i * 3)
+        value = None if i % 7 == 1 else b"V" * (i * 250)
+        b.append(key, value, timestamp_ms=100_000 - i * 1000)
+    buf = b.build()
+    hdr = next(iter_batches(buf))
+    data = records_section(buf, hdr)
+    raw = walk_records(data, hdr.record_count)
+    decoded = Batch(buf).records()
+    assert [r[2] for r in raw] == list(range(100))
+    assert [r[3] for r in raw] == [d.key for d in decoded]
+    assert [r[4] for r in raw] == [d.value is None for d in decoded]
+    keep = raw[::9]
+    assert Batch(rebuild_batch(hdr, data, keep)).records() == decoded[::9]
