@@ -1,0 +1,155 @@
+"""NetworkClient over real ZeroMQ: correlation, timeouts, refused and lost connections."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import zmq
+
+from qnode.sdk.connection import NetworkClient
+from qnode.sdk.errors import NetworkError, NotLeaderError, RequestTimeoutError
+from qnode.transport.api import ApiKey
+from qnode.transport.frame import decode_request, encode_response
+
+
+class Peer:
+    """A ROUTER that answers each request as `behaviour(request)` says, in its own thread."""
+
+    def __init__(self, mode: str = "echo") -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        self.endpoint = f"tcp://127.0.0.1:{self.port}"
+        self.mode = mode
+        self.seen: list[int] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        held = []
+        while not self.stop.is_set():
+            if not self.sock.poll(20):
+                continue
+            ident, *frames = self.sock.recv_multipart()
+            req = decode_request(frames)
+            self.seen.append(req.correlation_id)
+            if self.mode == "silent":
+                continue
+            if self.mode == "reverse":  # answer two at a time, in reverse order
+                held.append((ident, req))
+                if len(held) < 2:
+                    continue
+                batch, held = held[::-1], []
+            elif self.mode == "close":
+                self.sock.close(0)
+                return
+            else:
+                batch = [(ident, req)]
+            for ident_, r in batch:
+                err = 6 if r.body.get("fail") else 0
+                body = {"echo": r.body.get("n"), "data": len(r.data)}
+                self.sock.send_multipart([ident_, *encode_response(
+                    r.api_key, r.version, r.correlation_id, body, [b"x" * 3], error_code=err)])
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close(0)
+        self.ctx.term()
+
+
+@pytest.fixture
+def client() -> Iterator[NetworkClient]:
+    c = NetworkClient("test", request_timeout_ms=5000)
+    yield c
+    c.close()
+
+
+def test_request_response_with_data_frames(client: NetworkClient) -> None:
+    peer = Peer()
+    try:
+        resp = client.request(peer.endpoint, ApiKey.METADATA, {"n": 1}, [b"a", b"b"])
+        assert resp.body == {"echo": 1, "data": 2}
+        assert [bytes(f.buffer) for f in resp.data] == [b"xxx"]
+    finally:
+        peer.close()
+
+
+def test_answers_out_of_order_reach_their_own_request(client: NetworkClient) -> None:
+    peer = Peer("reverse")
+    try:
+        done: dict[int, int] = {}
+        reqs = [client.send(peer.endpoint, ApiKey.METADATA, {"n": i},
+                            callback=lambda r: done.__setitem__(r.context, r.response.body["echo"]),
+                            context=i) for i in range(4)]
+        deadline = time.monotonic() + 5
+        while len(done) < 4 and time.monotonic() < deadline:
+            client.poll(100)
+        assert done == {0: 0, 1: 1, 2: 2, 3: 3}
+        assert len({r.correlation_id for r in reqs}) == 4
+    finally:
+        peer.close()
+
+
+def test_request_level_error_becomes_an_exception(client: NetworkClient) -> None:
+    peer = Peer()
+    try:
+        with pytest.raises(NotLeaderError):
+            client.request(peer.endpoint, ApiKey.PRODUCE, {"fail": True})
+    finally:
+        peer.close()
+
+
+def test_timeout_fails_and_rebuilds_the_connection(client: NetworkClient) -> None:
+    peer = Peer("silent")
+    try:
+        t = time.monotonic()
+        with pytest.raises(RequestTimeoutError):
+            client.request(peer.endpoint, ApiKey.METADATA, {"n": 1}, timeout_ms=200)
+        assert 0.15 < time.monotonic() - t < 3
+        assert client.in_flight(peer.endpoint) == 0
+        peer.mode = "echo"
+        assert client.request(peer.endpoint, ApiKey.METADATA, {"n": 2}).body["echo"] == 2
+    finally:
+        peer.close()
+
+
+def test_refused_connection_fails_fast(client: NetworkClient) -> None:
+    s = zmq.Context.instance().socket(zmq.ROUTER)
+    port = s.bind_to_random_port("tcp://127.0.0.1")
+    s.close(0)  # nobody listens there now
+    t = time.monotonic()
+    with pytest.raises(NetworkError):
+        client.request(f"tcp://127.0.0.1:{port}", ApiKey.METADATA, {}, timeout_ms=4000)
+    assert time.monotonic() - t < 2.5  # the monitor saw the refusal: no 4 s timeout
+
+
+def test_peer_gone_mid_request_fails_fast(client: NetworkClient) -> None:
+    peer = Peer("close")
+    try:
+        t = time.monotonic()
+        with pytest.raises(NetworkError):
+            client.request(peer.endpoint, ApiKey.METADATA, {}, timeout_ms=4000)
+        assert time.monotonic() - t < 2.5
+    finally:
+        peer.close()
+
+
+def test_fire_and_forget_completes_at_once(client: NetworkClient) -> None:
+    peer = Peer("silent")
+    try:
+        req = client.send(peer.endpoint, ApiKey.PRODUCE, {}, expect_response=False)
+        assert req.done and req.error is None and client.in_flight(peer.endpoint) == 0
+    finally:
+        peer.close()
+
+
+def test_closed_client_refuses(client: NetworkClient) -> None:
+    client.close()
+    with pytest.raises(NetworkError):
+        client.send("tcp://127.0.0.1:1", ApiKey.METADATA, {})

@@ -1,0 +1,85 @@
+"""Producer and consumer behaviour that needs no node: config checks, unreachable nodes."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from qnode.sdk import Consumer, Producer, TopicPartition
+from qnode.sdk.errors import (
+    ConsumerStateError,
+    InvalidConfigError,
+    ProducerClosedError,
+    QnodeError,
+    RequestTimeoutError,
+    TransactionError,
+)
+from qnode.sdk.producer import parse_acks
+
+
+def dead_endpoint() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.mark.parametrize(("given", "want"), [
+    (0, 0), (1, 1), (-1, -1), ("all", -1), ("ALL", -1), ("0", 0), ("1", 1), ("-1", -1)])
+def test_acks_forms(given: object, want: int) -> None:
+    assert parse_acks(given) == want  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"acks": 2}, {"acks": "some"}, {"linger_ms": -1}, {"batch_size": 0},
+    {"compression": "snappy"}, {"compression": "brotli"}, {"enable_idempotence": True},
+    {"buffer_memory": 0}, {"max_in_flight_requests_per_connection": 0}])
+def test_bad_config_is_refused_up_front(kwargs: dict) -> None:
+    with pytest.raises(InvalidConfigError):
+        Producer(dead_endpoint(), **kwargs)
+
+
+def test_transactions_are_refused_clearly() -> None:
+    with pytest.raises(TransactionError, match="not available"):
+        Producer(dead_endpoint(), transactional_id="tx-1")
+
+
+def test_unreachable_node_fails_send_after_max_block() -> None:
+    p = Producer(dead_endpoint(), max_block_ms=300)
+    try:
+        t = time.monotonic()
+        with pytest.raises(RequestTimeoutError, match="is the node"):
+            p.send("t", b"v")
+        assert 0.25 < time.monotonic() - t < 5
+    finally:
+        p.close()
+    with pytest.raises(ProducerClosedError):
+        p.send("t", b"v")
+
+
+def test_consumer_without_group_refuses_group_calls() -> None:
+    c = Consumer(bootstrap=dead_endpoint())
+    try:
+        with pytest.raises(ConsumerStateError):
+            c.subscribe(["t"])
+        with pytest.raises(ConsumerStateError):
+            c.commit()
+        with pytest.raises(ConsumerStateError):
+            c.seek(TopicPartition("t", 0), 5)  # not assigned
+        c.assign([TopicPartition("t", 0)])
+        c.seek(TopicPartition("t", 0), 5)
+        assert c.position(TopicPartition("t", 0)) == 5
+        assert c.poll(0.2) == []  # node unreachable: no records, no exception
+    finally:
+        c.close()
+    with pytest.raises(ConsumerStateError):
+        c.poll(0)
+
+
+def test_bad_consumer_config() -> None:
+    with pytest.raises(QnodeError):
+        Consumer(bootstrap=dead_endpoint(), isolation_level="dirty")
+    with pytest.raises(QnodeError):
+        Consumer(bootstrap=dead_endpoint(), auto_offset_reset="middle")
