@@ -11,6 +11,7 @@ buffer (no per-record work here), then one shared-memory row update; a fetch ret
 from __future__ import annotations
 
 import logging
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,8 +22,11 @@ import zmq
 from qnode.node.metadata_follower import MetadataFollower, Placement
 from qnode.node.shm_table import ShmTable
 from qnode.storage import errors as serr
+from qnode.storage import leader_epoch, producer_state
 from qnode.storage.log_config import LogConfig
 from qnode.storage.log_manager import LogManager
+from qnode.storage.producer_state import InvalidProducerEpochError, OutOfOrderSequenceError
+from qnode.storage.record_batch import LENGTH_OFFSET, LOG_OVERHEAD, PRODUCER_ID_OFFSET, iter_batches
 from qnode.transport.errors import ErrorCode
 
 log = logging.getLogger(__name__)
@@ -35,6 +39,8 @@ READ_COMMITTED = 1
 # Storage errors → wire errors (the first match in MRO order wins).
 _STORAGE_ERRORS: tuple[tuple[type[Exception], ErrorCode], ...] = (
     (serr.CorruptRecordError, ErrorCode.CORRUPT_MESSAGE),
+    (OutOfOrderSequenceError, ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER),
+    (InvalidProducerEpochError, ErrorCode.INVALID_PRODUCER_EPOCH),
     (serr.RecordTooLargeError, ErrorCode.MESSAGE_TOO_LARGE),
     (serr.InvalidRecordError, ErrorCode.INVALID_RECORD),
     (serr.OffsetOutOfRangeError, ErrorCode.OFFSET_OUT_OF_RANGE),
@@ -77,6 +83,18 @@ def _err(partition: int, code: ErrorCode, message: str | None = None, **extra: A
     if message:
         entry["message"] = message
     return entry
+
+
+_I32 = struct.Struct(">i").unpack_from
+_I64 = struct.Struct(">q").unpack_from
+
+
+def _may_be_idempotent(buf: Any) -> bool:
+    """False only for the common case: one batch without a producer id (no state to check)."""
+    n = len(buf)
+    if n < PRODUCER_ID_OFFSET + 8:
+        return False  # not even a header: the append refuses it
+    return _I64(buf, PRODUCER_ID_OFFSET)[0] >= 0 or _I32(buf, LENGTH_OFFSET)[0] + LOG_OVERHEAD < n
 
 
 def _frame_buffer(frame: Any) -> Any:
@@ -128,6 +146,10 @@ class PartitionServer:
         try:
             config = self.log_config(want)
             lg = self.logs.open_log(want.topic, want.partition, config)
+            if lg.leader_epoch_cache is None:
+                leader_epoch.attach(lg)
+            if lg.producer_state is None:
+                producer_state.attach(lg)
         except Exception as exc:  # a log that will not open must not stop the others
             log.error("cannot open log %s-%d: %s", want.topic, want.partition, exc)
             self.failed[key] = f"log {want.topic}-{want.partition} unavailable: {exc}"
@@ -238,6 +260,16 @@ class PartitionServer:
     def _append(self, r: Replica, buf: Any) -> dict[str, Any]:
         lg = r.log
         try:
+            if _may_be_idempotent(buf):
+                dup = lg.producer_state.check_batches(iter_batches(buf))
+                if dup is not None:  # a retry of a batch already appended: its offsets
+                    return {
+                        "partition": r.partition,
+                        "error": 0,
+                        "base_offset": dup.first_offset,
+                        "log_append_time": -1,
+                        "log_start_offset": lg.log_start_offset,
+                    }
             res = lg.append(buf, r.leader_epoch)
         except Exception as exc:
             code = storage_error_code(exc)
@@ -289,9 +321,7 @@ class PartitionServer:
                     parts_out.append(r)
                     out.error = True
                     continue
-                entry = self._read(
-                    r, p, remaining if not frames else remaining, consumer, committed, frames, out
-                )
+                entry = self._read(r, p, remaining, consumer, committed, frames, out)
                 parts_out.append(entry)
                 remaining = max(body["max_bytes"] - out.bytes, 0)
             out.body["topics"].append({"name": name, "partitions": parts_out})
@@ -342,14 +372,12 @@ class PartitionServer:
         limit = (lso if committed else hw) if consumer else None
         if limit is not None and offset >= limit:
             return entry
-        # the first batch of the response is returned whole even past the limits (KIP-74)
-        max_bytes = (
-            min(p["partition_max_bytes"], remaining) if out.bytes else p["partition_max_bytes"]
-        )
-        if max_bytes <= 0:
+        max_bytes = min(p["partition_max_bytes"], remaining)
+        first = not out.bytes  # its first batch is returned whole past the limits (KIP-74)
+        if max_bytes <= 0 and not first:
             return entry
         try:
-            data = lg.read(offset, max_bytes, limit)
+            data = lg.read(offset, max(max_bytes, 1), limit, min_one_batch=first)
         except Exception as exc:
             entry.update(error=int(storage_error_code(exc)), message=str(exc))
             out.error = True

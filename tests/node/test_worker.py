@@ -247,3 +247,50 @@ def test_sigterm_answers_parked_fetch_flushes_and_unlinks(
             assert w2.stop() == 0
     finally:
         w.kill()
+
+
+def test_idempotent_retry_is_not_appended_twice_and_gaps_are_refused(
+    feed: MetadataFeed, client: Client
+) -> None:
+    from qnode.storage.batch_builder import BatchBuilder
+
+    def batch(seq: int, values: list[bytes], epoch: int = 0) -> bytes:
+        b = BatchBuilder(producer_id=7000, producer_epoch=epoch, base_sequence=seq)
+        for v in values:
+            b.append(None, v)
+        return b.build()
+
+    feed.add_topic("idem")
+    client.wait_ready("idem", 0)
+    first = batch(0, [b"a", b"b"])
+    assert client.produce("idem", 0, first)["base_offset"] == 0
+    assert client.produce("idem", 0, batch(2, [b"c"]))["base_offset"] == 2
+    retry = client.produce("idem", 0, first)  # the client never saw the first answer
+    assert retry["error"] == 0 and retry["base_offset"] == 0
+    gap = client.produce("idem", 0, batch(9, [b"x"]))
+    assert gap["error"] == ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER
+    assert client.produce("idem", 0, batch(0, [b"d"], epoch=1))["base_offset"] == 3
+    zombie = client.produce("idem", 0, batch(3, [b"z"], epoch=0))  # the old epoch is fenced
+    assert zombie["error"] == ErrorCode.INVALID_PRODUCER_EPOCH
+    _, data = client.fetch("idem", 0, 0)
+    assert _values(data) == [b"a", b"b", b"c", b"d"]
+
+
+def test_fetch_limits_whole_batches_and_first_batch_past_the_limit(
+    feed: MetadataFeed, client: Client
+) -> None:
+    feed.add_topic("lim", partitions=2)
+    client.wait_ready("lim", 1)
+    for _ in range(3):
+        client.produce("lim", 0, make_batch([b"p0" * 500]))
+        client.produce("lim", 1, make_batch([b"p1" * 500]))
+    body = client.fetch_body("lim", 0, 0, max_bytes=100)
+    body["topics"][0]["partitions"].append(
+        {"partition": 1, "fetch_offset": 0, "partition_max_bytes": 1 << 20}
+    )
+    resp = client.call(ApiKey.FETCH, body)
+    p0, p1 = resp.body["topics"][0]["partitions"]
+    # the first batch comes whole although larger than max_bytes; nothing else fits
+    data0 = b"".join(bytes(resp.data[k].buffer) for k in p0["frames"])
+    assert [b.base_offset for b in read_batches(data0)] == [0]
+    assert p1["error"] == 0 and p1["frames"] == []
