@@ -118,6 +118,8 @@ def run_coordinator(config: NodeConfig,
                 fn()
             except Exception:
                 log.exception("coordinator close callback failed")
+        propagation.release_all()  # parked admin calls and metadata fetches get their answer
+        workers.release_all()
         server.close()
         offsets.close()
         mlog.close()

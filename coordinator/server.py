@@ -31,6 +31,7 @@ from typing import Any
 
 import zmq
 
+from qnode.coordinator.quorum import NotControllerError
 from qnode.transport.api import COORDINATOR_APIS, ApiKey, api_name, api_versions_body
 from qnode.transport.errors import ErrorCode
 from qnode.transport.frame import (
@@ -238,6 +239,10 @@ class CoordinatorServer:
         except HandlerError as exc:
             if not call.replied:
                 call.fail(exc.code, exc.message)
+            return
+        except NotControllerError as exc:  # a write on a voter that does not lead
+            if not call.replied:
+                call.fail(ErrorCode.NOT_CONTROLLER, str(exc))
             return
         except Exception as exc:
             log.exception("%s handler failed", api_name(request.api_key))

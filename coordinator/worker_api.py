@@ -78,6 +78,13 @@ class Propagation:
                         self.applied)
             waiter.done()
 
+    def release_all(self) -> None:
+        """Answer every waiting call now (shutdown: never leave a client hanging)."""
+        waiters, self._waiters = self._waiters, []
+        for w in waiters:
+            w.timer.cancel()
+            w.done()
+
     def _check(self) -> None:
         ready = [w for w in self._waiters if self._all_past(w.offset)]
         for w in ready:
@@ -169,6 +176,10 @@ class WorkerApi:
         parked.timer = self.server.call_later(wait, lambda: self._expire(parked))
         self._parked.append(parked)
         return None
+
+    def release_all(self) -> None:
+        """Answer every parked fetch with what there is (shutdown)."""
+        self._on_commit(self.store.committed_offset)
 
     def _snapshot(self) -> dict[str, Any]:
         image = self.store.image
