@@ -39,6 +39,7 @@ E = ErrorCode
 OFFSETS_TOPIC_CONFIGS = {"cleanup.policy": "compact", "segment.bytes": "104857600"}
 LOAD_FETCH_BYTES = 16 << 20
 RETRY_MS = 100
+LOAD_FETCH_TIMEOUT_MS = 1000
 
 # Produce errors as a committing client should see them (Kafka's mapping).
 _COMMIT_ERRORS = {
@@ -163,7 +164,9 @@ class GroupService:
                 "topics": [{"name": OFFSETS_TOPIC, "partitions": [{
                     "partition": p, "fetch_offset": progress.next_offset,
                     "partition_max_bytes": LOAD_FETCH_BYTES, "current_leader_epoch": -1}]}]}
-        self.io.send(endpoint, ApiKey.FETCH, body, [], 10_000,
+        # max_wait_ms is 0, so a live worker answers at once: a short timeout gets past an
+        # endpoint of the previous run (workers bind fresh ports) without stalling the load.
+        self.io.send(endpoint, ApiKey.FETCH, body, [], LOAD_FETCH_TIMEOUT_MS,
                      lambda resp, err: self._loaded_chunk(p, progress, started, resp, err))
 
     def _loaded_chunk(self, p: int, progress: LoadProgress, started: float,

@@ -45,6 +45,9 @@ _COORDINATOR_MOVED = {E.NOT_COORDINATOR, E.COORDINATOR_NOT_AVAILABLE,
                       E.NETWORK_EXCEPTION}
 
 
+REBALANCE_COMMIT_RETRY_S = 3.0
+
+
 class CommitFailedError(GroupError):
     """The commit cannot succeed: the group rebalanced and these partitions may be elsewhere."""
 
@@ -374,6 +377,7 @@ class GroupMembership:
             by_topic.setdefault(tp.topic, []).append({
                 "partition": tp.partition, "offset": om.offset,
                 "leader_epoch": om.leader_epoch, "metadata": om.metadata})
+        rebalance_deadline = min(deadline, time.monotonic() + REBALANCE_COMMIT_RETRY_S)
         while True:
             with self._lock:
                 generation, member_id = self.generation, self.member_id
@@ -391,6 +395,11 @@ class GroupMembership:
                 return None
             if err in _COORDINATOR_MOVED and time.monotonic() < deadline:
                 self._forget_coordinator(client)
+                self._sleep(client, self.settings.retry_backoff_ms)
+                continue
+            if err == E.REBALANCE_IN_PROGRESS and time.monotonic() < rebalance_deadline:
+                # The group is completing a generation this member joined (e.g. on close):
+                # once it is stable the commit goes through with the new generation.
                 self._sleep(client, self.settings.retry_backoff_ms)
                 continue
             if err in (E.ILLEGAL_GENERATION, E.UNKNOWN_MEMBER_ID, E.REBALANCE_IN_PROGRESS):
