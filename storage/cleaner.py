@@ -33,6 +33,7 @@ Run it from the thread that owns the log (LogManager.tick) or hold off other wri
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -139,14 +140,22 @@ def read_first_dirty(directory: str | os.PathLike[str]) -> int | None:
 
 
 def write_first_dirty(directory: str | os.PathLike[str], offset: int) -> None:
+    """Persist the first dirty offset atomically; a full disk raises DiskFullError (losing
+    it only means the next clean starts earlier)."""
     path = Path(directory) / CHECKPOINT_NAME
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(f"0\n{offset}\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(os.fspath(directory))
+    try:
+        with open(tmp, "w") as f:
+            f.write(f"0\n{offset}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(os.fspath(directory))
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(f"no space to write {path}: {exc}") from exc
+        raise
 
 
 def cleanable_range(segments: Sequence[Segment], log_start: int, first_dirty: int | None,
