@@ -8,6 +8,7 @@ against a bit-by-bit implementation of the Castagnoli polynomial.
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -333,3 +334,26 @@ def test_producer_state_needs_a_producer_id(kw: dict[str, object]) -> None:
     with pytest.raises(InvalidRecordError, match="no producer id"):
         validate_batches(data)
     assert validate_batches(data, producer_batches=False).record_count == 2
+
+
+def test_validate_and_stamp_in_a_mapped_file(tmp_path: Path) -> None:
+    """The broker's path on a real segment file: walk, check and stamp through an mmap."""
+    import mmap
+
+    data = make_batch(3) + make_batch(2, "gzip") + make_batch(5, "zstd")
+    path = tmp_path / "00000000000000000000.log"
+    path.write_bytes(data + bytes(1000))  # preallocated tail, as a segment may have
+    with open(path, "r+b") as f, mmap.mmap(f.fileno(), 0) as mm:
+        mv = memoryview(mm)
+        end, headers = valid_prefix(mv)
+        assert end == len(data)
+        info = validate_batches(mv[:end])
+        offset = 100
+        for h in info.batches:
+            stamp(mv, h.position, offset, 4)
+            offset += h.offset_count
+        mm.flush()
+        mv.release()
+    reread = path.read_bytes()[: len(data)]
+    assert [r.offset for r in iter_records(reread)] == list(range(100, 110))
+    assert {h.leader_epoch for h in iter_batches(reread)} == {4}
