@@ -5,8 +5,10 @@ One round over a partition log, as Kafka's cleaner does it:
 1. Cleanable range: from the first dirty offset (persisted in `cleaner-offset-checkpoint` in
    the partition directory; the log start when missing) up to the first segment that must
    not be touched: the active segment, a segment younger than `min.compaction.lag.ms`, or
-   one reaching past `max_offset` (the owner passes the high watermark / last stable offset,
-   so nothing a leader change could truncate ever supersedes committed data).
+   one reaching past the high watermark or the first open transaction (nothing a leader
+   change could truncate, or an abort could void, ever supersedes committed data). A log is
+   due when its dirty ratio reaches `min.cleanable.dirty.ratio`, or its oldest dirty
+   segment waited `max.compaction.lag.ms`.
 2. Offset map: key hash → latest offset over the dirty part (`OffsetMap`, fixed memory
    from `log.cleaner.dedupe.buffer.size`). When it fills, this round stops there: the prefix
    is cleaned now, the rest in the next round.
@@ -14,13 +16,14 @@ One round over a partition log, as Kafka's cleaner does it:
    consecutive segments whose total size fits `segment.bytes` (so small cleaned segments
    merge). A record is kept when no later offset for its key is in the map, it has a key
    (null keys are invalid in a compacted topic: dropped and counted), and it is not a
-   tombstone old enough to drop (its segment's largest timestamp is older than
-   `delete.retention.ms`). Kept records keep their offsets, timestamps and batches'
-   producer fields (`batch_filter`); control batches are kept whole. Transactional batches
-   never enter the map (an aborted write must not hide a committed one) and their records
-   only go when superseded. A batch emptied of records survives as an empty batch when it
-   is the last one of a live producer, or the last of its group (so the cleaned segment
-   ends where the old run did: recovery relies on it).
+   tombstone old enough to drop: its segment's largest timestamp is older than
+   `delete.retention.ms`, and this round's map covers it (so every older value of its key
+   goes in the same round, in an earlier or the same swap). Kept records keep their offsets,
+   timestamps and batches' producer fields (`batch_filter`); control batches are kept whole.
+   Transactional batches never enter the map (an aborted write must not hide a committed
+   one) and their records only go when superseded. A batch emptied of records survives as an
+   empty batch when it is the last one of a live producer, or the last of its group (so the
+   cleaned segment ends where the old run did: recovery relies on it).
 4. Each group's output is written as a `.cleaned` segment and handed to
    `Log.replace_segments`, which seals and fsyncs it and swaps it in atomically
    (`.cleaned` → `.swap`, the log file's rename commits; old segments deleted; `.swap` →
