@@ -294,3 +294,13 @@ def test_fetch_limits_whole_batches_and_first_batch_past_the_limit(
     data0 = b"".join(bytes(resp.data[k].buffer) for k in p0["frames"])
     assert [b.base_offset for b in read_batches(data0)] == [0]
     assert p1["error"] == 0 and p1["frames"] == []
+
+
+def test_config_record_is_applied_to_the_open_log(feed: MetadataFeed, client: Client) -> None:
+    feed.add_topic("cfg", configs={"max.message.bytes": "1000"})
+    client.wait_ready("cfg", 0)
+    big = make_batch([b"z" * 2000])
+    assert client.produce("cfg", 0, big)["error"] == ErrorCode.MESSAGE_TOO_LARGE
+    end = feed.append(rec.config("cfg", {"max.message.bytes": "100000"}))
+    feed.wait_applied(0, end)
+    assert client.produce("cfg", 0, big)["error"] == 0
