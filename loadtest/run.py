@@ -62,8 +62,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group", default=None)
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--replication-factor", type=int, default=1)
-    p.add_argument("--producers", type=int, default=2, help="producer users (processes)")
-    p.add_argument("--consumers", type=int, default=2, help="consumer users (processes)")
+    p.add_argument("--producers", type=int, default=None,
+                   help="producer users, one process each (default 2)")
+    p.add_argument("--consumers", type=int, default=None,
+                   help="consumer users, one process each (default 2)")
     p.add_argument("--record-size", type=parse_size, default=None, help="bytes per record")
     p.add_argument("--acks", default="all", choices=["0", "1", "all", "-1"])
     p.add_argument("--linger-ms", type=float, default=None)
@@ -109,10 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 SMOKE = {
     "peak-shaving": {"rate": 40.0, "steady": 2.0, "burst": 2.0, "recovery_min": 1.0,
-                     "recovery_max": 10.0, "consume_rate": 150.0, "record_size": 100},
-    "backlog": {"backlog_size": 2_000_000, "record_size": 4096, "rate": UNLIMITED},
-    "steady-state": {"rate": 100.0, "duration": 3.0, "record_size": 100},
+                     "recovery_max": 10.0, "consume_rate": 150.0, "record_size": 100,
+                     "producers": 2, "consumers": 2},
+    "backlog": {"backlog_size": 2_000_000, "record_size": 4096, "rate": UNLIMITED,
+                "producers": 1, "consumers": 1},
+    "steady-state": {"rate": 100.0, "duration": 2.0, "record_size": 100,
+                     "producers": 1, "consumers": 1},
 }
+KEEP_IF_GIVEN = ("record_size", "producers", "consumers")
 DEFAULT_RECORD_SIZE = {"peak-shaving": 200, "backlog": 16384, "steady-state": 200}
 
 
@@ -120,8 +126,10 @@ def configure(args: argparse.Namespace) -> tuple:
     """(RunOptions, WorkloadConfig, plan, shape class, drain threshold) for the arguments."""
     if args.smoke:
         for k, v in SMOKE[args.scenario].items():
-            if k != "record_size" or args.record_size is None:
+            if k not in KEEP_IF_GIVEN or getattr(args, k) is None:
                 setattr(args, k, v)
+    args.producers = args.producers or 2
+    args.consumers = args.consumers or 2
     record_size = args.record_size or DEFAULT_RECORD_SIZE[args.scenario]
     stamp = time.strftime("%Y%m%d-%H%M%S")
     results = args.results or RESULTS_ROOT / f"{args.scenario}-{stamp}"
