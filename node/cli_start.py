@@ -22,6 +22,8 @@ from qnode.node.lockfile import DataDirLockedError
 from qnode.node.process_main import LOG_LEVEL_ENV
 from qnode.node.supervisor import Supervisor
 
+DEFAULT_CONFIG = "node.toml"
+
 
 def _fail(message: str) -> None:
     print(f"qnode: {message}", file=sys.stderr)
@@ -29,7 +31,10 @@ def _fail(message: str) -> None:
 
 
 def start(
-    config: Annotated[Path | None, typer.Option("--config", help="node.toml to load")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="node.toml to load (default: ./node.toml if present)"),
+    ] = None,
     data_dir: Annotated[str | None, typer.Option("--data-dir", help="data directory")] = None,
     node_id: Annotated[int | None, typer.Option("--node-id", help="this node's id")] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="worker processes")] = None,
@@ -38,6 +43,8 @@ def start(
     log_level: Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING")] = "INFO",
 ) -> None:
     """Start one node in the foreground: coordinator and workers; Ctrl-C stops it cleanly."""
+    if config is None and Path(DEFAULT_CONFIG).is_file():
+        config = Path(DEFAULT_CONFIG)  # `qnode start` in a directory holding node.toml
     overrides = {"data.dir": data_dir, "node.id": node_id, "workers": workers,
                  "listen": listen, "peers": peers}
     try:

@@ -179,6 +179,14 @@ class NodeConfig:
         return build_config(json.loads(text), source="config from supervisor")
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (the container's CPU set, not the host's core count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def endpoint_host(endpoint: str) -> str:
     """`tcp://HOST:PORT` → HOST."""
     m = _ENDPOINT_RE.match(endpoint)
@@ -311,7 +319,7 @@ def build_config(values: Mapping[str, Any], source: str = "node.toml") -> NodeCo
     for name, key in KEYS.items():
         settings.setdefault(name, key.default)
     if settings["workers"] is None:
-        settings["workers"] = max(1, os.cpu_count() or 1)
+        settings["workers"] = usable_cores()
     if settings["supervisor.restart.backoff.max.ms"] < settings["supervisor.restart.backoff.ms"]:
         raise _bad(
             source,

@@ -283,3 +283,18 @@ def test_checkpoint_replay_and_snapshot_fetch_across_restart(coordinator_factory
     assert set(snap_topics) == set(names)
     assert snap_topics["t3"]["configs"] == {"retention.ms": "1003"}
     assert fetched["next_offset"] == fetched["snapshot"]["offset"]
+
+
+def test_auto_create_topics_when_enabled(coordinator_factory, raw_client_factory) -> None:
+    c = coordinator_factory(config={"auto.create.topics.enable": True, "num.partitions": 3})
+    client = raw_client_factory(c.bootstrap)
+    md = metadata(client, ["auto", "bad name"])
+    auto, bad = md["topics"]
+    assert auto["error"] == 0 and len(auto["partitions"]) == 3
+    assert bad["error"] == E.UNKNOWN_TOPIC_OR_PARTITION
+    assert [t["name"] for t in metadata(client)["topics"]] == ["auto"]
+
+
+def test_auto_create_is_off_by_default(client) -> None:
+    assert metadata(client, ["auto"])["topics"][0]["error"] == E.UNKNOWN_TOPIC_OR_PARTITION
+    assert metadata(client)["topics"] == []
