@@ -31,7 +31,7 @@ class ProducerBatch:
 
     __slots__ = ("topic", "partition", "key", "parts", "count", "base_ts", "max_ts", "result",
                  "size", "created", "deadline", "sealed", "attempts", "retry_at", "data",
-                 "record_count", "reserved", "base_sequence", "sent_at")
+                 "record_count", "reserved", "counted", "base_sequence", "sent_at", "solo")
 
     def __init__(self, topic: str, partition: int, reserved: int, now: float,
                  delivery_timeout: float) -> None:
@@ -52,6 +52,8 @@ class ProducerBatch:
         self.data: bytes | None = None
         self.record_count = 0
         self.reserved = reserved
+        self.counted = True  # in Accumulator.incomplete until completed
+        self.solo = False  # sent alone in its request (a split retry must not fail with others)
         self.base_sequence = -1
         self.sent_at = 0.0
 
@@ -185,10 +187,19 @@ class Accumulator:
         if batch.reserved:
             self.buffered -= batch.reserved
             batch.reserved = 0
-            self.incomplete -= 1
             self.memory_freed.notify_all()
+        if batch.counted:
+            batch.counted = False
+            self.incomplete -= 1
             if self.incomplete == 0:
                 self.all_done.notify_all()
+
+    def replace(self, batch: ProducerBatch, parts: list[ProducerBatch], retry_at: float) -> None:
+        """Retry `batch` as the smaller `parts` (a batch the node found too large)."""
+        with self.lock:
+            self.incomplete += len(parts)
+            self._release(batch)
+        self.requeue(parts, retry_at)
 
     def pending(self) -> bool:
         return self.incomplete > 0

@@ -23,7 +23,7 @@ class BatchResult:
     """The outcome of one produced batch, shared by the futures of its records."""
 
     __slots__ = ("topic", "partition", "base_offset", "log_append_time", "error", "done",
-                 "_event", "_callbacks", "_lock")
+                 "_event", "_callbacks", "_lock", "children", "_parent", "_waiting_children")
 
     def __init__(self, topic: str, partition: int) -> None:
         self.topic = topic
@@ -35,6 +35,11 @@ class BatchResult:
         self._event: threading.Event | None = None
         self._callbacks: list[tuple[RecordFuture, Callable[[RecordFuture], Any]]] | None = None
         self._lock = threading.Lock()
+        # After a split (the node refused the batch as too large), record i's fate is that
+        # of children[i], a one-record batch; this result completes when they all have.
+        self.children: list[BatchResult] | None = None
+        self._parent: BatchResult | None = None
+        self._waiting_children = 0
 
     def complete(self, base_offset: int, log_append_time: int = -1,
                  error: BaseException | None = None) -> None:
@@ -56,6 +61,30 @@ class BatchResult:
                     fn(fut)
                 except Exception:  # a user callback must not kill the sender thread
                     log.exception("producer callback raised")
+        if self._parent is not None:
+            self._parent._child_done()
+
+    def split(self, children: list[BatchResult]) -> None:
+        """Record i now lives in `children[i]` (sender thread, before any child completes)."""
+        self._waiting_children = len(children)
+        for c in children:
+            c._parent = self
+        self.children = children
+
+    def _child_done(self) -> None:
+        with self._lock:
+            self._waiting_children -= 1
+            last = self._waiting_children == 0
+        if last:
+            self.complete(-1)
+
+    def outcome(self, index: int) -> tuple[int, int, BaseException | None]:
+        """(offset, log append time, error) of record `index`."""
+        if self.children is not None:
+            c = self.children[index]
+            return (c.base_offset if c.base_offset >= 0 else -1), c.log_append_time, c.error
+        offset = self.base_offset + index if self.base_offset >= 0 else -1
+        return offset, self.log_append_time, self.error
 
     def wait(self, timeout: float | None) -> bool:
         if self.done:
@@ -93,31 +122,33 @@ class RecordFuture:
         return self._batch.done
 
     def succeeded(self) -> bool:
-        return self._batch.done and self._batch.error is None
+        return self._batch.done and self._batch.outcome(self._index)[2] is None
 
     def failed(self) -> bool:
-        return self._batch.done and self._batch.error is not None
+        return self._batch.done and self._batch.outcome(self._index)[2] is not None
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         if not self._batch.wait(timeout):
             raise RequestTimeoutError(f"record not acknowledged within {timeout} s")
-        return self._batch.error
+        return self._batch.outcome(self._index)[2]
 
     def result(self, timeout: float | None = None) -> RecordMetadata:
         """Wait for the record's fate: its metadata, or the error that failed its batch."""
         b = self._batch
         if not b.done and not b.wait(timeout):
             raise RequestTimeoutError(f"record not acknowledged within {timeout} s")
-        if b.error is not None:
-            raise b.error
+        if b.error is not None or b.children is not None:
+            error = b.outcome(self._index)[2]
+            if error is not None:
+                raise error
         return self._metadata()
 
     get = result
 
     def _metadata(self) -> RecordMetadata:
         b = self._batch
-        offset = b.base_offset + self._index if b.base_offset >= 0 else -1
-        ts = b.log_append_time if b.log_append_time >= 0 else self._timestamp
+        offset, log_append_time, _ = b.outcome(self._index)
+        ts = log_append_time if log_append_time >= 0 else self._timestamp
         return RecordMetadata(b.topic, b.partition, offset, ts)
 
     def add_done_callback(self, fn: Callable[[RecordFuture], Any]) -> RecordFuture:
@@ -129,20 +160,21 @@ class RecordFuture:
     def add_callback(self, fn: Callable[[RecordMetadata], Any]) -> RecordFuture:
         """`fn(metadata)` on success only."""
         def on_done(fut: RecordFuture) -> None:
-            if fut._batch.error is None:
+            if fut._batch.outcome(fut._index)[2] is None:
                 fn(fut._metadata())
         return self.add_done_callback(on_done)
 
     def add_errback(self, fn: Callable[[BaseException], Any]) -> RecordFuture:
         """`fn(exception)` on failure only."""
         def on_done(fut: RecordFuture) -> None:
-            if fut._batch.error is not None:
-                fn(fut._batch.error)
+            error = fut._batch.outcome(fut._index)[2]
+            if error is not None:
+                fn(error)
         return self.add_done_callback(on_done)
 
     def __repr__(self) -> str:
         b = self._batch
-        state = "pending" if not b.done else ("error" if b.error else "done")
+        state = "pending" if not b.done else ("error" if self.failed() else "done")
         return f"<RecordFuture {b.topic}-{b.partition}#{self._index} {state}>"
 
 

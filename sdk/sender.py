@@ -27,12 +27,15 @@ from qnode.sdk.connection import InFlight, NetworkClient
 from qnode.sdk.errors import (
     NetworkError,
     QnodeError,
+    RecordTooLargeError,
     RequestTimeoutError,
     UnknownTopicError,
     error_for,
 )
 from qnode.sdk.metadata import Metadata
+from qnode.sdk.record_writer import encode_headers_section, encode_record
 from qnode.sdk.types import TopicPartition
+from qnode.storage.batch_reader import Batch
 from qnode.transport.api import ApiKey
 from qnode.transport.errors import ErrorCode
 
@@ -229,7 +232,7 @@ class Sender(threading.Thread):
                 budget = cfg.max_request_size - sizes.get(ep, 0)
                 taken: list[ProducerBatch] = []
                 while q and (not taken or q[0].size <= budget) and q[0].retry_at <= now:
-                    if taken and budget <= 0:
+                    if taken and (budget <= 0 or q[0].solo or taken[0].solo):
                         break
                     b = q.popleft()
                     taken.append(b)
@@ -306,6 +309,16 @@ class Sender(threading.Thread):
                     base += b.record_count
 
     def _retry_or_fail(self, batches: list[ProducerBatch], err: QnodeError, now: float) -> None:
+        if isinstance(err, RecordTooLargeError) and not self.cfg.idempotent \
+                and any(b.record_count > 1 for b in batches):
+            # As Kafka (KIP-126): retry each record alone, so only the one that is too
+            # large fails. (With idempotence the sequences would change: fail as a whole.)
+            for b in batches:
+                if b.record_count > 1:
+                    self._split(b, now)
+                else:
+                    self.acc.complete(b, -1, error=err)
+            return
         if err.code in _STALE_METADATA:
             self.metadata.stale = True
         if err.retriable and not (isinstance(err, UnknownTopicError)
@@ -323,6 +336,21 @@ class Sender(threading.Thread):
             err = UnknownTopicError(str(err), retriable=False)  # gone: retrying is futile
         for b in batches:
             self.acc.complete(b, -1, error=err)
+
+    def _split(self, batch: ProducerBatch, now: float) -> None:
+        assert batch.data is not None
+        parts: list[ProducerBatch] = []
+        for _, ts, key, value, headers in Batch(batch.data).record_tuples(verify=False):
+            child = ProducerBatch(batch.topic, batch.partition, 0, now, 0.0)
+            child.deadline = batch.deadline
+            child.sealed = True
+            child.solo = True
+            child.count = 1
+            child.base_ts = child.max_ts = ts
+            child.parts = [encode_record(0, 0, key, value, encode_headers_section(headers))]
+            parts.append(child)
+        batch.result.split([c.result for c in parts])
+        self.acc.replace(batch, parts, now)
 
     def _expire(self, now: float) -> None:
         """Fail queued batches past delivery.timeout.ms (in-flight ones expire on answer)."""
