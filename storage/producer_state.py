@@ -12,13 +12,8 @@ appended (`check`), then records it with its assigned offsets (`update`):
 Sequences are int32 and wrap from 2**31-1 to 0. Followers and log recovery rebuild the same
 state without checks through `update_from_batch`, in log order.
 
-The state is snapshotted to `<20-digit offset>.snapshot` in the partition directory, the
-offset being the log end the state covers, so that opening a log replays only the batches
-past the newest snapshot. Format (big-endian): u16 version, u32 CRC-32C of the body, then
-the body: i64 map end offset, i32 producer count, per producer: i64 pid, i16 epoch, i32
-coordinator epoch, i64 txn first offset (-1 none), u8 batch count, per batch: i32 first seq,
-i32 last seq, i64 first offset, i64 last offset, i64 max timestamp. A snapshot failing its
-CRC, version or length is deleted and the state rebuilt from an older one plus the log.
+The state is snapshotted to `<20-digit offset>.snapshot` files (format in
+`producer_snapshot.py`) so that opening a log replays only the batches past the newest one.
 
 `attach(log)` loads the state of a `Log` (snapshot + replay of the batches after it), keeps
 it in step through the log's hooks and snapshots on every roll; the leader's produce path
@@ -28,19 +23,25 @@ calls `log.producer_state.check_batches(headers)` before `log.append`.
 from __future__ import annotations
 
 import os
-import re
-import struct
 import time
-from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import crc32c
-
 from qnode.storage.batch_reader import Batch
 from qnode.storage.errors import StorageError
+from qnode.storage.producer_snapshot import (
+    NO_PRODUCER_EPOCH,
+    NO_PRODUCER_ID,
+    BatchEntry,
+    CorruptSnapshotError,
+    ProducerEntry,
+    decode_snapshot,
+    encode_snapshot,
+    list_snapshots,
+    snapshot_path,
+)
 from qnode.storage.record_batch import BatchHeader, iter_batches
 
 if TYPE_CHECKING:  # the log imports nothing from here; attach() only duck-types it
@@ -48,20 +49,8 @@ if TYPE_CHECKING:  # the log imports nothing from here; attach() only duck-types
     from qnode.storage.record_batch import BatchesInfo
 
 INT32_MAX = 2**31 - 1
-NO_PRODUCER_ID = -1
-NO_PRODUCER_EPOCH = -1
-NO_SEQUENCE = -1
-DEDUPE_WINDOW = 5  # batches remembered per producer, as Kafka's max.in.flight bound
-SNAPSHOT_SUFFIX = ".snapshot"
-SNAPSHOT_VERSION = 1
 CONTROL_ABORT = 0
 CONTROL_COMMIT = 1
-
-_HEAD = struct.Struct(">HI")
-_BODY_HEAD = struct.Struct(">qi")
-_PRODUCER = struct.Struct(">qhiqB")
-_BATCH = struct.Struct(">iiqqq")
-_SNAPSHOT_RE = re.compile(r"^(\d{20})\.snapshot$")
 
 
 class ProducerStateError(StorageError):
@@ -74,10 +63,6 @@ class OutOfOrderSequenceError(ProducerStateError):
 
 class InvalidProducerEpochError(ProducerStateError):
     """The batch's producer epoch is older than the current one: a fenced producer (wire: 47)."""
-
-
-class CorruptSnapshotError(ProducerStateError):
-    """A snapshot file that fails its CRC, version or length check."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,38 +100,6 @@ class BatchMeta:
     @property
     def is_idempotent(self) -> bool:
         return self.producer_id != NO_PRODUCER_ID
-
-
-@dataclass(frozen=True, slots=True)
-class BatchEntry:
-    """One remembered batch of a producer (the dedupe window holds the last five)."""
-
-    first_seq: int
-    last_seq: int
-    first_offset: int
-    last_offset: int
-    timestamp: int
-
-
-@dataclass(slots=True)
-class ProducerEntry:
-    producer_id: int
-    epoch: int = NO_PRODUCER_EPOCH
-    coordinator_epoch: int = -1
-    current_txn_first_offset: int = -1
-    batches: deque[BatchEntry] = field(default_factory=lambda: deque(maxlen=DEDUPE_WINDOW))
-
-    @property
-    def last_seq(self) -> int:
-        return self.batches[-1].last_seq if self.batches else NO_SEQUENCE
-
-    @property
-    def last_offset(self) -> int:
-        return self.batches[-1].last_offset if self.batches else -1
-
-    @property
-    def last_timestamp(self) -> int:
-        return self.batches[-1].timestamp if self.batches else -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,61 +143,6 @@ def add_sequence(seq: int, delta: int) -> int:
 
 def in_sequence(last_seq: int, next_seq: int) -> bool:
     return next_seq == last_seq + 1 or (next_seq == 0 and last_seq == INT32_MAX)
-
-
-def snapshot_path(partition_dir: Path, offset: int) -> Path:
-    return partition_dir / f"{offset:020d}{SNAPSHOT_SUFFIX}"
-
-
-def list_snapshots(partition_dir: Path) -> list[tuple[int, Path]]:
-    """(offset, path) of every snapshot file in the directory, oldest first."""
-    found = []
-    for name in os.listdir(partition_dir):
-        m = _SNAPSHOT_RE.match(name)
-        if m:
-            found.append((int(m.group(1)), partition_dir / name))
-    return sorted(found)
-
-
-def encode_snapshot(map_end_offset: int, producers: list[ProducerEntry]) -> bytes:
-    parts = [_BODY_HEAD.pack(map_end_offset, len(producers))]
-    for p in producers:
-        parts.append(_PRODUCER.pack(p.producer_id, p.epoch, p.coordinator_epoch,
-                                    p.current_txn_first_offset, len(p.batches)))
-        for b in p.batches:
-            parts.append(_BATCH.pack(b.first_seq, b.last_seq, b.first_offset, b.last_offset,
-                                     b.timestamp))
-    body = b"".join(parts)
-    return _HEAD.pack(SNAPSHOT_VERSION, crc32c.crc32c(body)) + body
-
-
-def decode_snapshot(data: bytes) -> tuple[int, list[ProducerEntry]]:
-    """Parse a snapshot; raise `CorruptSnapshotError` on any fault."""
-    if len(data) < _HEAD.size + _BODY_HEAD.size:
-        raise CorruptSnapshotError(f"snapshot too short ({len(data)} bytes)")
-    version, crc = _HEAD.unpack_from(data, 0)
-    if version != SNAPSHOT_VERSION:
-        raise CorruptSnapshotError(f"unsupported snapshot version {version}")
-    body = memoryview(data)[_HEAD.size:]
-    if crc32c.crc32c(body) != crc:
-        raise CorruptSnapshotError("snapshot CRC-32C mismatch")
-    try:
-        map_end, count = _BODY_HEAD.unpack_from(body, 0)
-        pos = _BODY_HEAD.size
-        producers = []
-        for _ in range(count):
-            pid, epoch, coord_epoch, txn_first, nb = _PRODUCER.unpack_from(body, pos)
-            pos += _PRODUCER.size
-            entry = ProducerEntry(pid, epoch, coord_epoch, txn_first)
-            for _ in range(nb):
-                entry.batches.append(BatchEntry(*_BATCH.unpack_from(body, pos)))
-                pos += _BATCH.size
-            producers.append(entry)
-    except struct.error as exc:
-        raise CorruptSnapshotError(f"snapshot body truncated: {exc}") from None
-    if pos != len(body):
-        raise CorruptSnapshotError(f"{len(body) - pos} trailing bytes after snapshot body")
-    return map_end, producers
 
 
 class ProducerStateManager:
