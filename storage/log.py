@@ -235,6 +235,11 @@ class Log:
         return self._segments[-1]
 
     @property
+    def active_segment_base(self) -> int:
+        """Base offset of the active segment (published in the worker's shm table)."""
+        return self._segments[-1].base_offset
+
+    @property
     def segments(self) -> list[Segment]:
         """All segments, oldest first (a copy)."""
         return list(self._segments)
@@ -421,28 +426,21 @@ class Log:
         while i < len(segments) and total < max_bytes:
             seg = segments[i]
             i += 1
-            hdr = seg.find(offset) if first else None
-            if first and hdr is None:
-                continue  # offset past this segment's end (a gap left by compaction)
-            pos = hdr[0] if hdr is not None else 0
-            first = False
-            end = pos
-            done = False
-            for p, size, _base, last, _ts in seg.walk(pos):
-                if last >= limit:
-                    done = True
-                    break
-                if total + (end - pos) + size > max_bytes and (total or end > pos or
-                                                               not min_one_batch):
-                    done = True
-                    break
-                end = p + size
+            if first:
+                hdr = seg.find(offset)
+                if hdr is None:
+                    continue  # offset past this segment's end (a gap left by compaction)
+                pos = hdr[0]
+                first = False
+            else:
+                pos = 0
+            end = seg.read_end(pos, pos + max_bytes - total, limit, min_one_batch and not total)
             if end > pos:
                 seg.advise_sequential(pos, end)
                 slices.append(seg.view(pos, end))
                 total += end - pos
-            if done:
-                break
+            if end < seg.size:
+                break  # stopped by max_bytes or max_offset
         return FetchData(slices, total, start, leo, self._hw)
 
     # ------------------------------------------------------------------ search by time
@@ -610,34 +608,57 @@ class Log:
             self.segment_generation += 1
 
     # ------------------------------------------------------------------ flush / close
-    def flush(self) -> None:
-        """fsync every segment holding offsets past the recovery point; advance it to LEO."""
+    def flush(self, upto: int | None = None) -> None:
+        """fsync what lies between the recovery point and `upto` (default: the log end) and
+        advance the recovery point there. Index pages are synced under the log lock; the
+        data fsync runs without it, so a background flusher never stalls appends."""
         with self._lock:
             self._check_open()
-            leo = self._leo
-            if leo == self._recovery_point and not self._dir_dirty:
-                self._unflushed_messages = 0
+            target = self._leo if upto is None else min(upto, self._leo)
+            rp = self._recovery_point
+            if target <= rp and not self._dir_dirty:
+                if upto is None:
+                    self._unflushed_messages = 0
                 return
-            for seg in reversed(self._segments):
+            segs = [s for s in self._segments if s.base_offset < target and
+                    (s is self._segments[-1] or s.next_offset > rp)] or [self._segments[-1]]
+            for seg in segs:
                 if not seg.exists():
                     raise SegmentMissingError(
                         f"segment file {seg.log_path} was deleted under the running log")
-                seg.flush()
-                if seg.base_offset <= self._recovery_point:
-                    break
-            if self._dir_dirty:
-                fsync_dir(self.directory)
-                self._dir_dirty = False
-            self._recovery_point = leo
-            self._unflushed_messages = 0
+                seg.flush_indexes()
+            dir_dirty, self._dir_dirty = self._dir_dirty, False
+            if upto is None:
+                self._unflushed_messages = 0
+        for seg in segs:
+            try:
+                seg.flush_data()
+            except (OSError, ValueError):
+                if not seg.closed:  # a segment deleted meanwhile needs no flush
+                    with self._lock:
+                        self._dir_dirty = self._dir_dirty or dir_dirty
+                    raise
+        if dir_dirty:
+            fsync_dir(self.directory)
+        with self._lock:
+            self._recovery_point = max(self._recovery_point, min(target, self._leo))
             self._last_flush_ms = _now_ms()
+
+    @property
+    def unflushed_rolled(self) -> bool:
+        """A roll happened since the last flush: Kafka flushes the rolled segment then."""
+        return self._recovery_point < self._segments[-1].base_offset
+
+    def flush_due(self, now_ms: int) -> bool:
+        """flush.ms has passed since the last flush and there is something to flush."""
+        fms = self.config.flush_ms
+        if fms is None or self._closed or self._recovery_point >= self._leo:
+            return False
+        return now_ms - self._last_flush_ms >= fms
 
     def maybe_flush(self, now_ms: int) -> bool:
         """Apply flush.ms; True when a flush happened."""
-        fms = self.config.flush_ms
-        if fms is None or self._closed or self._recovery_point == self._leo:
-            return False
-        if now_ms - self._last_flush_ms >= fms:
+        if self.flush_due(now_ms):
             self.flush()
             return True
         return False

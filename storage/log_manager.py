@@ -12,6 +12,7 @@ removes it; leftovers are removed when any owner starts.
 from __future__ import annotations
 
 import os
+import queue
 import shutil
 import threading
 import uuid
@@ -24,7 +25,7 @@ from qnode.storage.checkpoint import (
     read_checkpoint,
     write_checkpoint,
 )
-from qnode.storage.errors import StorageError
+from qnode.storage.errors import LogClosedError, StorageError
 from qnode.storage.log import Log
 from qnode.storage.log_config import LogConfig
 from qnode.storage.recovery import fsync_dir
@@ -48,6 +49,64 @@ def parse_log_dir_name(name: str) -> TopicPartition | None:
     return topic, int(part)
 
 
+class Flusher:
+    """One background thread running fsyncs (a rolled segment, flush.ms) off the owner's
+    event loop, as Kafka's scheduler does; a log is queued at most once at a time."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._queue: queue.Queue[tuple[TopicPartition, Log, int | None] | None] = queue.Queue()
+        self._pending: set[TopicPartition] = set()
+        self._errors: dict[TopicPartition, Exception] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, tp: TopicPartition, log: Log, upto: int | None) -> None:
+        with self._lock:
+            if tp in self._pending:
+                return
+            self._pending.add(tp)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+        self._queue.put((tp, log, upto))
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                tp, log, upto = item
+                try:
+                    log.flush(upto)
+                except LogClosedError:
+                    pass
+                except (StorageError, OSError) as exc:
+                    with self._lock:
+                        self._errors[tp] = exc
+                finally:
+                    with self._lock:
+                        self._pending.discard(tp)
+            finally:
+                self._queue.task_done()
+
+    def take_errors(self) -> dict[TopicPartition, Exception]:
+        with self._lock:
+            errors, self._errors = self._errors, {}
+        return errors
+
+    def drain(self) -> None:
+        """Wait until every queued flush is done."""
+        self._queue.join()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=60)
+            self._thread = None
+
+
 @dataclass
 class TickReport:
     flushed: list[TopicPartition] = field(default_factory=list)
@@ -69,6 +128,7 @@ class LogManager:
         checkpoint_interval_ms: int = 60_000,
         retention_check_interval_ms: int = 300_000,
         cleaner_backoff_ms: int = 15_000,
+        background_flush: bool = True,
     ) -> None:
         self.data_dir = os.fspath(data_dir)
         self.checkpoint_name = checkpoint_name
@@ -82,6 +142,7 @@ class LogManager:
         self._logs: dict[TopicPartition, Log] = {}
         self._offline: dict[TopicPartition, Exception] = {}
         self._lock = threading.RLock()
+        self._flusher = Flusher(f"qnode-flush-{checkpoint_name}") if background_flush else None
         os.makedirs(self.data_dir, exist_ok=True)
         self._remove_deleted_dirs()
         self._recovery = self._read(RECOVERY_POINT_CHECKPOINT)
@@ -206,8 +267,18 @@ class LogManager:
 
     # ------------------------------------------------------------------ schedule
     def tick(self, now_ms: int) -> TickReport:
-        """Flush by flush.ms, run retention and the cleaners, write checkpoints, as due."""
+        """Flush by flush.ms and after a roll (Kafka flushes a rolled segment, so recovery
+        after a crash scans at most the active segment), run retention and the cleaners,
+        write checkpoints, as due. Flushes run on the background flusher when there is one;
+        `flushed` lists those done or queued."""
         report = TickReport()
+        if self._flusher is not None:
+            for tp, exc in self._flusher.take_errors().items():
+                log = self._logs.pop(tp, None)
+                if log is not None:
+                    log.close_without_flush()
+                report.errors[tp] = exc
+                self._offline[tp] = exc
         retention_due = now_ms - self._last_retention >= self.retention_check_interval_ms \
             or self._last_retention < 0
         clean_due = now_ms - self._last_clean >= self.cleaner_backoff_ms or self._last_clean < 0
@@ -216,8 +287,17 @@ class LogManager:
                 continue
             try:
                 log.check_files()
-                if log.maybe_flush(now_ms):
+                upto: int | None = -1
+                if log.flush_due(now_ms):
+                    upto = None
+                elif log.unflushed_rolled:
+                    upto = log.active_segment_base
+                if upto != -1:
                     report.flushed.append(tp)
+                    if self._flusher is not None:
+                        self._flusher.submit(tp, log, upto)
+                    else:
+                        log.flush(upto)
                 if retention_due:
                     res = apply_retention(log, now_ms)
                     if res.deleted_segments:
@@ -248,8 +328,15 @@ class LogManager:
             if not log.closed:
                 log.flush()
 
+    def wait_for_flushes(self) -> None:
+        """Block until the background flusher has nothing queued (tests, shutdown)."""
+        if self._flusher is not None:
+            self._flusher.drain()
+
     def close(self) -> None:
         """Close every log cleanly (flush, trim, clean-shutdown mark) and checkpoint."""
+        if self._flusher is not None:
+            self._flusher.stop()
         with self._lock:
             for tp, log in list(self._logs.items()):
                 try:

@@ -136,5 +136,28 @@ def test_flush_ms_flushes_on_tick(tmp_path):
     now = log._last_flush_ms  # noqa: SLF001 - the log's own clock
     assert ("f", 0) not in mgr.tick(now + 10).flushed
     assert ("f", 0) in mgr.tick(now + 2000).flushed
+    mgr.wait_for_flushes()
     assert log.recovery_point == 10
     mgr.close()
+
+
+def test_rolled_segment_is_flushed_in_background_so_recovery_scans_little(tmp_path):
+    cfg = LogConfig.from_topic_config({"segment.bytes": "3000"})
+    mgr = LogManager(tmp_path, "w6", checkpoint_interval_ms=0)
+    log = mgr.open_log("g", 0, cfg)
+    for _ in range(20):
+        log.append(make_batch(5), 0)
+    assert log.recovery_point == 0 and log.unflushed_rolled
+    report = mgr.tick(1)
+    assert ("g", 0) in report.flushed
+    mgr.wait_for_flushes()
+    assert log.recovery_point == log.active_segment_base > 0
+    mgr.checkpoint()
+    tail = log.log_end_offset - log.active_segment_base
+    log.close_without_flush()  # as kill -9 would leave it
+    mgr2 = LogManager(tmp_path, "w6")
+    log = mgr2.open_log("g", 0, cfg)
+    rep = log.recovery_report
+    assert rep.validated_segments == 1 and rep.validated_batches == tail // 5
+    assert read_all(log) == list(range(100))
+    mgr2.close()
