@@ -377,8 +377,7 @@ def replay(psm: ProducerStateManager, log: Log, upto: int | None = None) -> int:
     batches = 0
     while offset < end:
         data = log.read(offset, 1 << 20, max_offset=end)
-        if not data.slices:
-            break
+        start = offset
         for sl in data.slices:
             for h in iter_batches(sl):
                 if h.last_offset < offset:
@@ -389,6 +388,8 @@ def replay(psm: ProducerStateManager, log: Log, upto: int | None = None) -> int:
                     psm.map_end_offset = max(psm.map_end_offset, h.next_offset)
                 offset = h.next_offset
                 batches += 1
+        if offset == start:
+            break  # nothing more below `end` (an empty tail)
     psm.map_end_offset = max(psm.map_end_offset, end)
     return batches
 
