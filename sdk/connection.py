@@ -67,7 +67,7 @@ class _Connection:
         except zmq.ZMQError:
             pass
         self.monitor.close(0)
-        self.socket.close(0)
+        self.socket.close()  # with the socket's LINGER (0 unless a clean close set it)
 
 
 class NetworkClient:
@@ -260,11 +260,14 @@ class NetworkClient:
         if req.callback is not None:
             req.callback(req)
 
-    def close(self) -> None:
+    def close(self, linger_ms: int = 0) -> None:
+        """Close every connection; `linger_ms` lets queued sends (acks=0) still go out."""
         if self.closed:
             return
         self.closed = True
         for conn in list(self._conns.values()):
+            if linger_ms:
+                conn.socket.setsockopt(zmq.LINGER, linger_ms)
             self._drop(conn, NetworkError("client closed"))
         for fd in self._extra_fds:
             try:

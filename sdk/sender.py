@@ -129,7 +129,8 @@ class Sender(threading.Thread):
             self.fatal = QnodeError(f"producer sender thread failed: {exc!r}")
             self._fail_all(self.fatal)
         finally:
-            client.close()
+            # A clean close lets fire-and-forget (acks=0) requests still queued in zmq go out.
+            client.close(linger_ms=0 if self._force_close else 2000)
             os.close(self._wake_r)
             os.close(self._wake_w)
             with self.meta_cond:
