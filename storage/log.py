@@ -264,11 +264,11 @@ class Log:
             if self._closed:
                 raise LogClosedError(f"log {self.directory} is closed")
             now = _now_ms() if now_ms is None else now_ms
-            p = self._prepare(data, leader_epoch, assign_offsets, self._leo, now, 0)
-            self._write(p.iov, p.metas, p.size, p.max_ts, now)
-            result = AppendResult(p.metas[0][2], p.metas[-1][3], p.max_ts, p.append_time,
-                                  p.records, p.size)
-            self._after_append(result, p.info, leader_epoch)
+            iov, metas, size, max_ts, records, append_time, info = self._prepare(
+                data, leader_epoch, assign_offsets, self._leo, now, 0)
+            self._write(iov, metas, size, max_ts, now)
+            result = AppendResult(metas[0][2], metas[-1][3], max_ts, append_time, records, size)
+            self._after_append(result, info, leader_epoch)
             return result
 
     def append_many(self, items: Sequence[tuple[Buffer, int]], assign_offsets: bool = True,
@@ -287,7 +287,7 @@ class Log:
             nxt, size, max_ts = self._leo, 0, -1
             for data, epoch in items:
                 try:
-                    p = self._prepare(data, epoch, assign_offsets, nxt, now, size)
+                    p = _Prepared(*self._prepare(data, epoch, assign_offsets, nxt, now, size))
                 except StorageError as exc:
                     out.append(exc)
                     continue
@@ -307,7 +307,8 @@ class Log:
             return out
 
     def _prepare(self, data: Buffer, leader_epoch: int, assign_offsets: bool, nxt: int,
-                 now: int, at: int) -> _Prepared:
+                 now: int, at: int) -> tuple[list[Buffer], list[BatchMeta], int, int, int, int,
+                                             BatchesInfo | None]:
         """Validate `data` and lay out what to write for offsets from `nxt`, `at` bytes into
         the coming write. Raises the StorageError that refuses it; writes nothing."""
         cfg = self.config
@@ -355,7 +356,7 @@ class Log:
             nxt = last + 1
         if not assign_offsets:
             iov.append(mv)
-        return _Prepared(iov, metas, len(mv), max_ts, records, append_time, info)
+        return iov, metas, len(mv), max_ts, records, append_time, info
 
     def _write(self, iov: list[Buffer], metas: list[BatchMeta], size: int, max_ts: int,
                now: int) -> None:
@@ -368,7 +369,7 @@ class Log:
                           > cfg.segment_ms - cfg.segment_jitter_ms)) \
                 or last_offset - seg.base_offset > MAX_RELATIVE_OFFSET:
             seg = self._roll_at(first_base)
-        seg.append(iov[0] if len(iov) == 1 else iov, metas)
+        seg.append(iov[0] if len(iov) == 1 else iov, metas, size)
         self._leo = last_offset + 1
 
     def _after_append(self, result: AppendResult, info: BatchesInfo | None,

@@ -18,17 +18,20 @@ from qnode.storage.errors import DiskFullError
 _OFFSET_ENTRY = struct.Struct(">II")
 
 
-def preallocate(fd: int, size: int) -> None:
-    """Reserve real blocks for `size` bytes so later stores through a mapping cannot SIGBUS on
-    a full disk; filesystems without fallocate get a sparse extension instead."""
+ALLOCATION_CHUNK = 64 * 1024
+
+
+def allocate(fd: int, start: int, end: int) -> None:
+    """Reserve real blocks for [start, end) so a store through the mapping there cannot SIGBUS
+    on a full disk (it gets DiskFullError here instead); filesystems without fallocate keep
+    the sparse file (and Kafka's behaviour)."""
     try:
-        os.posix_fallocate(fd, 0, size)
+        os.posix_fallocate(fd, start, end - start)
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise DiskFullError(f"no space to preallocate an index of {size} bytes") from exc
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise DiskFullError(f"no space for {end - start} more index bytes: {exc}") from exc
         if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
             raise
-        os.ftruncate(fd, size)
 
 
 class MappedIndex:
@@ -48,17 +51,22 @@ class MappedIndex:
         try:
             file_size = os.fstat(self._fd).st_size
             file_entries = file_size // esize
+            self._allocated = file_size  # bytes backed by real blocks (or data)
             if writable:
                 capacity = max(self.max_entries, file_entries)
                 self.max_entries = capacity
                 if file_size < capacity * esize:
-                    preallocate(self._fd, capacity * esize)
+                    # sparse up to the cap (Kafka's preallocation); real blocks come in chunks
+                    os.ftruncate(self._fd, capacity * esize)
                 self._map(capacity * esize)
             else:
                 self.max_entries = file_entries
                 if file_entries:
                     self._map(file_entries * esize)
             self.entries = self._valid_prefix(file_entries)
+            if writable:
+                self._allocated = min(self._allocated, self.entries * esize)
+                self.reserve(1)
         except BaseException:
             self.close()
             raise
@@ -101,6 +109,15 @@ class MappedIndex:
         return self._mm[i * esize : (i + 1) * esize] == bytes(esize)
 
     # ---------------------------------------------------------------- entries
+    def reserve(self, n: int) -> None:
+        """Make sure the next `n` entries land on allocated blocks (DiskFullError if not)."""
+        esize = self.entry.size
+        need = min(self.entries + n, self.max_entries) * esize
+        if need > self._allocated:
+            end = min(-(-need // ALLOCATION_CHUNK) * ALLOCATION_CHUNK, self.max_entries * esize)
+            allocate(self._fd, self._allocated, max(end, need))
+            self._allocated = max(end, need)
+
     def is_full(self) -> bool:
         return self.entries >= self.max_entries
 
@@ -122,6 +139,8 @@ class MappedIndex:
         if self.entries >= self.max_entries:
             raise ValueError(f"index {self.path} is full")
         assert self._mm is not None
+        if (self.entries + 1) * self.entry.size > self._allocated:
+            self.reserve(1)
         self.entry.pack_into(self._mm, self.entries * self.entry.size, *fields)
         self.entries += 1
         self._last = fields
@@ -165,6 +184,7 @@ class MappedIndex:
             self._mm.close()
             self._mm = None
         os.ftruncate(self._fd, size)
+        self._allocated = size
         self.max_entries = self.entries
         self.writable = False
         if size:
@@ -175,10 +195,12 @@ class MappedIndex:
         if self.writable:
             return
         capacity = max(self.entries, max_bytes // self.entry.size, 1)
-        preallocate(self._fd, capacity * self.entry.size)
+        self._allocated = self.entries * self.entry.size
+        os.ftruncate(self._fd, capacity * self.entry.size)
         self.max_entries = capacity
         self.writable = True
         self._map(capacity * self.entry.size)
+        self.reserve(1)
 
     def rename(self, new_path: str) -> None:
         os.rename(self.path, new_path)
@@ -209,13 +231,19 @@ class OffsetIndex(MappedIndex):
 
     def append(self, offset: int, position: int) -> None:
         rel = offset - self.base_offset
-        assert 0 <= rel <= 0xFFFFFFFF, f"offset {offset} outside segment {self.base_offset}"
-        last = self.last()
-        if last is not None:
-            # a non-monotone index would send lookups to the wrong batch: refuse it loudly
-            assert rel > last[0] and position > last[1], (
-                f"index {self.path}: entry ({rel}, {position}) after {last}")
-        self._put(rel, position)
+        last = self._last if self._last is not None else self.last()
+        # a non-monotone index would send lookups to the wrong batch: refuse it loudly
+        if not 0 <= rel <= 0xFFFFFFFF or (last is not None and (rel <= last[0] or
+                                                              position <= last[1])):
+            raise AssertionError(f"index {self.path}: entry ({rel}, {position}) after {last}")
+        entries = self.entries
+        if not self.writable or entries >= self.max_entries or (entries + 1) << 3 > \
+                self._allocated:
+            self._put(rel, position)  # raises the precise error, or allocates more
+            return
+        _OFFSET_ENTRY.pack_into(self._mm, entries << 3, rel, position)  # type: ignore[arg-type]
+        self.entries = entries + 1
+        self._last = (rel, position)
 
     def lookup(self, offset: int) -> tuple[int, int]:
         """(offset, position) of the last entry at or below `offset`, else (base, 0)."""

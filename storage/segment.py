@@ -306,12 +306,15 @@ class Segment:
         return self.index.is_full() or self.time_index.entries >= self.time_index.max_entries - 1
 
     def append(self, data: bytes | bytearray | memoryview | Sequence[Buffer],
-               batches: Sequence[BatchMeta]) -> None:
+               batches: Sequence[BatchMeta], size: int | None = None) -> None:
         """Write whole batches (already stamped) at the end of the file and index them; `data`
         is one buffer or a list of buffers written back to back (one pwritev). Batch positions
         in `batches` are relative to the start of the write. On ENOSPC the file is cut back
         and DiskFullError raised: the segment is unchanged."""
         assert self.active and self.index is not None and self.time_index is not None
+        # index blocks first: a full disk must refuse the append before any byte is written
+        self.index.reserve(len(batches))
+        self.time_index.reserve(len(batches) + 1)
         start = self.size
         try:
             if isinstance(data, (bytes, bytearray, memoryview)):
@@ -319,7 +322,7 @@ class Segment:
                 n = len(mv)
                 done = os.pwrite(self._fd, mv, start)
             else:
-                n = sum(len(b) for b in data)
+                n = sum(len(b) for b in data) if size is None else size
                 if len(data) > _IOV_MAX:
                     data = [b"".join(data)]
                 done = os.pwritev(self._fd, data, start)
@@ -337,16 +340,19 @@ class Segment:
             raise
         self.size = start + n
         interval = self.index_interval_bytes
-        for pos, size, base, last, max_ts in batches:
+        since = self.bytes_since_index
+        idx, tix = self.index, self.time_index
+        for pos, bsize, base, _last, max_ts in batches:
             if max_ts > self.max_timestamp:
                 self.max_timestamp = max_ts
                 self.offset_of_max_timestamp = base
-            if self.bytes_since_index > interval:
-                self.index.append(base, start + pos)
-                self.time_index.append(self.max_timestamp, self.offset_of_max_timestamp)
-                self.bytes_since_index = 0
-            self.bytes_since_index += size
-            self._next_offset = last + 1
+            if since > interval:
+                idx.append(base, start + pos)
+                tix.append(self.max_timestamp, self.offset_of_max_timestamp)
+                since = 0
+            since += bsize
+        self.bytes_since_index = since
+        self._next_offset = batches[-1][3] + 1
         if self.first_batch_ts < 0 and start == 0 and batches:
             self.first_batch_ts = batches[0][4]
 

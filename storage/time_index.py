@@ -24,7 +24,7 @@ class TimeIndex(MappedIndex):
         ignored unless both strictly increase (the index is sparse and monotone)."""
         rel = offset - self.base_offset
         assert 0 <= rel <= 0xFFFFFFFF
-        last = self.last()
+        last = self._last if self._last is not None else self.last()
         if last is not None and (timestamp <= last[0] or rel <= last[1]):
             return
         self._put(timestamp, rel)
