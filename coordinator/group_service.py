@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from qnode.coordinator.controller import Controller, ControllerError
@@ -55,6 +56,17 @@ _COMMIT_ERRORS = {
 }
 
 
+@dataclass
+class _Load:
+    """One partition being read back into the cache."""
+
+    started: float
+    progress: LoadProgress = field(default_factory=LoadProgress)
+    endpoint: str | None = None  # where the fetch in flight went
+    attempt: int = 0  # answers to an older attempt are ignored
+    first_answer: float = 0.0
+
+
 def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -73,6 +85,7 @@ class GroupService:
                                             self, server.now_ms, _wall_ms)
         self.handlers = GroupHandlers(self.coordinator, self)
         self._state: dict[int, str] = {}  # partition we lead → "loading" | "loaded"
+        self._loads: dict[int, _Load] = {}  # partitions being loaded
         self._flush_timer: Any = None
 
     # ---- wiring -------------------------------------------------------------------------
@@ -139,11 +152,17 @@ class GroupService:
         for p, info in parts.items():
             if info.leader == self.node_id and p not in self._state:
                 self._state[p] = "loading"
-                self._load(p, LoadProgress(), time.monotonic())
+                self._loads[p] = _Load(started=time.monotonic())
+                self._load(p)
         for p in [p for p in self._state
                   if p not in parts or parts[p].leader != self.node_id]:
             del self._state[p]
+            self._loads.pop(p, None)
             self.coordinator.unload(p)
+        for p, load in self._loads.items():
+            # A worker (re)registered on a new endpoint: do not wait for the old one to time out.
+            if load.endpoint is not None and load.endpoint != self._endpoint(p):
+                self._load(p)
 
     def _endpoint(self, partition: int) -> str | None:
         topic = self._topic()
@@ -152,55 +171,68 @@ class GroupService:
             return None
         return self.controller.image.workers.get((part.leader, part.worker))
 
-    def _load(self, p: int, progress: LoadProgress, started: float) -> None:
-        if self._state.get(p) != "loading":
+    def _load(self, p: int) -> None:
+        load = self._loads.get(p)
+        if load is None:
             return
-        endpoint = self._endpoint(p)
+        load.attempt += 1
+        attempt = load.attempt
+        endpoint = load.endpoint = self._endpoint(p)
         if endpoint is None:  # its worker has not said hello yet
-            self.server.call_later(RETRY_MS, lambda: self._load(p, progress, started))
+            self._retry_load(p, attempt)
             return
         body = {"replica_id": -1, "max_wait_ms": 0, "min_bytes": 0,
                 "max_bytes": LOAD_FETCH_BYTES, "isolation_level": 0,
                 "topics": [{"name": OFFSETS_TOPIC, "partitions": [{
-                    "partition": p, "fetch_offset": progress.next_offset,
+                    "partition": p, "fetch_offset": load.progress.next_offset,
                     "partition_max_bytes": LOAD_FETCH_BYTES, "current_leader_epoch": -1}]}]}
         # max_wait_ms is 0, so a live worker answers at once: a short timeout gets past an
         # endpoint of the previous run (workers bind fresh ports) without stalling the load.
         self.io.send(endpoint, ApiKey.FETCH, body, [], LOAD_FETCH_TIMEOUT_MS,
-                     lambda resp, err: self._loaded_chunk(p, progress, started, resp, err))
+                     lambda resp, err: self._loaded_chunk(p, attempt, resp, err))
 
-    def _loaded_chunk(self, p: int, progress: LoadProgress, started: float,
-                      resp: Response | None, err: ErrorCode) -> None:
-        if self._state.get(p) != "loading":
-            return
-        retry = lambda: self._load(p, progress, started)  # noqa: E731
+    def _retry_load(self, p: int, attempt: int) -> None:
+        def again() -> None:
+            load = self._loads.get(p)
+            if load is not None and load.attempt == attempt:
+                self._load(p)
+        self.server.call_later(RETRY_MS, again)
+
+    def _loaded_chunk(self, p: int, attempt: int, resp: Response | None,
+                      err: ErrorCode) -> None:
+        load = self._loads.get(p)
+        if load is None or load.attempt != attempt:
+            return  # unloaded meanwhile, or superseded by a fetch to a newer endpoint
         if err or resp is None:
-            self.server.call_later(RETRY_MS, retry)
-            return
+            return self._retry_load(p, attempt)
         try:
             part = resp.body["topics"][0]["partitions"][0]
         except (KeyError, IndexError, TypeError):
-            self.server.call_later(RETRY_MS, retry)
-            return
+            return self._retry_load(p, attempt)
+        progress = load.progress
         if part.get("error"):
             if part["error"] == E.OFFSET_OUT_OF_RANGE and "log_start_offset" in part:
                 progress.next_offset = max(progress.next_offset, part["log_start_offset"])
-                return retry()
+                return self._load(p)
             # the worker has not opened the partition yet (metadata still propagating)
-            self.server.call_later(RETRY_MS, retry)
-            return
+            return self._retry_load(p, attempt)
+        if load.first_answer == 0.0:
+            load.first_answer = time.monotonic()
         frames = [resp.data[k] for k in part.get("frames") or []]
         before = progress.next_offset
         if frames:
             data = b"".join(bytes(as_buffer(f)) for f in frames)
             load_batches(data, self.coordinator, progress)
         if progress.next_offset < part.get("high_watermark", 0) and progress.next_offset > before:
-            return retry()
+            return self._load(p)
+        del self._loads[p]
         self._state[p] = "loaded"
         self.coordinator.finish_load(p)
+        now = time.monotonic()
         log.log(logging.INFO if progress.records or progress.skipped else logging.DEBUG,
-                "loaded %s-%d: %d records (%d unreadable) in %.3f s", OFFSETS_TOPIC, p,
-                progress.records, progress.skipped, time.monotonic() - started)
+                "loaded %s-%d: %d records (%d unreadable) in %.3f s (%.3f s after its worker "
+                "first answered)", OFFSETS_TOPIC, p, progress.records, progress.skipped,
+                now - load.started, now - load.first_answer)
 
     # ---- writing (OffsetsWriter) --------------------------------------------------------
 
