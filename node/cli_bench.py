@@ -27,8 +27,9 @@ import typer
 
 from qnode.node.cli_client import BootstrapOpt, bootstrap_of, friendly_errors
 
-bench_app = typer.Typer(help="Benchmarks: produce, consume, end-to-end latency.",
-                        no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Benchmarks: produce, consume, end-to-end latency.", no_args_is_help=True
+)
 
 _STAMP = struct.Struct(">q")
 _SAMPLE_EVERY = 256
@@ -46,13 +47,17 @@ class Summary:
     def render(self) -> str:
         rps = self.records / self.seconds if self.seconds > 0 else 0.0
         mbs = self.nbytes / self.seconds / 1e6 if self.seconds > 0 else 0.0
-        lines = [f"{self.name}: {self.records:,} records, {self.nbytes / 1e6:,.1f} MB in "
-                 f"{self.seconds:.2f} s",
-                 f"  throughput: {rps:,.0f} records/s, {mbs:,.1f} MB/s"]
+        lines = [
+            f"{self.name}: {self.records:,} records, {self.nbytes / 1e6:,.1f} MB in "
+            f"{self.seconds:.2f} s",
+            f"  throughput: {rps:,.0f} records/s, {mbs:,.1f} MB/s",
+        ]
         if self.latencies_us:
             p = percentiles(self.latencies_us, (50, 99, 99.9))
-            lines.append(f"  latency ({self.latency_what}, {len(self.latencies_us):,} samples):"
-                         f" p50 {fmt_us(p[0])}, p99 {fmt_us(p[1])}, p999 {fmt_us(p[2])}")
+            lines.append(
+                f"  latency ({self.latency_what}, {len(self.latencies_us):,} samples):"
+                f" p50 {fmt_us(p[0])}, p99 {fmt_us(p[1])}, p999 {fmt_us(p[2])}"
+            )
         return "\n".join(lines)
 
 
@@ -84,8 +89,9 @@ class Progress:
         self.next = now + 0.5
         rate = done / (now - self.start) if now > self.start else 0.0
         pct = 100.0 * done / self.total if self.total else 100.0
-        sys.stderr.write(f"\r  {self.label}: {done:,}/{self.total:,} ({pct:.0f} %), "
-                         f"{rate:,.0f} records/s   ")
+        sys.stderr.write(
+            f"\r  {self.label}: {done:,}/{self.total:,} ({pct:.0f} %), {rate:,.0f} records/s   "
+        )
         sys.stderr.flush()
         self.shown = True
 
@@ -116,17 +122,27 @@ def _topic_name(kind: str, topic: str | None) -> str:
 
 
 # ---------------------------------------------------------------------------------- produce
-def run_produce(bootstrap: str, topic: str, records: int, record_size: int, partitions: int,
-                acks: str, linger_ms: float, batch_size: int, compression: str | None,
-                label: str = "produce") -> Summary:
+def run_produce(
+    bootstrap: str,
+    topic: str,
+    records: int,
+    record_size: int,
+    partitions: int,
+    acks: str,
+    linger_ms: float,
+    batch_size: int,
+    compression: str | None,
+    label: str = "produce",
+) -> Summary:
     from qnode.sdk import Producer
 
     _ensure_topic(bootstrap, topic, partitions)
     latencies: list[float] = []
     value = _payload(record_size)
     progress = Progress(label, records)
-    with Producer(bootstrap, acks=acks, linger_ms=linger_ms, batch_size=batch_size,
-                  compression=compression) as producer:
+    with Producer(
+        bootstrap, acks=acks, linger_ms=linger_ms, batch_size=batch_size, compression=compression
+    ) as producer:
         producer.send(topic, value).result(30)  # warm up: metadata, connections
         send = producer.send
         clock = time.perf_counter
@@ -149,8 +165,15 @@ def run_produce(bootstrap: str, topic: str, records: int, record_size: int, part
 
 
 # ---------------------------------------------------------------------------------- consume
-def run_consume(bootstrap: str, topic: str, records: int, record_size: int, partitions: int,
-                fetch_max_bytes: int, max_partition_fetch_bytes: int) -> Summary:
+def run_consume(
+    bootstrap: str,
+    topic: str,
+    records: int,
+    record_size: int,
+    partitions: int,
+    fetch_max_bytes: int,
+    max_partition_fetch_bytes: int,
+) -> Summary:
     from qnode.sdk import Admin, Consumer
 
     _ensure_topic(bootstrap, topic, partitions)
@@ -158,16 +181,30 @@ def run_consume(bootstrap: str, topic: str, records: int, record_size: int, part
         desc = admin.describe_topic(topic)
     have = sum(max(0, p.high_watermark - max(0, p.log_start_offset)) for p in desc.partitions)
     if have < records:
-        run_produce(bootstrap, topic, records - have, record_size, partitions, "1", 5, 262144,
-                    None, label="backlog")
+        run_produce(
+            bootstrap,
+            topic,
+            records - have,
+            record_size,
+            partitions,
+            "1",
+            5,
+            262144,
+            None,
+            label="backlog",
+        )
     tps = [desc.partitions[i] for i in range(len(desc.partitions))]
     progress = Progress("consume", records)
     latencies: list[float] = []
     nbytes = 0
     seen = 0
-    with Consumer(bootstrap=bootstrap, auto_offset_reset="earliest", max_poll_records=10000,
-                  fetch_max_bytes=fetch_max_bytes,
-                  max_partition_fetch_bytes=max_partition_fetch_bytes) as consumer:
+    with Consumer(
+        bootstrap=bootstrap,
+        auto_offset_reset="earliest",
+        max_poll_records=10000,
+        fetch_max_bytes=fetch_max_bytes,
+        max_partition_fetch_bytes=max_partition_fetch_bytes,
+    ) as consumer:
         from qnode.sdk import TopicPartition
 
         consumer.assign([TopicPartition(topic, p.id) for p in tps])
@@ -192,13 +229,18 @@ def run_consume(bootstrap: str, topic: str, records: int, record_size: int, part
 
 
 # ---------------------------------------------------------------------------------- e2e
-def _e2e_consumer(bootstrap: str, topic: str, partitions: int, records: int,
-                  conn: Any, timeout_s: float) -> None:
+def _e2e_consumer(
+    bootstrap: str, topic: str, partitions: int, records: int, conn: Any, timeout_s: float
+) -> None:
     from qnode.sdk import Consumer, TopicPartition
 
     lat: list[int] = []
-    with Consumer(bootstrap=bootstrap, auto_offset_reset="latest", fetch_max_wait_ms=500,
-                  max_poll_records=1000) as consumer:
+    with Consumer(
+        bootstrap=bootstrap,
+        auto_offset_reset="latest",
+        fetch_max_wait_ms=500,
+        max_poll_records=1000,
+    ) as consumer:
         consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
         for p in range(partitions):  # resolve "latest" before the producer starts
             consumer.position(TopicPartition(topic, p))
@@ -216,16 +258,26 @@ def _e2e_consumer(bootstrap: str, topic: str, partitions: int, records: int,
     conn.close()
 
 
-def run_e2e(bootstrap: str, topic: str, records: int, record_size: int, partitions: int,
-            acks: str, rate: float) -> Summary:
+def run_e2e(
+    bootstrap: str,
+    topic: str,
+    records: int,
+    record_size: int,
+    partitions: int,
+    acks: str,
+    rate: float,
+) -> Summary:
     from qnode.sdk import Producer
 
     _ensure_topic(bootstrap, topic, partitions)
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
     timeout_s = records / rate + 30
-    proc = ctx.Process(target=_e2e_consumer, daemon=True,
-                       args=(bootstrap, topic, partitions, records + 1, child, timeout_s))
+    proc = ctx.Process(
+        target=_e2e_consumer,
+        daemon=True,
+        args=(bootstrap, topic, partitions, records + 1, child, timeout_s),
+    )
     proc.start()
     try:
         if not parent.poll(30):
@@ -238,13 +290,10 @@ def run_e2e(bootstrap: str, topic: str, records: int, record_size: int, partitio
             interval = 1.0 / rate
             start = time.perf_counter()
             for i in range(records):
-                due = start + i * interval
-                while True:
-                    left = due - time.perf_counter()
-                    if left <= 0:
-                        break
-                    if left > 0.0005:
-                        time.sleep(left - 0.0003)
+                # Sleep, never spin: a spinning thread holds the GIL the sender thread needs.
+                left = start + i * interval - time.perf_counter()
+                if left > 0:
+                    time.sleep(left)
                 producer.send(topic, _STAMP.pack(time.monotonic_ns()) + filler)
                 progress.update(i + 1)
             producer.flush()
@@ -261,8 +310,14 @@ def run_e2e(bootstrap: str, topic: str, records: int, record_size: int, partitio
             proc.join()
     # The first record is the warm-up (connections, metadata): not part of the sample.
     lat_us = [ns / 1000.0 for ns in lat_ns[1:]]
-    return Summary(f"e2e at {rate:,.0f} records/s (linger.ms=0, acks={acks})", len(lat_us),
-                   len(lat_us) * record_size, elapsed, lat_us, "send → poll() returns it")
+    return Summary(
+        f"e2e at {rate:,.0f} records/s (linger.ms=0, acks={acks})",
+        len(lat_us),
+        len(lat_us) * record_size,
+        elapsed,
+        lat_us,
+        "send → poll() returns it",
+    )
 
 
 # ---------------------------------------------------------------------------------- commands
@@ -276,8 +331,9 @@ def bench_produce(
     linger_ms: float = typer.Option(5, "--linger-ms"),
     batch_size: int = typer.Option(262144, "--batch-size"),
     compression: str = typer.Option(None, "--compression"),
-    prebuilt: bool = typer.Option(False, "--prebuilt",
-                                  help="broker path alone: ready-made batches, vs raw pyzmq"),
+    prebuilt: bool = typer.Option(
+        False, "--prebuilt", help="broker path alone: ready-made batches, vs raw pyzmq"
+    ),
     seconds: float = typer.Option(5.0, "--seconds", help="duration of a --prebuilt run"),
     topic: str = typer.Option(None, "--topic"),
     bootstrap: str = BootstrapOpt,
@@ -290,14 +346,24 @@ def bench_produce(
         from qnode.sdk.producer import parse_acks
 
         progress = Progress("prebuilt batches (bytes)", 0)
-        res = run_prebuilt(bs, name, partitions, seconds, 16384, record_size,
-                           acks=parse_acks(acks),
-                           progress=lambda b, n: progress.update(b))
+        res = run_prebuilt(
+            bs,
+            name,
+            partitions,
+            seconds,
+            16384,
+            record_size,
+            acks=parse_acks(acks),
+            progress=lambda b, n: progress.update(b),
+        )
         progress.close()
         print(res.summary())
         return
-    print(run_produce(bs, name, records, record_size, partitions, acks, linger_ms, batch_size,
-                      compression).render())
+    print(
+        run_produce(
+            bs, name, records, record_size, partitions, acks, linger_ms, batch_size, compression
+        ).render()
+    )
 
 
 @bench_app.command("consume")
@@ -308,14 +374,23 @@ def bench_consume(
     partitions: int = typer.Option(8, "--partitions", "-p"),
     fetch_max_bytes: int = typer.Option(52428800, "--fetch-max-bytes"),
     max_partition_fetch_bytes: int = typer.Option(4194304, "--max-partition-fetch-bytes"),
-    topic: str = typer.Option(None, "--topic",
-                              help="reuse a topic (its backlog is topped up to --records)"),
+    topic: str = typer.Option(
+        None, "--topic", help="reuse a topic (its backlog is topped up to --records)"
+    ),
     bootstrap: str = BootstrapOpt,
 ) -> None:
     """Consume throughput from the start of a backlog."""
-    print(run_consume(bootstrap_of(bootstrap), _topic_name("consume", topic), records,
-                      record_size, partitions, fetch_max_bytes,
-                      max_partition_fetch_bytes).render())
+    print(
+        run_consume(
+            bootstrap_of(bootstrap),
+            _topic_name("consume", topic),
+            records,
+            record_size,
+            partitions,
+            fetch_max_bytes,
+            max_partition_fetch_bytes,
+        ).render()
+    )
 
 
 @bench_app.command("e2e")
@@ -334,8 +409,17 @@ def bench_e2e(
         raise ValueError(f"--record-size must be at least {_STAMP.size} (the send timestamp)")
     if rate <= 0:
         raise ValueError("--rate must be > 0")
-    print(run_e2e(bootstrap_of(bootstrap), _topic_name("e2e", topic), records, record_size,
-                  partitions, acks, rate).render())
+    print(
+        run_e2e(
+            bootstrap_of(bootstrap),
+            _topic_name("e2e", topic),
+            records,
+            record_size,
+            partitions,
+            acks,
+            rate,
+        ).render()
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -149,8 +149,10 @@ class Sender(threading.Thread):
             if acc.ready:
                 self._send_ready(client, now)
             self._expire(now)
-            timeout = self._poll_timeout(now)
+            # Announce the wait before computing its length: a record appended from here on
+            # sees the flag and wakes us, one appended before is in the linger deadline.
             acc.sender_waiting = True
+            timeout = self._poll_timeout(time.monotonic())
             ready_fds = client.poll(timeout * 1000.0)
             acc.sender_waiting = False
             if ready_fds:
