@@ -199,14 +199,15 @@ class PartitionServer:
         """Write the replica's state to its shm row (after every change)."""
         lg = r.log
         hw = lg.high_watermark
+        lso = hw  # no transactions yet: everything below the HW is stable
         self.shm.update(
             r.slot,
             lg.log_end_offset,
             hw,
-            getattr(lg, "last_stable_offset", hw),
+            lso,
             lg.log_start_offset,
             r.leader_epoch,
-            getattr(lg, "active_segment_base", 0),
+            lg.active_segment_base,
             lg.segment_generation,
         )
 
@@ -232,68 +233,111 @@ class PartitionServer:
     # -- produce ---------------------------------------------------------------------------
 
     def produce(self, body: dict[str, Any], data: Sequence[Any]) -> dict[str, Any]:
-        topics_out = []
-        nframes = len(data)
-        for t in body["topics"]:
-            name = t["name"]
-            parts_out = []
-            for p in t["partitions"]:
-                pid = p["partition"]
-                r = self._lookup(name, pid)
-                if type(r) is dict:
-                    parts_out.append(r)
-                    continue
-                k = p["frame"]
-                if not 0 <= k < nframes:
-                    parts_out.append(
-                        _err(
-                            pid,
-                            ErrorCode.INVALID_REQUEST,
-                            f"frame {k} missing: the request has {nframes}",
-                        )
-                    )
-                    continue
-                parts_out.append(self._append(r, _frame_buffer(data[k])))
-            topics_out.append({"name": name, "partitions": parts_out})
-        return {"topics": topics_out}
+        return self.produce_many([(body, data)])[0]
 
-    def _append(self, r: Replica, buf: Any) -> dict[str, Any]:
+    def produce_many(
+        self, requests: Sequence[tuple[dict[str, Any], Sequence[Any]]]
+    ) -> list[dict[str, Any]]:
+        """Answer several Produce bodies at once: the batches each partition receives from all
+        of them go to its log in one group write (`Log.append_many`), in request order."""
+        out = []
+        groups: dict[PartitionKey, list[tuple[Any, dict[str, Any]]]] = {}
+        for body, data in requests:
+            nframes = len(data)
+            topics_out = []
+            for t in body["topics"]:
+                name = t["name"]
+                parts_out = []
+                for p in t["partitions"]:
+                    pid = p["partition"]
+                    r = self._lookup(name, pid)
+                    if type(r) is dict:
+                        parts_out.append(r)
+                        continue
+                    k = p["frame"]
+                    if not 0 <= k < nframes:
+                        msg = f"frame {k} missing: the request has {nframes}"
+                        parts_out.append(_err(pid, ErrorCode.INVALID_REQUEST, msg))
+                        continue
+                    entry = {"partition": pid}
+                    parts_out.append(entry)
+                    buf = _frame_buffer(data[k])
+                    key = (name, pid)
+                    if _may_be_idempotent(buf):
+                        # checked against the producer state, which must include every
+                        # earlier batch: write what is queued for the partition first
+                        self._flush_group(r, groups.pop(key, ()))
+                        self._append_checked(r, buf, entry)
+                    else:
+                        groups.setdefault(key, []).append((buf, entry))
+                topics_out.append({"name": name, "partitions": parts_out})
+            out.append({"topics": topics_out})
+        for key, items in groups.items():
+            self._flush_group(self.replicas[key], items)
+        return out
+
+    def _flush_group(self, r: Replica, items: Sequence[tuple[Any, dict[str, Any]]]) -> None:
+        """Append queued batches of one partition in one write; fill in their entries."""
+        if not items:
+            return
         lg = r.log
         try:
-            if _may_be_idempotent(buf):
-                dup = lg.producer_state.check_batches(iter_batches(buf))
-                if dup is not None:  # a retry of a batch already appended: its offsets
-                    return {
-                        "partition": r.partition,
-                        "error": 0,
-                        "base_offset": dup.first_offset,
-                        "log_append_time": -1,
-                        "log_start_offset": lg.log_start_offset,
-                    }
-            res = lg.append(buf, r.leader_epoch)
+            if len(items) == 1:
+                results: list[Any] = [lg.append(items[0][0], r.leader_epoch)]
+            else:
+                results = lg.append_many([(buf, r.leader_epoch) for buf, _ in items])
+        except Exception as exc:  # the whole group failed (disk): nothing was written
+            results = [exc] * len(items)
+        for (_, entry), res in zip(items, results, strict=True):
+            self._fill(r, entry, res)
+        self._appended(r)
+
+    def _append_checked(self, r: Replica, buf: Any, entry: dict[str, Any]) -> None:
+        """Append a batch of an idempotent producer: a retry is answered with its offsets."""
+        lg = r.log
+        try:
+            dup = lg.producer_state.check_batches(iter_batches(buf))
+            if dup is not None:
+                entry.update(
+                    error=0,
+                    base_offset=dup.first_offset,
+                    log_append_time=-1,
+                    log_start_offset=lg.log_start_offset,
+                )
+                return
+            res: Any = lg.append(buf, r.leader_epoch)
         except Exception as exc:
-            code = storage_error_code(exc)
+            res = exc
+        self._fill(r, entry, res)
+        self._appended(r)
+
+    def _fill(self, r: Replica, entry: dict[str, Any], res: Any) -> None:
+        lg = r.log
+        if isinstance(res, Exception):
+            code = storage_error_code(res)
             if code == ErrorCode.UNKNOWN_SERVER_ERROR:
-                log.exception("append to %s-%d failed", r.topic, r.partition)
-            return _err(
-                r.partition,
-                code,
-                str(exc),
+                log.error("append to %s-%d failed: %r", r.topic, r.partition, res)
+            entry.update(
+                error=int(code),
+                message=str(res),
                 base_offset=-1,
                 log_append_time=-1,
                 log_start_offset=lg.log_start_offset,
             )
+        else:
+            entry.update(
+                error=0,
+                base_offset=res.base_offset,
+                log_append_time=res.log_append_time,
+                log_start_offset=lg.log_start_offset,
+            )
+
+    def _appended(self, r: Replica) -> None:
+        lg = r.log
         if r.sole_replica:
             lg.high_watermark = lg.log_end_offset
         self.publish(r)
         self.dirty.add((r.topic, r.partition))
-        return {
-            "partition": r.partition,
-            "error": 0,
-            "base_offset": res.base_offset,
-            "log_append_time": res.log_append_time,
-            "log_start_offset": lg.log_start_offset,
-        }
 
     # -- fetch -----------------------------------------------------------------------------
 
@@ -339,7 +383,7 @@ class PartitionServer:
     ) -> dict[str, Any]:
         lg = r.log
         hw = lg.high_watermark
-        lso = getattr(lg, "last_stable_offset", hw)
+        lso = hw  # no transactions yet (LSO = HW)
         start = lg.log_start_offset
         entry: dict[str, Any] = {
             "partition": r.partition,
@@ -387,8 +431,6 @@ class PartitionServer:
             idx.append(len(frames))
             frames.append(sl)
             out.bytes += len(sl)
-        if committed and getattr(data, "aborted_transactions", None) is not None:
-            entry["aborted_transactions"] = data.aborted_transactions
         return entry
 
     # -- list offsets / delete records -----------------------------------------------------
@@ -422,7 +464,7 @@ class PartitionServer:
             entry["offset"] = lg.log_start_offset
         elif ts == LATEST:
             hw = lg.high_watermark
-            entry["offset"] = getattr(lg, "last_stable_offset", hw) if committed else hw
+            entry["offset"] = hw  # read_committed stops at the LSO, which is the HW here
         elif ts < 0:
             entry.update(error=int(ErrorCode.INVALID_REQUEST), message=f"bad timestamp {ts}")
         else:

@@ -32,6 +32,7 @@ from qnode.transport.api import WORKER_APIS, ApiKey, api_versions_body
 from qnode.transport.errors import ErrorCode
 from qnode.transport.frame import (
     FrameError,
+    Request,
     RequestError,
     decode_response,
     encode_request,
@@ -201,13 +202,31 @@ class Worker:
     # -- clients -----------------------------------------------------------------------------
 
     def _on_clients(self) -> None:
+        """Handle up to `batch` queued client messages. Produce requests are gathered and
+        appended together (one write per partition), flushed before any other request so
+        each client's requests still take effect in order."""
         router = self.router
+        produces: list[tuple[Any, Request]] = []
         for _ in range(self.config.batch):
             try:
                 frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
-            self._handle(frames)
+            identity = frames[0]
+            try:
+                req = parse_request(frames[1:], WORKER_APIS)
+            except RequestError as exc:
+                self._reply(identity, response_for_error(exc))
+                continue
+            if req.api_key == ApiKey.PRODUCE:
+                produces.append((identity, req))
+                continue
+            if produces:
+                self._produce(produces)
+                produces = []
+            self._handle(identity, req)
+        if produces:
+            self._produce(produces)
         self._wake_dirty()
 
     def _reply(self, identity: Any, frames: list[Any]) -> None:
@@ -216,36 +235,43 @@ class Worker:
         except zmq.ZMQError as exc:  # a peer gone or over its HWM: its loss, not ours
             log.debug("reply dropped: %s", exc)
 
-    def _handle(self, frames: list[zmq.Frame]) -> None:
-        identity = frames[0]
+    def _internal_error(self, identity: Any, req: Request, exc: Exception) -> None:
+        log.exception("request %s failed", req.header)
+        self._reply(
+            identity,
+            error_response(req.header, ErrorCode.UNKNOWN_SERVER_ERROR, f"internal error: {exc}"),
+        )
+
+    def _produce(self, produces: list[tuple[Any, Request]]) -> None:
         try:
-            req = parse_request(frames[1:], WORKER_APIS)
-        except RequestError as exc:
-            self._reply(identity, response_for_error(exc))
+            bodies = self.server.produce_many([(req.body, req.data) for _, req in produces])
+        except Exception as exc:  # a bug must cost these requests, never the worker
+            for identity, req in produces:
+                self._internal_error(identity, req, exc)
             return
+        for (identity, req), body in zip(produces, bodies, strict=True):
+            if req.body["acks"] != 0:  # acks=0: no answer at all
+                self._reply(
+                    identity, encode_response(ApiKey.PRODUCE, req.version, req.correlation_id, body)
+                )
+
+    def _handle(self, identity: Any, req: Request) -> None:
         key = req.api_key
         try:
-            if key == ApiKey.PRODUCE:
-                body = self.server.produce(req.body, req.data)
-                if req.body["acks"] == 0:
-                    return
-            elif key == ApiKey.FETCH:
+            if key == ApiKey.FETCH:
                 self._fetch(identity.bytes, req.version, req.correlation_id, req.body)
                 return
-            elif key == ApiKey.LIST_OFFSETS:
+            if key == ApiKey.LIST_OFFSETS:
                 body = self.server.list_offsets(req.body)
             elif key == ApiKey.DELETE_RECORDS:
                 body = self.server.delete_records(req.body)
+            elif key == ApiKey.PRODUCE:
+                self._produce([(identity, req)])
+                return
             else:
                 body = api_versions_body(WORKER_APIS)
         except Exception as exc:  # a handler bug must cost one request, never the worker
-            log.exception("request %s failed", req.header)
-            self._reply(
-                identity,
-                error_response(
-                    req.header, ErrorCode.UNKNOWN_SERVER_ERROR, f"internal error: {exc}"
-                ),
-            )
+            self._internal_error(identity, req, exc)
             return
         self._reply(identity, encode_response(key, req.version, req.correlation_id, body))
 
