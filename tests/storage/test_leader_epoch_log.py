@@ -77,3 +77,33 @@ def test_missing_or_corrupt_checkpoint_is_rebuilt_from_batch_headers(tmp_path):
             assert attach(log).entries == expected
         finally:
             log.close()
+
+
+def test_follower_truncates_by_leader_epoch_not_high_watermark(tmp_path):
+    """KIP-101: a returning replica truncates its divergent tail where the new leader's
+    epoch began, then replicates, and both logs end up byte-identical."""
+    a = Log.open(tmp_path / "a" / "t-0", CFG)
+    b = Log.open(tmp_path / "b" / "t-0", CFG)
+    try:
+        cache_a, cache_b = attach(a), attach(b)
+        for _ in range(5):
+            a.append(batch(2), leader_epoch=0)  # A leads epoch 0: offsets 0..9
+        replicated = b"".join(bytes(s) for s in a.read(0, 1 << 20, max_offset=8).slices)
+        b.append(replicated, leader_epoch=0, assign_offsets=False)  # B has 0..7
+        # A fails; B leads epoch 1 and writes new data at 8..11.
+        b.append(batch(2), leader_epoch=1)
+        b.append(batch(2), leader_epoch=1)
+        assert cache_b.entries == [EpochEntry(0, 0), EpochEntry(1, 8)]
+        # A returns as follower: where did its latest epoch end on the leader?
+        epoch, end = cache_b.end_offset_for(cache_a.latest_epoch, b.log_end_offset)
+        assert (epoch, end) == (0, 8)
+        a.truncate_to(end)
+        fetched = b"".join(bytes(s) for s in b.read(a.log_end_offset, 1 << 20).slices)
+        a.append(fetched, leader_epoch=1, assign_offsets=False)
+        assert cache_a.entries == cache_b.entries
+        whole = [b"".join(bytes(s) for s in lg.read(0, 1 << 20).slices) for lg in (a, b)]
+        assert whole[0] == whole[1] and len(whole[0]) > 0
+        assert a.log_end_offset == b.log_end_offset == 12
+    finally:
+        a.close()
+        b.close()
