@@ -20,12 +20,21 @@ from typing import Any
 from qnode.sdk.connection import InFlight, NetworkClient
 from qnode.sdk.errors import CorruptRecordError, QnodeError, error_for
 from qnode.sdk.metadata import Metadata
+from qnode.sdk.record_reader import decode_batch
 from qnode.sdk.subscription import PartitionState, SubscriptionState
 from qnode.sdk.types import Record, TopicPartition
 from qnode.storage import errors as storage_errors
 from qnode.storage.batch_builder import ControlType
 from qnode.storage.batch_reader import Batch, parse_control_record
-from qnode.storage.record_batch import BatchHeader, iter_batches
+from qnode.storage.compression import decompress
+from qnode.storage.record_batch import (
+    COMPRESSION_MASK,
+    HEADER_SIZE,
+    TIMESTAMP_TYPE_MASK,
+    BatchHeader,
+    check_crc,
+    iter_batches,
+)
 from qnode.transport.api import ApiKey
 from qnode.transport.errors import ErrorCode
 
@@ -61,7 +70,7 @@ class CompletedFetch:
         self.epoch = epoch
         self.data = data
         self.headers: Iterator[BatchHeader] = iter_batches(data, allow_partial_tail=True)
-        self.pending: list[tuple[Any, ...]] = []
+        self.pending: list[Record] = []
         self.index = 0
         self.aborted = deque(sorted(aborted, key=lambda a: a[1])) if aborted else None
         self.aborted_pids: set[int] = set()
@@ -77,12 +86,14 @@ class CompletedFetch:
             pending = self.pending
             if self.index < len(pending):
                 i = self.index
-                chunk = pending[i:i + limit]
+                if i == 0 and len(pending) <= limit:
+                    chunk = pending
+                else:
+                    chunk = pending[i:i + limit]
                 self.index = i + len(chunk)
-                out.extend([Record(topic, partition, o, ts, k, v, h)
-                            for (o, ts, k, v, h) in chunk])
+                out += chunk
                 limit -= len(chunk)
-                position = chunk[-1][0] + 1
+                position = chunk[-1].offset + 1
                 continue
             hdr = next(self.headers, None)
             if hdr is None:
@@ -99,23 +110,35 @@ class CompletedFetch:
                 position = next_offset
                 continue
             try:
-                tuples = Batch.from_header(self.data, hdr).record_tuples(self.check_crcs)
+                records = self._decode(hdr, position)
             except storage_errors.StorageError as exc:
                 st.position = position
                 raise CorruptRecordError(
                     f"CORRUPT_MESSAGE: {topic}-{partition} batch at offset {hdr.base_offset}: "
                     f"{exc}", retriable=False) from None
-            if hdr.base_offset < position:
-                tuples = [t for t in tuples if t[0] >= position]
-            self.pending = tuples
+            self.pending = records
             self.index = 0
-            if not tuples:
+            if not records:
                 position = next_offset
         st.position = position
         if self.index >= len(self.pending):
             # The batch is finished: step over offsets compaction removed at its end.
             self.pending = []
             self.index = 0
+
+    def _decode(self, hdr: BatchHeader, position: int) -> list[Record]:
+        """The batch's records at or past `position` (CRC checked first, if asked)."""
+        data = self.data
+        if self.check_crcs:
+            check_crc(data, hdr)
+        section = data[hdr.position + HEADER_SIZE:hdr.end]
+        if hdr.attributes & COMPRESSION_MASK:
+            section = decompress(hdr.attributes & COMPRESSION_MASK, section)
+        elif section.__class__ is not bytes:
+            section = bytes(section)
+        append_time = hdr.max_timestamp if hdr.attributes & TIMESTAMP_TYPE_MASK else None
+        return decode_batch(section, hdr.record_count, hdr.base_offset, hdr.base_timestamp,
+                            self.tp.topic, self.tp.partition, position, append_time)
 
     def _is_aborted(self, hdr: BatchHeader) -> bool:
         aborted = self.aborted
