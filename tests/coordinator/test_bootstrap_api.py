@@ -298,3 +298,15 @@ def test_auto_create_topics_when_enabled(coordinator_factory, raw_client_factory
 def test_auto_create_is_off_by_default(client) -> None:
     assert metadata(client, ["auto"])["topics"][0]["error"] == E.UNKNOWN_TOPIC_OR_PARTITION
     assert metadata(client)["topics"] == []
+
+
+def test_client_that_disconnects_mid_request(coord, client) -> None:
+    gone = RawClient(coord.bootstrap)
+    end = client.call(ApiKey.METADATA_LOG_FETCH, {"offset": 10**9, "max_wait_ms": 0})
+    gone.send(encode_request(ApiKey.METADATA_LOG_FETCH, 0, 1,
+                             {"offset": end.body["next_offset"], "max_wait_ms": 30_000}))
+    gone.send([encode_request_header(ApiKey.METADATA, 0, 2)])  # truncated: header only
+    time.sleep(0.1)
+    gone.close()  # its parked fetch is answered into the void when the log moves
+    assert create(client, "after")["error"] == 0
+    assert [t["name"] for t in metadata(client)["topics"]] == ["after"]

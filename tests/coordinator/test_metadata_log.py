@@ -152,3 +152,20 @@ def test_checkpoint_ahead_of_a_lost_log_tail_wins(tmp_path: Path) -> None:
     store.append([rec.remove_topic("t0")])
     assert store.committed_offset == end + 1 and "t0" not in store.image.topics
     mlog.close()
+
+
+def test_torn_tail_is_cut_and_committed_records_stay(tmp_path: Path) -> None:
+    mlog, quorum, store = open_store(tmp_path)
+    store.append(topic_records("a", 2))
+    store.append(topic_records("b", 1))
+    expected = store.image.to_dict()
+    end = mlog.end_offset
+    mlog._log.close_without_flush()  # a crash: no clean-shutdown mark
+    seg = sorted(tmp_path.glob("*.log"))[-1]
+    with open(seg, "ab") as f:
+        f.write(b"\x00\x00\x00\x00\x00\x00\x00\x05\x00\x00\x01\x00torn")  # half a batch
+    mlog, quorum, store = open_store(tmp_path)
+    assert mlog.end_offset == end and store.image.to_dict() == expected
+    store.append([rec.remove_topic("a")])
+    assert [e.offset for e in mlog.read(end)] == [end]
+    mlog.close()
