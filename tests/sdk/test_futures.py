@@ -71,3 +71,21 @@ def test_failed_future() -> None:
     errs: list[BaseException] = []
     f.add_errback(errs.append)
     assert isinstance(errs[0], NotLeaderError)
+
+
+def test_split_batch_resolves_each_record_from_its_part() -> None:
+    parent = BatchResult("t", 0)
+    futs = [RecordFuture(parent, i, 10 + i) for i in range(3)]
+    seen: list[object] = []
+    futs[1].add_errback(seen.append)
+    parts = [BatchResult("t", 0) for _ in range(3)]
+    parent.split(parts)
+    parts[0].complete(5)
+    parts[2].complete(6)
+    assert not parent.done  # waits for every part
+    parts[1].complete(-1, error=NotLeaderError("too big"))
+    assert parent.done
+    assert futs[0].result().offset == 5 and futs[2].result().offset == 6
+    assert futs[1].failed() and isinstance(seen[0], NotLeaderError)
+    with pytest.raises(NotLeaderError):
+        futs[1].result()
