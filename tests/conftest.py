@@ -217,16 +217,25 @@ class NodeProcess:
         return wait_for(new_pid, timeout, f"{name} to be restarted")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Send `sig` to the whole node at once (supervisor first, then every child) and wait
+        """Send `sig` to the whole node at once (every child, then the supervisor) and wait
         until they are all gone: a power cut, when sig is SIGKILL."""
         if self.proc is None:
             return
         children = list(self.child_pids().values())
-        for pid in [self.proc.pid, *children]:
+        # Freeze the supervisor first: it can neither restart a child nor let the children
+        # see it die (PR_SET_PDEATHSIG) and shut down cleanly before the signal lands.
+        order = [*children, self.proc.pid]
+        try:
+            os.kill(self.proc.pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            pass
+        for pid in order:
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
+        if sig != signal.SIGKILL:
+            os.kill(self.proc.pid, signal.SIGCONT)
         self.returncode = self.proc.wait(STOP_TIMEOUT_S)
         wait_for(lambda: not any(process_alive(p) for p in children), STOP_TIMEOUT_S,
                  "the node's children to die")
