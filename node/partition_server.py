@@ -78,6 +78,9 @@ class FetchResult:
     error: bool = False  # some partition answered with an error: do not park
 
 
+_NO_APPEND = {"base_offset": -1, "log_append_time": -1, "log_start_offset": -1}
+
+
 def _err(partition: int, code: ErrorCode, message: str | None = None, **extra: Any) -> dict:
     entry: dict[str, Any] = {"partition": partition, "error": int(code), **extra}
     if message:
@@ -252,12 +255,13 @@ class PartitionServer:
                     pid = p["partition"]
                     r = self._lookup(name, pid)
                     if type(r) is dict:
+                        r.update(_NO_APPEND)
                         parts_out.append(r)
                         continue
                     k = p["frame"]
                     if not 0 <= k < nframes:
                         msg = f"frame {k} missing: the request has {nframes}"
-                        parts_out.append(_err(pid, ErrorCode.INVALID_REQUEST, msg))
+                        parts_out.append(_err(pid, ErrorCode.INVALID_REQUEST, msg, **_NO_APPEND))
                         continue
                     entry = {"partition": pid}
                     parts_out.append(entry)

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import os
+import resource
 import signal
 import sys
 import time
@@ -34,6 +35,7 @@ from qnode.transport.frame import (
     FrameError,
     Request,
     RequestError,
+    RequestHeader,
     decode_response,
     encode_request,
     encode_response,
@@ -287,7 +289,17 @@ class Worker:
         self.waiters.park(ParkedFetch(identity, version, corr, body, deadline, keys))
 
     def _answer(self, f: ParkedFetch, force: bool) -> bool:
-        res = self.server.fetch(f.body)
+        """Answer a parked fetch if it is satisfied (or `force`); True when answered."""
+        try:
+            res = self.server.fetch(f.body)
+        except Exception as exc:  # a bug must cost this fetch, never the worker
+            log.exception("parked fetch failed")
+            if not f.done:
+                self.waiters.remove(f)
+            header = RequestHeader(ApiKey.FETCH, f.api_version, f.correlation_id, "")
+            msg = f"internal error: {exc}"
+            self._reply(f.identity, error_response(header, ErrorCode.UNKNOWN_SERVER_ERROR, msg))
+            return True
         if not (force or res.error or res.bytes >= f.body["min_bytes"]):
             return False
         if not f.done:
@@ -387,6 +399,7 @@ def run_worker(config: WorkerConfig) -> int:
         level=config.log_level,
         format=f"%(asctime)s worker-{config.worker_id} %(levelname)s %(name)s: %(message)s",
     )
+    _raise_fd_limit()
     worker = Worker(config)
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -411,6 +424,16 @@ def run_worker(config: WorkerConfig) -> int:
         worker.ctx.term()
     log.info("worker %d stopped cleanly", config.worker_id)
     return 0
+
+
+def _raise_fd_limit() -> None:
+    """Each open log holds a few files and mappings: allow as many as the system lets us."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
 
 
 def _drain_fd(fd: int) -> None:
