@@ -162,8 +162,9 @@ class Producer:
                 batch = self._sticky.get(topic)
                 if batch is not None and batch.size + rs <= self._limit:
                     od = batch.count
-                    k = (timestamp_ms - batch.base_ts, od, vl)
-                    if k[0] >= 0:
+                    tsd = timestamp_ms - batch.base_ts
+                    if tsd >= 0:
+                        k = (tsd, od, vl)
                         prefix = _PREFIXES.get(k) or keyless_prefix(k)
                         parts = batch.parts
                         parts.append(prefix)
