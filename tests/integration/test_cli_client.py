@@ -146,3 +146,17 @@ def test_bench_commands(bootstrap: str) -> None:
     res = qnode("bench", "produce", "--prebuilt", "--seconds", "0.5", bootstrap=bootstrap)
     assert res.returncode == 0, res.stderr
     assert "broker / raw" in res.stdout.decode()
+
+
+def test_consume_as_a_group_resumes_from_its_commit(bootstrap: str) -> None:
+    assert qnode("topic", "create", "grouped", bootstrap=bootstrap).returncode == 0
+    assert qnode("produce", "grouped", stdin=b"1\n2\n3\n", bootstrap=bootstrap).returncode == 0
+    res = qnode("consume", "grouped", "--group", "cli-g", "--from-beginning", "-n", "3",
+                bootstrap=bootstrap)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [b"1", b"2", b"3"]
+    assert qnode("produce", "grouped", stdin=b"4\n", bootstrap=bootstrap).returncode == 0
+    res = qnode("consume", "grouped", "--group", "cli-g", "--from-beginning", "-n", "1",
+                bootstrap=bootstrap)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [b"4"]  # the first run's offsets were committed
