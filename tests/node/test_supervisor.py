@@ -15,8 +15,9 @@ from qnode.transport.errors import ErrorCode
 
 def test_start_prints_ready_and_sigterm_exits_zero(node_factory) -> None:
     n = node_factory(workers=2)
-    assert any(f"qnode node 0 ready on {n.bootstrap} (2 workers)" in line
-               for line in n.stdout_lines)
+    assert any(
+        f"qnode node 0 ready on {n.bootstrap} (2 workers)" in line for line in n.stdout_lines
+    )
     children = n.child_pids()
     assert set(children) == {"coordinator", "worker 0", "worker 1"}
     assert n.shm_names(), "workers publish their shm tables"
@@ -49,8 +50,10 @@ def test_data_dir_of_another_node_id_is_refused(node_factory) -> None:
 
 def test_killed_worker_is_restarted_and_reregisters(node, raw_client_factory) -> None:
     client = raw_client_factory(node.bootstrap)
-    created = client.call(ApiKey.CREATE_TOPICS, {"topics": [
-        {"name": "t", "num_partitions": 2, "replication_factor": 1, "configs": {}}]})
+    created = client.call(
+        ApiKey.CREATE_TOPICS,
+        {"topics": [{"name": "t", "num_partitions": 2, "replication_factor": 1, "configs": {}}]},
+    )
     assert created.body["topics"][0]["error"] == 0
 
     def endpoints() -> dict[int, str]:
@@ -69,9 +72,19 @@ def test_killed_worker_is_restarted_and_reregisters(node, raw_client_factory) ->
 
 def test_killed_coordinator_is_restarted_with_metadata_intact(node, raw_client_factory) -> None:
     client = raw_client_factory(node.bootstrap)
-    client.call(ApiKey.CREATE_TOPICS, {"topics": [
-        {"name": "keep", "num_partitions": 3, "replication_factor": 1,
-         "configs": {"retention.ms": "1234"}}]})
+    client.call(
+        ApiKey.CREATE_TOPICS,
+        {
+            "topics": [
+                {
+                    "name": "keep",
+                    "num_partitions": 3,
+                    "replication_factor": 1,
+                    "configs": {"retention.ms": "1234"},
+                }
+            ]
+        },
+    )
     old = node.kill_child("coordinator")
     node.wait_child_restarted("coordinator", old)
 
@@ -80,8 +93,10 @@ def test_killed_coordinator_is_restarted_with_metadata_intact(node, raw_client_f
         return None if resp is None else [t["name"] for t in resp.body["topics"]]
 
     assert wait_for(topics, 20, "the restarted coordinator") == ["keep"]
-    desc = client.call(ApiKey.DESCRIBE_CONFIGS, {"resources": [
-        {"type": "topic", "name": "keep", "keys": ["retention.ms"]}]}).body
+    desc = client.call(
+        ApiKey.DESCRIBE_CONFIGS,
+        {"resources": [{"type": "topic", "name": "keep", "keys": ["retention.ms"]}]},
+    ).body
     assert desc["resources"][0]["configs"][0]["value"] == "1234"
     node.stop()
 
@@ -110,12 +125,15 @@ def test_killed_supervisor_takes_its_children_down(node_factory) -> None:
     n.stop()
 
 
-def test_dead_worker_is_unavailable_until_restarted_with_backoff(node_factory,
-                                                                 raw_client_factory) -> None:
+def test_dead_worker_is_unavailable_until_restarted_with_backoff(
+    node_factory, raw_client_factory
+) -> None:
     n = node_factory(workers=2, config={"supervisor.restart.backoff.ms": 1500})
     client = raw_client_factory(n.bootstrap)
-    client.call(ApiKey.CREATE_TOPICS, {"topics": [
-        {"name": "t", "num_partitions": 2, "replication_factor": 1, "configs": {}}]})
+    client.call(
+        ApiKey.CREATE_TOPICS,
+        {"topics": [{"name": "t", "num_partitions": 2, "replication_factor": 1, "configs": {}}]},
+    )
 
     def errors() -> dict[int, int]:
         md = client.call(ApiKey.METADATA, {"topics": ["t"]}).body
@@ -123,8 +141,11 @@ def test_dead_worker_is_unavailable_until_restarted_with_backoff(node_factory,
 
     assert errors() == {0: 0, 1: 0}
     old = n.kill_child("worker", 0)
-    wait_for(lambda: errors() == {0: ErrorCode.LEADER_NOT_AVAILABLE, 1: 0}, 1.4,
-             "worker 0's partition to be reported unavailable")
+    wait_for(
+        lambda: errors() == {0: ErrorCode.LEADER_NOT_AVAILABLE, 1: 0},
+        1.4,
+        "worker 0's partition to be reported unavailable",
+    )
     new = n.wait_child_restarted("worker", old, worker_id=0)
     wait_for(lambda: errors() == {0: 0, 1: 0}, 20, "worker 0 serving again")
     n.kill_child("worker", 0)
@@ -132,3 +153,13 @@ def test_dead_worker_is_unavailable_until_restarted_with_backoff(node_factory,
     assert "restarting in 1500 ms (restart #1)" in n.log_text()
     assert "restarting in 3000 ms (restart #2)" in n.log_text(), "backoff doubles in a streak"
     n.stop()  # stopping while a restart is pending is clean too
+
+
+def test_sigint_stops_cleanly_like_ctrl_c(node_factory) -> None:
+    n = node_factory(workers=1)
+    children = list(n.child_pids().values())
+    n.proc.send_signal(signal.SIGINT)
+    assert n.proc.wait(30) == 0
+    assert not any(process_alive(p) for p in children)
+    assert "got SIGINT: stopping the node" in n.log_text()
+    assert n.log_text().count("exited with exit code 0") == 2, "coordinator and worker"
