@@ -60,3 +60,40 @@ def test_clients_reconnect_after_a_node_restart(node_factory: Callable[..., Node
         # the worker's endpoint changed: the producer refreshes metadata and retries
         assert p.send("again", b"after").result(30).offset == 1
     assert read_values(node.bootstrap, "again", 1, 2) == [b"before", b"after"]
+
+
+def test_idempotent_producer_writes_each_record_once_across_a_worker_kill9(
+        node_factory: Callable[..., NodeProcess]) -> None:
+    node = node_factory(workers=2)
+    with Admin(node.bootstrap) as admin:
+        admin.create_topic("exactly", partitions=2)
+    total = 4000
+    with Producer(node.bootstrap, acks="all", enable_idempotence=True, linger_ms=1,
+                  request_timeout_ms=5000, delivery_timeout_ms=60000,
+                  retry_backoff_ms=50) as p:
+        futures = []
+        killed = None
+        for i in range(total):
+            futures.append(p.send("exactly", b"%06d" % i))
+            if i == total // 2:
+                killed = node.kill_child("worker", 1)
+            if i % 400 == 0:
+                time.sleep(0.02)
+        p.flush(60)
+        failed = [f.exception() for f in futures if f.failed()]
+        assert not failed, f"{len(failed)} records failed, first: {failed[0]}"
+    assert killed is not None
+    values = read_values(node.bootstrap, "exactly", 2, total)
+    assert sorted(values) == [b"%06d" % i for i in range(total)]  # no loss, no duplicate
+    # and in send order within each partition
+    with Consumer(bootstrap=node.bootstrap, auto_offset_reset="earliest") as c:
+        for part in range(2):
+            c.assign([TopicPartition("exactly", part)])
+            seen: list[bytes] = []
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                batch = c.poll(0.3)
+                if not batch and seen:
+                    break
+                seen += [r.value for r in batch]
+            assert seen == sorted(seen)
