@@ -20,10 +20,11 @@ One round over a partition log, as Kafka's cleaner does it:
    `delete.retention.ms`, and this round's map covers it (so every older value of its key
    goes in the same round, in an earlier or the same swap). Kept records keep their offsets,
    timestamps and batches' producer fields (`batch_filter`); control batches are kept whole.
-   Transactional batches never enter the map (an aborted write must not hide a committed
-   one) and their records only go when superseded. A batch emptied of records survives as an
-   empty batch when it is the last one of a live producer, or the last of its group (so the
-   cleaned segment ends where the old run did: recovery relies on it).
+   Transactions are settled by their producers' markers (`scan_transactions`): aborted
+   batches are dropped whole, committed ones compete like any other, and a batch whose
+   marker is not written yet is kept and hides nothing. A batch emptied of records survives
+   as an empty batch when it is the last one of a live producer, or the last of its group
+   (so the cleaned segment ends where the old run did: recovery relies on it).
 4. Each group's output is written as a `.cleaned` segment and handed to
    `Log.replace_segments`, which seals and fsyncs it and swaps it in atomically
    (`.cleaned` → `.swap`, the log file's rename commits; old segments deleted; `.swap` →
@@ -43,6 +44,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qnode.storage.batch_builder import ControlType
 from qnode.storage.batch_filter import (
     RawRecord,
     empty_batch,
@@ -50,6 +52,7 @@ from qnode.storage.batch_filter import (
     records_section,
     walk_records,
 )
+from qnode.storage.batch_reader import Batch
 from qnode.storage.errors import (
     CorruptRecordError,
     DiskFullError,
@@ -93,6 +96,7 @@ class CleanerStats:
     records_superseded: int = 0
     tombstones_dropped: int = 0
     null_keys_dropped: int = 0
+    aborted_records_dropped: int = 0
     batches_copied: int = 0
     batches_rewritten: int = 0
     batches_dropped: int = 0
@@ -107,7 +111,8 @@ class CleanerStats:
 
     @property
     def records_dropped(self) -> int:
-        return self.records_superseded + self.tombstones_dropped + self.null_keys_dropped
+        return (self.records_superseded + self.tombstones_dropped + self.null_keys_dropped
+                + self.aborted_records_dropped)
 
     def summary(self) -> str:
         mb = 1024 * 1024
@@ -115,7 +120,8 @@ class CleanerStats:
                 f"{self.rounds} round(s), {self.duration_s:.3f}s: read "
                 f"{self.bytes_read / mb:.1f} MiB, wrote {self.bytes_written / mb:.1f} MiB, kept "
                 f"{self.records_kept} records, dropped {self.records_superseded} superseded, "
-                f"{self.tombstones_dropped} tombstones, {self.null_keys_dropped} null keys")
+                f"{self.tombstones_dropped} tombstones, {self.null_keys_dropped} null keys, "
+                f"{self.aborted_records_dropped} aborted")
 
 
 @dataclass(frozen=True)
@@ -198,6 +204,41 @@ def _decode(buf: memoryview, hdr: BatchHeader) -> tuple[bytes, list[RawRecord]]:
     return data, walk_records(data, hdr.record_count)
 
 
+@dataclass
+class TxnOutcomes:
+    """How each transactional batch of a log ended, by batch base offset.
+
+    A transactional batch belongs to the transaction its producer's next control marker
+    ends. Batches with no marker yet (an open transaction) are in neither set and are
+    treated conservatively: kept, and never allowed to hide other records.
+    """
+
+    committed: set[int] = field(default_factory=set)
+    aborted: set[int] = field(default_factory=set)
+
+
+def scan_transactions(segments: Sequence[Segment]) -> TxnOutcomes:
+    """Walk the headers of the whole log once, pairing transactional batches with markers."""
+    out = TxnOutcomes()
+    open_batches: dict[int, list[int]] = {}
+    for seg in segments:
+        buf = seg.view(0, seg.size)
+        for hdr in iter_batches(buf):
+            if not hdr.is_transactional:
+                continue
+            if not hdr.is_control:
+                open_batches.setdefault(hdr.producer_id, []).append(hdr.base_offset)
+                continue
+            pending = open_batches.pop(hdr.producer_id, [])
+            if not pending:
+                continue
+            marker = Batch.from_header(buf, hdr).control_record()
+            target = out.aborted if marker.type == ControlType.ABORT else out.committed
+            target.update(pending)
+        del buf
+    return out
+
+
 class Cleaner:
     """Compacts partition logs; one instance per owner, reusing one offset map."""
 
@@ -256,13 +297,17 @@ class Cleaner:
         rng = cleanable_range(segs, log.log_start_offset, read_first_dirty(directory),
                               log.config, now_ms, max_offset)
         stats.first_dirty_before = stats.first_dirty_after = rng.first_dirty
+        txns: TxnOutcomes | None = None
         for _ in range(self.config.max_rounds):
             if rng.first_dirty >= rng.first_uncleanable:
                 break
-            map_end = self._build_map(segs, rng.first_dirty, rng.first_uncleanable, stats)
+            if txns is None:  # offsets never change, so one scan serves every round
+                txns = scan_transactions(segs)
+            map_end = self._build_map(segs, rng.first_dirty, rng.first_uncleanable, txns,
+                                      stats)
             for group in _group(segs[:-1], map_end, log.config):
                 new = self._clean_group(directory, group, log.config, now_ms, map_end,
-                                        active_producers, stats)
+                                        active_producers, txns, stats)
                 if new is None:
                     continue
                 try:
@@ -306,7 +351,7 @@ class Cleaner:
     # -- offset map ----------------------------------------------------------------------
 
     def _build_map(self, segs: list[Segment], first_dirty: int, first_uncleanable: int,
-                   stats: CleanerStats) -> int:
+                   txns: TxnOutcomes, stats: CleanerStats) -> int:
         """Fill the map from first_dirty; return the offset it covers up to (exclusive)."""
         omap = self._offset_map()
         omap.clear()
@@ -328,7 +373,8 @@ class Cleaner:
                             f"{hdr.base_offset}")
                     stats.map_entries = max(stats.map_entries, omap.size)
                     return end
-                if not hdr.is_control and not hdr.is_transactional and hdr.record_count:
+                committed = not hdr.is_transactional or hdr.base_offset in txns.committed
+                if not hdr.is_control and committed and hdr.record_count:
                     data, records = _decode(buf, hdr)
                     base = hdr.base_offset
                     put = omap.put
@@ -345,7 +391,7 @@ class Cleaner:
 
     def _clean_group(self, directory: str, group: list[Segment], config: LogConfig,
                      now_ms: int, map_end: int, producers: Mapping[int, int],
-                     stats: CleanerStats) -> Segment | None:
+                     txns: TxnOutcomes, stats: CleanerStats) -> Segment | None:
         """Write the cleaned copy of `group` as an open `.cleaned` segment; None if empty."""
         omap = self._offset_map()
         base = group[0].base_offset
@@ -366,7 +412,7 @@ class Cleaner:
                     # A tombstone past the map may still hide an older value the map does not
                     # know to drop yet: it stays until a round's map covers it.
                     kept = _filter(buf, hdr, omap, drop_tombstones and hdr.last_offset < map_end,
-                                   producers, stats)
+                                   producers, txns, stats)
                     if kept is not None:
                         writer.add(kept, hdr)
                         last_written = hdr.last_offset
@@ -418,7 +464,8 @@ class _ChunkWriter:
 
 
 def _filter(buf: memoryview, hdr: BatchHeader, omap: OffsetMap, drop_tombstones: bool,
-            producers: Mapping[int, int], stats: CleanerStats) -> bytes | memoryview | None:
+            producers: Mapping[int, int], txns: TxnOutcomes,
+            stats: CleanerStats) -> bytes | memoryview | None:
     """The batch as it survives cleaning: original bytes, rebuilt bytes, or None."""
     raw = buf[hdr.position: hdr.end]
     live_producer = hdr.producer_id >= 0 and producers.get(hdr.producer_id) == hdr.last_offset
@@ -428,11 +475,20 @@ def _filter(buf: memoryview, hdr: BatchHeader, omap: OffsetMap, drop_tombstones:
     if hdr.record_count == 0:  # an empty batch a past clean kept for a producer now gone
         stats.batches_dropped += 1
         return None
+    if hdr.is_transactional and hdr.base_offset in txns.aborted:
+        # Aborted data is invisible to read_committed consumers and must never shadow a
+        # committed value; its marker stays, so read_uncommitted readers just see less.
+        stats.aborted_records_dropped += hdr.record_count
+        if live_producer:
+            stats.empty_batches_kept += 1
+            return empty_batch(hdr)
+        stats.batches_dropped += 1
+        return None
     data, records = _decode(buf, hdr)
     stats.records_read += len(records)
     keep: list[RawRecord] = []
     base = hdr.base_offset
-    txn = hdr.is_transactional
+    settled = not hdr.is_transactional or base in txns.committed
     for rec in records:
         key = rec[3]
         if key is None:
@@ -441,7 +497,7 @@ def _filter(buf: memoryview, hdr: BatchHeader, omap: OffsetMap, drop_tombstones:
         if omap.get(key_hash(key)) > base + rec[2]:
             stats.records_superseded += 1
             continue
-        if rec[4] and drop_tombstones and not txn:
+        if rec[4] and drop_tombstones and settled:
             stats.tombstones_dropped += 1
             continue
         keep.append(rec)

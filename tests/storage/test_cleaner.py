@@ -212,19 +212,35 @@ def test_producer_fields_and_sequences_survive_and_rebuild_producer_state(log, t
     assert [r[1:] for r in read_all(log)] == [(b"a", b"final"), (b"b", b"final")]
 
 
-def test_transactional_and_control_batches_are_kept(log):
-    txn = batch([(b"a", b"t1"), (b"b", b"t1")], producer_id=5, producer_epoch=0,
-                base_sequence=0, transactional=True)
-    log.append(txn, leader_epoch=0)
-    log.append(build_control_batch(ControlType.COMMIT, 5, 0, 1, timestamp_ms=1000),
-               leader_epoch=0)
-    write(log, [(b"c", b"1"), (b"c", b"2")])
+def txn_batch(pid: int, records, seq: int = 0) -> bytes:
+    return batch(records, producer_id=pid, producer_epoch=0, base_sequence=seq,
+                 transactional=True)
+
+
+def marker(pid: int, kind: ControlType) -> bytes:
+    return build_control_batch(kind, pid, 0, 1, timestamp_ms=1000)
+
+
+def test_transactions_settled_by_markers(log):
+    log.append(batch([(b"a", b"plain-1"), (b"b", b"plain-1"), (b"c", b"plain-1")]), 0)  # 0-2
+    log.append(txn_batch(5, [(b"a", b"committed")]), 0)  # 3, committed below
+    log.append(txn_batch(6, [(b"b", b"aborted"), (b"z", b"aborted")]), 0)  # 4-5, aborted
+    log.append(marker(5, ControlType.COMMIT), 0)  # 6
+    log.append(marker(6, ControlType.ABORT), 0)  # 7
+    log.append(txn_batch(7, [(b"c", b"open")]), 0)  # 8: no marker yet
+    log.append(batch([(b"d", b"plain")]), 0)  # 9
+    log.high_watermark = log.log_end_offset
     log.roll()
-    Cleaner().clean(log, NOW)
+    stats = Cleaner().clean(log, NOW)
+    assert stats.aborted_records_dropped == 2
+    got = read_all(log)
+    assert (3, b"a", b"committed") in got and (0, b"a", b"plain-1") not in got  # superseded
+    assert (1, b"b", b"plain-1") in got  # an aborted write hides nothing
+    assert not [r for r in got if r[2] == b"aborted"]
+    assert (2, b"c", b"plain-1") in got and (8, b"c", b"open") in got  # open: kept, hides none
     data = b"".join(bytes(s) for s in log.read(0, 1 << 30).slices)
-    kinds = [(b.base_offset, b.is_transactional, b.is_control) for b in read_batches(data)]
-    assert (0, True, False) in kinds and (2, True, True) in kinds
-    assert [r for r in read_all(log) if r[1] == b"c"] == [(4, b"c", b"2")]
+    controls = [b.base_offset for b in read_batches(data) if b.is_control]
+    assert controls == [6, 7]  # markers stay
 
 
 def test_corrupt_batch_in_closed_segment_aborts_without_changing_the_log(log):

@@ -66,3 +66,58 @@ def test_compaction_equals_last_write_per_key(records, per_batch, segment_bytes,
             last[key] = (offset, key, value)
     expected = sorted(r for r in last.values() if not (drop_tombstones and r[2] is None))
     assert got == expected
+
+
+kv_st = st.tuples(st.sampled_from([b"a", b"b", b"c", b"d"]),
+                  st.one_of(st.none(), st.binary(max_size=8)))
+ops_st = st.lists(st.tuples(st.sampled_from(["plain", "commit", "abort"]),
+                            st.lists(kv_st, min_size=1, max_size=3)),
+                  min_size=1, max_size=40)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=ops_st, dedupe_slots=st.sampled_from([8, 4096]), drop_tombstones=st.booleans())
+def test_compaction_with_transactions_equals_last_committed_write_per_key(ops, dedupe_slots,
+                                                                          drop_tombstones):
+    from qnode.storage.batch_builder import ControlType, build_control_batch
+
+    cfg = LogConfig.from_topic_config({
+        "cleanup.policy": "compact", "segment.bytes": "400", "segment.index.bytes": "4096",
+        "delete.retention.ms": str(RETENTION)})
+    now = WRITE_TS + (RETENTION if drop_tombstones else RETENTION - 1)
+    visible: list[tuple[int, bytes, bytes | None]] = []  # what read_committed ever sees
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Log.open(f"{tmp}/t-0", cfg)
+        try:
+            pending: list[tuple[int, bool]] = []  # (pid, commit) markers still to write
+            for i, (kind, recs) in enumerate(ops):
+                pid = 1000 + i
+                b = BatchBuilder(producer_id=pid if kind != "plain" else -1,
+                                 producer_epoch=0 if kind != "plain" else -1,
+                                 base_sequence=0 if kind != "plain" else -1,
+                                 transactional=kind != "plain")
+                for key, value in recs:
+                    b.append(key, value, timestamp_ms=WRITE_TS)
+                base = log.append(b.build(), 0).base_offset
+                if kind != "abort":
+                    visible += [(base + j, k, v) for j, (k, v) in enumerate(recs)]
+                for p, commit in pending:  # markers land one operation later
+                    kind_ = ControlType.COMMIT if commit else ControlType.ABORT
+                    log.append(build_control_batch(kind_, p, 0, 1, timestamp_ms=WRITE_TS), 0)
+                pending = [(pid, kind == "commit")] if kind != "plain" else []
+            for p, commit in pending:
+                kind_ = ControlType.COMMIT if commit else ControlType.ABORT
+                log.append(build_control_batch(kind_, p, 0, 1, timestamp_ms=WRITE_TS), 0)
+            log.roll()
+            log.high_watermark = log.log_end_offset
+            Cleaner(CleanerConfig(dedupe_buffer_size=SLOT_BYTES * dedupe_slots)).clean(log, now)
+            data = b"".join(bytes(s) for s in log.read(0, 1 << 30).slices)
+        finally:
+            log.close()
+    validate_batches(data, producer_batches=False)
+    got = sorted((r.offset, r.key, r.value) for r in iter_records(data))
+    last: dict[bytes, tuple[int, bytes, bytes | None]] = {}
+    for rec in sorted(visible):
+        last[rec[1]] = rec
+    expected = sorted(r for r in last.values() if not (drop_tombstones and r[2] is None))
+    assert got == expected
