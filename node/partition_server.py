@@ -15,6 +15,7 @@ import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -25,6 +26,7 @@ from qnode.storage import errors as serr
 from qnode.storage import leader_epoch, producer_state
 from qnode.storage.log_config import LogConfig
 from qnode.storage.log_manager import LogManager
+from qnode.storage.producer_snapshot import list_snapshots
 from qnode.storage.producer_state import InvalidProducerEpochError, OutOfOrderSequenceError
 from qnode.storage.record_batch import LENGTH_OFFSET, LOG_OVERHEAD, PRODUCER_ID_OFFSET, iter_batches
 from qnode.transport.errors import ErrorCode
@@ -151,7 +153,9 @@ class PartitionServer:
             lg = self.logs.open_log(want.topic, want.partition, config)
             if lg.leader_epoch_cache is None:
                 leader_epoch.attach(lg)
-            if lg.producer_state is None:
+            if lg.producer_state is None and list_snapshots(Path(lg.directory)):
+                # idempotent producers wrote here before: load their state now. Otherwise it
+                # is loaded by the first idempotent batch (appends without it skip a hook)
                 producer_state.attach(lg)
         except Exception as exc:  # a log that will not open must not stop the others
             log.error("cannot open log %s-%d: %s", want.topic, want.partition, exc)
@@ -300,7 +304,8 @@ class PartitionServer:
         """Append a batch of an idempotent producer: a retry is answered with its offsets."""
         lg = r.log
         try:
-            dup = lg.producer_state.check_batches(iter_batches(buf))
+            psm = lg.producer_state or producer_state.attach(lg)
+            dup = psm.check_batches(iter_batches(buf))
             if dup is not None:
                 entry.update(
                     error=0,

@@ -304,3 +304,33 @@ def test_config_record_is_applied_to_the_open_log(feed: MetadataFeed, client: Cl
     end = feed.append(rec.config("cfg", {"max.message.bytes": "100000"}))
     feed.wait_applied(0, end)
     assert client.produce("cfg", 0, big)["error"] == 0
+
+
+def test_idempotent_state_survives_a_restart(feed: MetadataFeed, tmp_path: Path) -> None:
+    from qnode.storage.batch_builder import BatchBuilder
+
+    b = BatchBuilder(producer_id=42, producer_epoch=0, base_sequence=0)
+    b.append(None, b"once")
+    first = b.build()
+    w = WorkerProcess(feed, tmp_path / "data").start()
+    try:
+        c = Client(w.endpoint)
+        feed.add_topic("idem2")
+        c.wait_ready("idem2", 0)
+        c.produce("idem2", 0, make_batch([b"plain"]))
+        assert c.produce("idem2", 0, first)["base_offset"] == 1
+        c.close()
+        assert w.stop() == 0
+        w2 = WorkerProcess(feed, tmp_path / "data").start()
+        try:
+            c = Client(w2.endpoint)
+            c.wait_ready("idem2", 0)
+            retry = c.produce("idem2", 0, first)  # the answer was lost before the restart
+            assert retry["error"] == 0 and retry["base_offset"] == 1
+            _, data = c.fetch("idem2", 0, 0)
+            assert _values(data) == [b"plain", b"once"]
+            c.close()
+        finally:
+            assert w2.stop() == 0
+    finally:
+        w.kill()
