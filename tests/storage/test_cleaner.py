@@ -6,13 +6,8 @@ import pytest
 
 from qnode.storage.batch_builder import BatchBuilder, ControlType, build_control_batch
 from qnode.storage.batch_reader import iter_records, read_batches
-from qnode.storage.cleaner import (
-    CHECKPOINT_NAME,
-    Cleaner,
-    CleanerConfig,
-    CleanerError,
-    read_first_dirty,
-)
+from qnode.storage.cleaner import Cleaner, CleanerConfig, CleanerError
+from qnode.storage.cleaner_scope import CHECKPOINT_NAME, read_first_dirty
 from qnode.storage.errors import CorruptRecordError
 from qnode.storage.log import Log
 from qnode.storage.log_config import LogConfig
