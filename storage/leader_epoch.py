@@ -292,6 +292,9 @@ def attach(log: Log) -> LeaderEpochCache:
     cache.truncate_from_start(log.log_start_offset)
 
     def on_append(result: AppendResult, info: BatchesInfo, leader_epoch: int) -> None:
+        # `info` holds the headers as they came in. A follower's batches keep the leader's
+        # offsets and the epochs it stamped; a producer's carry offset 0 and epoch -1, and
+        # the leader stamps `leader_epoch` into them.
         first, last = info.batches[0], info.batches[-1]
         replicated = first.base_offset == result.base_offset and \
             last.last_offset == result.last_offset and first.leader_epoch >= 0

@@ -316,11 +316,15 @@ class ProducerStateManager:
         data = encode_snapshot(self.map_end_offset, list(self._producers.values()))
         path = snapshot_path(self._dir, self.map_end_offset)
         tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
         fd = os.open(self._dir, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -430,8 +434,11 @@ def attach(log: Log, producer_id_expiration_ms: int = 86_400_000,
         if log.active_segment.base_offset != active_base[0]:
             active_base[0] = log.active_segment.base_offset
             psm.remove_expired_producers(time.time_ns() // 1_000_000)
-            psm.take_snapshot()
-            psm.retain_newest_snapshots(keep_snapshots)
+            try:
+                psm.take_snapshot()
+                psm.retain_newest_snapshots(keep_snapshots)
+            except OSError:
+                pass  # the append is written; without this snapshot, opening replays more
 
     def on_truncate(new_end: int) -> None:
         psm.last_load = psm.truncate_and_reload(log.log_start_offset, new_end)
