@@ -43,6 +43,8 @@ class MetadataImage:
     workers: dict[tuple[int, int], str] = field(default_factory=dict)  # (node, worker) → endpoint
     next_producer_id: int = 0  # first producer id not yet handed to any node
     producer_id_blocks: dict[int, int] = field(default_factory=dict)  # node → end of its block
+    controller_id: int = -1  # leader of the metadata quorum, as of its last leader_change
+    controller_epoch: int = 0  # its term
     offset: int = 0  # next metadata log offset: the image reflects every record below it
 
     def apply(self, record: dict[str, Any], offset: int | None = None) -> None:
@@ -74,6 +76,9 @@ class MetadataImage:
             self.nodes[record["node_id"]] = record["bootstrap"]
         elif kind == rec.WORKER:
             self.workers[(record["node_id"], record["worker_id"])] = record["endpoint"]
+        elif kind == rec.LEADER_CHANGE:
+            self.controller_id = record["leader"]
+            self.controller_epoch = record["controller_epoch"]
         else:  # check_record guards every path in, so this is a bug, not bad input
             raise AssertionError(f"unhandled metadata record type {kind!r}")
         if offset is not None:
@@ -101,6 +106,8 @@ class MetadataImage:
             "workers": [[n, w, e] for (n, w), e in self.workers.items()],
             "next_producer_id": self.next_producer_id,
             "producer_id_blocks": [[k, v] for k, v in self.producer_id_blocks.items()],
+            "controller_id": self.controller_id,
+            "controller_epoch": self.controller_epoch,
             "offset": self.offset,
         }
 
@@ -111,6 +118,8 @@ class MetadataImage:
             workers={(int(n), int(w)): e for n, w, e in d["workers"]},
             next_producer_id=int(d["next_producer_id"]),
             producer_id_blocks={int(k): int(v) for k, v in d["producer_id_blocks"]},
+            controller_id=int(d.get("controller_id", -1)),
+            controller_epoch=int(d.get("controller_epoch", 0)),
             offset=int(d["offset"]),
         )
         for t in d["topics"]:

@@ -8,9 +8,10 @@ Every append is flushed before it counts: metadata is tiny and must never be los
 Snapshots are KRaft-style checkpoint files `<20-digit end offset>-<10-digit term>.checkpoint`
 (named apart from the storage engine's producer-state `.snapshot` files, which live in
 partition directories too): a CRC-32C, then the msgpack of the whole `MetadataImage` at that
-offset. On start the newest valid checkpoint is loaded and the records after it are replayed.
+offset.
 After a checkpoint the log is trimmed up to the previous one, so a damaged newest checkpoint
-still leaves an older one plus the records after it.
+still leaves an older one plus the records after it. On start the newest valid checkpoint is
+loaded; the records after it are applied once the quorum has committed them.
 """
 
 from __future__ import annotations
@@ -172,8 +173,9 @@ class MetadataLog:
             if keep_from > self.start_offset:
                 self._log.delete_records_before(keep_from)
 
-    def load(self) -> MetadataImage:
-        """The image at the end of the log: newest valid checkpoint, then replay."""
+    def load_checkpoint(self) -> MetadataImage:
+        """The image of the newest valid checkpoint (empty if none): the records after it are
+        applied as the quorum commits them (`MetadataStore`), on start-up as ever after."""
         image = None
         for off, _term, path in reversed(self.checkpoints()):
             if off < self.start_offset and off != self.end_offset:
@@ -191,7 +193,6 @@ class MetadataLog:
                     "checkpoint covers the records before it"
                 )
             image = MetadataImage()
-        checkpoint_offset = image.offset
         if image.offset > self.end_offset:
             # The log lost records the checkpoint holds (a torn tail cut by recovery): the
             # checkpoint wins, and the log continues after it so offsets are never reused.
@@ -199,13 +200,6 @@ class MetadataLog:
                       "log at the checkpoint", self.end_offset, image.offset)
             self._log.truncate_fully_and_start_at(image.offset)
             self._log.high_watermark = self._log.log_end_offset
-        replayed = 0
-        for entry in self.entries(max(image.offset, self.start_offset)):
-            image.apply(entry.record, entry.offset)
-            replayed += 1
-        log.info("metadata image loaded: checkpoint at %d, %d records replayed, end %d",
-                 checkpoint_offset, replayed, self.end_offset)
-        image.offset = self.end_offset
         return image
 
     def close(self) -> None:

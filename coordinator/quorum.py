@@ -5,7 +5,8 @@ current term and whom it voted for — lives in `<metadata dir>/quorum-state` (J
 atomically). A leader appends records stamped with its term (the RecordBatch's partition
 leader epoch), tracks each voter's match offset, and commits an offset once a majority holds
 it: with a single voter the majority is the leader itself, so an append commits as soon as it
-is durable on local disk — the same rule, not a special case.
+is durable on local disk — the same rule, not a special case. A new leader's first record is
+a `leader_change` of its term, which commits everything before it.
 
 Elections here are the local half of Raft: a voter becomes candidate, bumps its term, votes
 for itself, and leads once it holds a majority of votes. Vote requests and log replication to
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qnode.coordinator import records as rec
 from qnode.coordinator.metadata_log import MetadataLog
 
 
@@ -71,16 +73,11 @@ class Quorum:
         assert self.node_id in self.voters, "a quorum member must be one of its voters"
         self.state = QuorumState.load(self.state_path)
 
-    def log_loaded(self) -> None:
-        """The local log was recovered (checkpoint + replay): set the commit offset from it.
-
-        Everything on local disk at start-up was committed by a previous leader of this log
-        when this voter is the whole quorum (it only ever writes what it commits); with peers,
-        Raft starts from the last offset known committed and lets the new leader settle the
-        rest, which arrives with the multi-node work.
-        """
-        if len(self.voters) == 1:
-            self.committed_offset = self.log.end_offset
+    def recovered(self, checkpoint_offset: int) -> None:
+        """The local log was opened; records below `checkpoint_offset` are known committed (a
+        checkpoint only ever covers committed records). What lies past it is committed again
+        by the leader of the next term (see `_become_leader`)."""
+        self.committed_offset = checkpoint_offset
 
     @property
     def term(self) -> int:
@@ -105,9 +102,14 @@ class Quorum:
             self.leader_id = None
 
     def _become_leader(self) -> None:
+        """Lead the new term. As in Raft (and KRaft's LeaderChangeMessage), the new leader
+        appends a record of its own term: once a majority holds it, it and every record
+        before it are committed — which is how the records past the last checkpoint become
+        committed again after a restart, for one voter exactly as for five."""
         self.leader_id = self.node_id
         self.match_offsets = {v: 0 for v in self.voters}
         self.match_offsets[self.node_id] = self.log.end_offset
+        self.append([rec.leader_change(self.node_id, self.term, sorted(self.voters))])
 
     def _is_majority(self, members: set[int]) -> bool:
         return len(members & self.voters) * 2 > len(self.voters)

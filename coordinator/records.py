@@ -20,6 +20,7 @@ CONFIG = "config"
 PRODUCER_IDS = "producer_ids"
 REGISTER_NODE = "register_node"
 WORKER = "worker"
+LEADER_CHANGE = "leader_change"
 
 # Required fields and their types, per record type.
 _FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
@@ -38,7 +39,11 @@ _FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     PRODUCER_IDS: {"next": int, "node_id": int},
     REGISTER_NODE: {"node_id": int, "bootstrap": str},
     WORKER: {"node_id": int, "worker_id": int, "endpoint": str},
+    LEADER_CHANGE: {"leader": int, "controller_epoch": int, "voters": list},
 }
+# Served records carry these two keys besides their own fields (MetadataLogFetch).
+WIRE_KEYS = ("offset", "term")
+assert not any(k in fields for fields in _FIELDS.values() for k in WIRE_KEYS)
 
 
 class BadRecordError(ValueError):
@@ -104,3 +109,10 @@ def register_node(node_id: int, bootstrap: str) -> dict:
 def worker(node_id: int, worker_id: int, endpoint: str) -> dict:
     """Where a worker serves (its ROUTER): written when a worker says hello from a new endpoint."""
     return {"type": WORKER, "node_id": node_id, "worker_id": worker_id, "endpoint": endpoint}
+
+
+def leader_change(leader: int, term: int, voters: list[int]) -> dict:
+    """The first record of a term, written by its leader (commits all records before it).
+    `controller_epoch` is that term: what fences a deposed controller."""
+    return {"type": LEADER_CHANGE, "leader": leader, "controller_epoch": term,
+            "voters": list(voters)}

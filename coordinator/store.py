@@ -2,7 +2,9 @@
 
 Writers hand records to `append`; the quorum decides when they commit; on commit the store
 reads the committed records back from the log and applies them, so the image is built by
-exactly the path a follower or a restart takes (one path, whatever the number of voters).
+exactly the path a follower or a restart takes (one path, whatever the number of voters): on
+start the image is the newest checkpoint, and the records after it are applied when the new
+term's first record commits them.
 Listeners (the server's parked MetadataLogFetch calls) are told of every new commit offset.
 A checkpoint is written once enough record bytes accumulated since the last one.
 """
@@ -27,9 +29,8 @@ class MetadataStore:
         self.log = metadata_log
         self.quorum = quorum
         self.checkpoint_bytes = checkpoint_bytes
-        self.image: MetadataImage = metadata_log.load()
-        quorum.log_loaded()
-        assert self.image.offset == quorum.committed_offset or len(quorum.voters) > 1
+        self.image: MetadataImage = metadata_log.load_checkpoint()
+        quorum.recovered(self.image.offset)
         self._listeners: list[Callable[[int], None]] = []
         quorum.on_commit(self._on_commit)
 
@@ -52,10 +53,14 @@ class MetadataStore:
         return [e for e in self.log.read(offset, max_bytes) if e.offset < self.image.offset]
 
     def _on_commit(self, old: int, new: int) -> None:
+        applied = 0
         for entry in self.log.entries(self.image.offset):
             if entry.offset >= new:
                 break
             self.image.apply(entry.record, entry.offset)
+            applied += 1
+        if applied > 1:  # a batch of records from before a restart, committed by a new term
+            log.info("metadata: %d records committed and applied, image at %d", applied, new)
         assert self.image.offset == new, f"image at {self.image.offset}, commit at {new}"
         if self.log.bytes_since_checkpoint >= self.checkpoint_bytes:
             path = self.log.write_checkpoint(self.image, self.quorum.term)

@@ -20,6 +20,14 @@ def topic_records(name: str, partitions: int) -> list[dict]:
     return out
 
 
+def state(image: MetadataImage) -> dict:
+    """The image without its log position and controller (a restart adds a leader_change)."""
+    d = image.to_dict()
+    for k in ("offset", "controller_id", "controller_epoch"):
+        d.pop(k)
+    return d
+
+
 def open_store(d: Path, checkpoint_bytes: int = 1 << 30, voters=frozenset({0})):
     mlog = MetadataLog(d, segment_bytes=1 << 20)
     quorum = Quorum(0, voters, mlog, d / "quorum-state")
@@ -40,8 +48,8 @@ def test_append_read_replay(tmp_path: Path) -> None:
     mlog.close()
     again = MetadataLog(tmp_path)
     assert again.end_offset == 5 and again.last_term == 2
-    image = again.load()
-    assert image.offset == 5 and image.topics == {}
+    image = again.load_checkpoint()
+    assert image.offset == 0, "no checkpoint: the records are applied as they commit"
     again.close()
 
 
@@ -62,14 +70,17 @@ def test_single_voter_commits_on_append_and_persists_term(tmp_path: Path) -> Non
     assert quorum.is_leader and quorum.term == 1 and quorum.leader_id == 0
     seen = []
     store.on_change(seen.append)
+    assert [e.record["type"] for e in mlog.read(0)] == ["leader_change"]
+    assert store.image.controller_id == 0 and store.image.controller_epoch == 1
     last = store.append(topic_records("t", 2))
-    assert last == 2 and store.committed_offset == 3 and seen == [3]
+    assert last == 3 and store.committed_offset == 4 and seen == [4]
     assert set(store.image.topics["t"].partitions) == {0, 1}
     mlog.close()
     mlog, quorum, store = open_store(tmp_path)
     assert quorum.term == 2, "a new election bumps the persisted term"
+    assert store.image.controller_epoch == 2 and set(store.image.topics["t"].partitions) == {0, 1}
     store.append([rec.config("t", {"segment.bytes": "100"})])
-    assert [e.term for e in mlog.read(0)] == [1, 1, 1, 2]
+    assert [e.term for e in mlog.read(0)] == [1, 1, 1, 1, 2, 2]
     assert store.image.topics["t"].config_version == 1
     mlog.close()
 
@@ -89,8 +100,10 @@ def test_majority_commit_rule(tmp_path: Path) -> None:
     quorum._become_leader()  # as if votes from a peer had arrived
     quorum.append([rec.register_node(0, "tcp://x:1")])
     assert quorum.committed_offset == 0 and store.committed_offset == 0
-    quorum.record_match(1, 1)
-    assert quorum.committed_offset == 1 and store.image.nodes == {0: "tcp://x:1"}
+    quorum.record_match(2, 1)  # holds the leader_change only
+    assert quorum.committed_offset == 1 and store.image.nodes == {}
+    quorum.record_match(1, 2)
+    assert quorum.committed_offset == 2 and store.image.nodes == {0: "tcp://x:1"}
     mlog.close()
 
 
@@ -100,13 +113,12 @@ def test_checkpoint_trim_and_replay(tmp_path: Path) -> None:
         store.append(topic_records(f"t{i}", 2))
     cps = mlog.checkpoints()
     assert len(cps) == 2, "only the two newest checkpoints are kept"
-    assert cps[-1][0] == store.committed_offset == 18
+    assert cps[-1][0] == store.committed_offset == 19
     assert mlog.start_offset > 0, "records before the older checkpoint were trimmed"
-    expected = store.image.to_dict()
+    expected = state(store.image)
     mlog.close()
     mlog, quorum, store = open_store(tmp_path, checkpoint_bytes=1 << 30)
-    got = store.image.to_dict()
-    assert got == expected
+    assert state(store.image) == expected
     mlog.close()
 
 
@@ -114,24 +126,25 @@ def test_damaged_newest_checkpoint_falls_back_to_older(tmp_path: Path) -> None:
     mlog, quorum, store = open_store(tmp_path, checkpoint_bytes=1)
     for i in range(4):
         store.append(topic_records(f"t{i}", 1))
-    expected = store.image.to_dict()
+    expected = state(store.image)
     newest = mlog.checkpoints()[-1][2]
     mlog.close()
     data = bytearray(newest.read_bytes())
     data[-1] ^= 0xFF
     newest.write_bytes(bytes(data))
-    mlog2 = MetadataLog(tmp_path)
-    image = mlog2.load()
-    assert image.to_dict() == expected, "older checkpoint + the records after it"
+    mlog2, _quorum, store2 = open_store(tmp_path)
+    assert state(store2.image) == expected, "older checkpoint + the records after it"
     mlog2.close()
 
 
 def test_image_round_trip_and_apply_order(tmp_path: Path) -> None:
     img = MetadataImage()
     for i, r in enumerate(topic_records("x", 2) + [rec.producer_ids(0, 1000),
-                                                   rec.worker(0, 1, "tcp://h:2")]):
+                                                   rec.worker(0, 1, "tcp://h:2"),
+                                                   rec.leader_change(0, 3, [0])]):
         img.apply(r, i)
     assert img.next_producer_id == 1000 and img.workers == {(0, 1): "tcp://h:2"}
+    assert (img.controller_id, img.controller_epoch) == (0, 3)
     assert MetadataImage.from_dict(img.to_dict()).to_dict() == img.to_dict()
     with pytest.raises(AssertionError):
         img.apply(rec.remove_topic("x"), 1)  # going backwards is a bug, never silent
@@ -141,16 +154,16 @@ def test_checkpoint_ahead_of_a_lost_log_tail_wins(tmp_path: Path) -> None:
     mlog, quorum, store = open_store(tmp_path, checkpoint_bytes=1)
     for i in range(3):
         store.append(topic_records(f"t{i}", 1))
-    expected = store.image.to_dict()
+    expected = state(store.image)
     end = mlog.end_offset
     mlog.close()
     for seg in tmp_path.glob("*.log"):  # the records vanish, the checkpoints stay
         seg.write_bytes(b"")
     mlog, quorum, store = open_store(tmp_path)
-    assert store.image.to_dict() == expected
-    assert mlog.end_offset == end, "the log continues after the checkpoint"
+    assert state(store.image) == expected
+    assert mlog.end_offset == end + 1, "the log continues after the checkpoint (+ leader_change)"
     store.append([rec.remove_topic("t0")])
-    assert store.committed_offset == end + 1 and "t0" not in store.image.topics
+    assert store.committed_offset == end + 2 and "t0" not in store.image.topics
     mlog.close()
 
 
@@ -158,14 +171,14 @@ def test_torn_tail_is_cut_and_committed_records_stay(tmp_path: Path) -> None:
     mlog, quorum, store = open_store(tmp_path)
     store.append(topic_records("a", 2))
     store.append(topic_records("b", 1))
-    expected = store.image.to_dict()
+    expected = state(store.image)
     end = mlog.end_offset
     mlog._log.close_without_flush()  # a crash: no clean-shutdown mark
     seg = sorted(tmp_path.glob("*.log"))[-1]
     with open(seg, "ab") as f:
         f.write(b"\x00\x00\x00\x00\x00\x00\x00\x05\x00\x00\x01\x00torn")  # half a batch
     mlog, quorum, store = open_store(tmp_path)
-    assert mlog.end_offset == end and store.image.to_dict() == expected
+    assert mlog.end_offset == end + 1 and state(store.image) == expected
     store.append([rec.remove_topic("a")])
-    assert [e.offset for e in mlog.read(end)] == [end]
+    assert [e.record["type"] for e in mlog.read(end)] == ["leader_change", "remove_topic"]
     mlog.close()
