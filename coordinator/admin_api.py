@@ -31,9 +31,15 @@ MAX_ADMIN_TIMEOUT_MS = 60_000
 class AdminApi:
     """Handlers of the metadata and admin APIs over one controller."""
 
-    def __init__(self, server: CoordinatorServer, controller: Controller,
-                 propagation: Propagation, offsets: OffsetsView, cluster_id: str,
-                 worker_down: Callable[[int], bool] = lambda worker_id: False) -> None:
+    def __init__(
+        self,
+        server: CoordinatorServer,
+        controller: Controller,
+        propagation: Propagation,
+        offsets: OffsetsView,
+        cluster_id: str,
+        worker_down: Callable[[int], bool] = lambda worker_id: False,
+    ) -> None:
         self.server = server
         # True for a local worker known to be dead (restarting): its partitions answer
         # LEADER_NOT_AVAILABLE, so clients refresh metadata instead of calling a dead endpoint.
@@ -67,8 +73,15 @@ class AdminApi:
         for name in names:
             t = image.topics.get(name)
             if t is None:
-                topics.append({"name": name, "error": int(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION),
-                               "internal": False, "config_version": 0, "partitions": []})
+                topics.append(
+                    {
+                        "name": name,
+                        "error": int(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION),
+                        "internal": False,
+                        "config_version": 0,
+                        "partitions": [],
+                    }
+                )
             else:
                 topics.append(self._topic_entry(t, b["include_offsets"], down))
         leader = self.controller.store.quorum.leader_id
@@ -86,20 +99,22 @@ class AdminApi:
             except (ControllerError, NotControllerError) as exc:
                 log.info("auto-create of topic %r refused: %s", name, exc)
 
-    def _topic_entry(self, t: TopicImage, include_offsets: bool,
-                     down: set[int]) -> dict[str, Any]:
+    def _topic_entry(self, t: TopicImage, include_offsets: bool, down: set[int]) -> dict[str, Any]:
         return {
             "name": t.name,
             "topic_id": t.topic_id,
             "error": 0,
             "internal": t.internal,
             "config_version": t.config_version,
-            "partitions": [self._partition_entry(p, include_offsets, down)
-                           for p in self.controller.partitions_of(t)],
+            "partitions": [
+                self._partition_entry(p, include_offsets, down)
+                for p in self.controller.partitions_of(t)
+            ],
         }
 
-    def _partition_entry(self, p: PartitionImage, include_offsets: bool,
-                         down: set[int]) -> dict[str, Any]:
+    def _partition_entry(
+        self, p: PartitionImage, include_offsets: bool, down: set[int]
+    ) -> dict[str, Any]:
         endpoint = self.controller.image.workers.get((p.leader, p.worker), "")
         local = p.leader == self.controller.config.node_id
         available = endpoint and not (local and p.worker in down)
@@ -131,8 +146,9 @@ class AdminApi:
             raise HandlerError(ErrorCode.INVALID_REQUEST, "key 'timeout_ms' must be an integer")
         return min(max(t, 0), MAX_ADMIN_TIMEOUT_MS)
 
-    def _answer_when_applied(self, call: Call, body: dict[str, Any], changed: bool,
-                             timeout_ms: int) -> None:
+    def _answer_when_applied(
+        self, call: Call, body: dict[str, Any], changed: bool, timeout_ms: int
+    ) -> None:
         if not changed:
             call.reply(body)
             return
@@ -150,11 +166,11 @@ class AdminApi:
                 results.append({"name": spec.name, "error": 0, "message": None})
                 changed = changed or not b["validate_only"]
             except ControllerError as exc:
-                results.append({"name": spec.name, "error": int(exc.code),
-                                "message": exc.message})
+                results.append({"name": spec.name, "error": int(exc.code), "message": exc.message})
             except NotControllerError as exc:
-                results.append({"name": spec.name, "error": int(ErrorCode.NOT_CONTROLLER),
-                                "message": str(exc)})
+                results.append(
+                    {"name": spec.name, "error": int(ErrorCode.NOT_CONTROLLER), "message": str(exc)}
+                )
         self._answer_when_applied(call, {"topics": results}, changed, timeout)
 
     def delete_topics(self, call: Call) -> None:
@@ -169,8 +185,9 @@ class AdminApi:
             except ControllerError as exc:
                 results.append({"name": name, "error": int(exc.code), "message": exc.message})
             except NotControllerError as exc:
-                results.append({"name": name, "error": int(ErrorCode.NOT_CONTROLLER),
-                                "message": str(exc)})
+                results.append(
+                    {"name": name, "error": int(ErrorCode.NOT_CONTROLLER), "message": str(exc)}
+                )
         self._answer_when_applied(call, {"topics": results}, changed, timeout)
 
     # ---- configs -------------------------------------------------------------------------------
@@ -178,8 +195,13 @@ class AdminApi:
     def describe_configs(self, call: Call) -> dict[str, Any]:
         out = []
         for r in call.request.body["resources"]:
-            entry: dict[str, Any] = {"type": r["type"], "name": r["name"], "error": 0,
-                                     "message": None, "configs": []}
+            entry: dict[str, Any] = {
+                "type": r["type"],
+                "name": r["name"],
+                "error": 0,
+                "message": None,
+                "configs": [],
+            }
             try:
                 if r["type"] == "topic":
                     configs, read_only = self.controller.effective_configs(r["name"]), False
@@ -187,40 +209,51 @@ class AdminApi:
                     self._check_node_name(r["name"])
                     configs, read_only = self.controller.node_configs(), True
                 else:
-                    raise ControllerError(ErrorCode.INVALID_REQUEST,
-                                          f"resource type {r['type']!r}: allowed topic, node")
+                    raise ControllerError(
+                        ErrorCode.INVALID_REQUEST,
+                        f"resource type {r['type']!r}: allowed topic, node",
+                    )
             except ControllerError as exc:
                 entry.update(error=int(exc.code), message=exc.message)
             else:
                 keys = r["keys"]
                 entry["configs"] = [
                     {"name": k, "value": v, "source": src, "read_only": read_only}
-                    for k, v, src in configs if keys is None or k in keys
+                    for k, v, src in configs
+                    if keys is None or k in keys
                 ]
             out.append(entry)
         return {"resources": out}
 
     def _check_node_name(self, name: str) -> None:
         if name not in ("", str(self.controller.config.node_id)):
-            raise ControllerError(ErrorCode.INVALID_REQUEST,
-                                  f"node {name!r} is not this node "
-                                  f"({self.controller.config.node_id})")
+            raise ControllerError(
+                ErrorCode.INVALID_REQUEST,
+                f"node {name!r} is not this node ({self.controller.config.node_id})",
+            )
 
     def incremental_alter_configs(self, call: Call) -> None:
         b = call.request.body
         out, changed = [], False
         for r in b["resources"]:
-            entry: dict[str, Any] = {"type": r["type"], "name": r["name"], "error": 0,
-                                     "message": None}
+            entry: dict[str, Any] = {
+                "type": r["type"],
+                "name": r["name"],
+                "error": 0,
+                "message": None,
+            }
             try:
                 if r["type"] == "node":
                     self._check_node_name(r["name"])
-                    raise ControllerError(ErrorCode.INVALID_CONFIG,
-                                          "node configs are read-only: edit node.toml and "
-                                          "restart the node")
+                    raise ControllerError(
+                        ErrorCode.INVALID_CONFIG,
+                        "node configs are read-only: edit node.toml and restart the node",
+                    )
                 if r["type"] != "topic":
-                    raise ControllerError(ErrorCode.INVALID_REQUEST,
-                                          f"resource type {r['type']!r}: allowed topic, node")
+                    raise ControllerError(
+                        ErrorCode.INVALID_REQUEST,
+                        f"resource type {r['type']!r}: allowed topic, node",
+                    )
                 ops = [(c["name"], c["op"], c["value"]) for c in r["configs"]]
                 before = self.controller.store.committed_offset
                 self.controller.alter_topic_configs(r["name"], ops, b["validate_only"])
@@ -238,12 +271,19 @@ class AdminApi:
         """A fresh producer id (epoch 0) for an idempotent, non-transactional producer."""
         b = call.request.body
         if b["transactional_id"] is not None:
-            return {"error": int(ErrorCode.COORDINATOR_NOT_AVAILABLE), "producer_id": -1,
-                    "producer_epoch": -1,
-                    "message": "transactions are not served by this node"}
+            return {
+                "error": int(ErrorCode.COORDINATOR_NOT_AVAILABLE),
+                "producer_id": -1,
+                "producer_epoch": -1,
+                "message": "transactions are not served by this node",
+            }
         try:
             pid = self.controller.allocate_producer_id()
         except NotControllerError as exc:
-            return {"error": int(ErrorCode.NOT_CONTROLLER), "producer_id": -1,
-                    "producer_epoch": -1, "message": str(exc)}
+            return {
+                "error": int(ErrorCode.NOT_CONTROLLER),
+                "producer_id": -1,
+                "producer_epoch": -1,
+                "message": str(exc),
+            }
         return {"error": 0, "producer_id": pid, "producer_epoch": 0}

@@ -60,8 +60,9 @@ def _pct(samples: list[float], q: float) -> float:
 
 def _report(name: str, samples_s: list[float]) -> None:
     us = [x * 1e6 for x in samples_s]
-    print(f"{name:<44} p50 {_pct(us, 0.5):8.0f} us   p99 {_pct(us, 0.99):8.0f} us   "
-          f"({len(us)} calls)")
+    print(
+        f"{name:<44} p50 {_pct(us, 0.5):8.0f} us   p99 {_pct(us, 0.99):8.0f} us   ({len(us)} calls)"
+    )
 
 
 def main() -> None:
@@ -74,8 +75,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         port = _free_port()
         bootstrap = f"tcp://127.0.0.1:{port}"
-        cmd = [sys.executable, "-c", _LAUNCH, "start", "--data-dir", str(Path(tmp) / "data"),
-               "--workers", "2", "--listen", bootstrap, "--log-level", "WARNING"]
+        cmd = [
+            sys.executable,
+            "-c",
+            _LAUNCH,
+            "start",
+            "--data-dir",
+            str(Path(tmp) / "data"),
+            "--workers",
+            "2",
+            "--listen",
+            bootstrap,
+            "--log-level",
+            "WARNING",
+        ]
         t0 = time.perf_counter()
         node = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         assert node.stdout is not None
@@ -92,13 +105,22 @@ def main() -> None:
             ctx.destroy(0)
 
 
-def _run(ctx: zmq.Context, bootstrap: str, node: subprocess.Popen,
-         args: argparse.Namespace) -> None:
+def _run(
+    ctx: zmq.Context, bootstrap: str, node: subprocess.Popen, args: argparse.Namespace
+) -> None:
     c = _Client(ctx, bootstrap)
     create = []
     for i in range(args.topics):
-        body = {"topics": [{"name": f"bench{i}", "num_partitions": args.partitions,
-                            "replication_factor": 1, "configs": {}}]}
+        body = {
+            "topics": [
+                {
+                    "name": f"bench{i}",
+                    "num_partitions": args.partitions,
+                    "replication_factor": 1,
+                    "configs": {},
+                }
+            ]
+        }
         t = time.perf_counter()
         assert c.call(ApiKey.CREATE_TOPICS, body)["topics"][0]["error"] == 0
         create.append(time.perf_counter() - t)
@@ -122,17 +144,36 @@ def _run(ctx: zmq.Context, bootstrap: str, node: subprocess.Popen,
     waiter = _Client(ctx, bootstrap)
     wake = []
     for i in range(50):
-        offset = waiter.call(ApiKey.METADATA_LOG_FETCH,
-                             {"offset": 10**12, "max_wait_ms": 0})["next_offset"]
+        offset = waiter.call(ApiKey.METADATA_LOG_FETCH, {"offset": 10**12, "max_wait_ms": 0})[
+            "next_offset"
+        ]
         waiter.corr += 1
-        waiter.sock.send_multipart(encode_request(
-            ApiKey.METADATA_LOG_FETCH, 0, waiter.corr, {"offset": offset, "max_wait_ms": 10_000}))
+        waiter.sock.send_multipart(
+            encode_request(
+                ApiKey.METADATA_LOG_FETCH, 0, waiter.corr, {"offset": offset, "max_wait_ms": 10_000}
+            )
+        )
         time.sleep(0.005)  # let the fetch park
         t = time.perf_counter()
         c.corr += 1
-        c.sock.send_multipart(encode_request(ApiKey.INCREMENTAL_ALTER_CONFIGS, 0, c.corr, {
-            "resources": [{"type": "topic", "name": "bench0", "configs": [
-                {"name": "retention.ms", "op": "set", "value": str(1000 + i)}]}]}))
+        c.sock.send_multipart(
+            encode_request(
+                ApiKey.INCREMENTAL_ALTER_CONFIGS,
+                0,
+                c.corr,
+                {
+                    "resources": [
+                        {
+                            "type": "topic",
+                            "name": "bench0",
+                            "configs": [
+                                {"name": "retention.ms", "op": "set", "value": str(1000 + i)}
+                            ],
+                        }
+                    ]
+                },
+            )
+        )
         assert waiter.sock.poll(10_000)
         waiter.sock.recv_multipart()
         wake.append(time.perf_counter() - t)
@@ -143,8 +184,11 @@ def _run(ctx: zmq.Context, bootstrap: str, node: subprocess.Popen,
     # kill -9 of a worker → its partitions served again from a new endpoint.
     def served() -> dict[int, str]:
         md = c.call(ApiKey.METADATA, {"topics": ["bench0"], "include_offsets": True})
-        return {p["partition"]: p["endpoint"] for p in md["topics"][0]["partitions"]
-                if p["error"] == 0 and p["high_watermark"] >= 0}
+        return {
+            p["partition"]: p["endpoint"]
+            for p in md["topics"][0]["partitions"]
+            if p["error"] == 0 and p["high_watermark"] >= 0
+        }
 
     before = served()
     victim = _children(node.pid, b"worker\x000")[0]
@@ -155,8 +199,10 @@ def _run(ctx: zmq.Context, bootstrap: str, node: subprocess.Popen,
         if len(now) == len(before) and now != before:
             break
         time.sleep(0.005)
-    print(f"{'worker kill -9 → its partitions served again':<44} "
-          f"{time.perf_counter() - t:8.2f} s  (restart backoff 200 ms included)")
+    print(
+        f"{'worker kill -9 → its partitions served again':<44} "
+        f"{time.perf_counter() - t:8.2f} s  (restart backoff 200 ms included)"
+    )
     print(f"{'metadata records per topic created':<44} {1 + args.partitions:8d}")
     print(f"{'median CreateTopics rate':<44} {1 / statistics.median(create):8.0f} /s")
 

@@ -62,8 +62,7 @@ def check_topic_name(name: str) -> None:
     if not name:
         raise ControllerError(ErrorCode.INVALID_TOPIC_EXCEPTION, "topic name is empty")
     if name in (".", ".."):
-        raise ControllerError(ErrorCode.INVALID_TOPIC_EXCEPTION,
-                              f"topic name cannot be {name!r}")
+        raise ControllerError(ErrorCode.INVALID_TOPIC_EXCEPTION, f"topic name cannot be {name!r}")
     if len(name) > MAX_TOPIC_NAME:
         raise ControllerError(
             ErrorCode.INVALID_TOPIC_EXCEPTION,
@@ -109,8 +108,17 @@ class Controller:
                 if me in p.replicas and p.worker >= self.config.workers:
                     worker = self._least_loaded(counts)
                     counts[worker] += 1
-                    moved.append(rec.partition(p.topic, p.partition, p.replicas, p.isr, p.leader,
-                                               p.leader_epoch + 1, worker))
+                    moved.append(
+                        rec.partition(
+                            p.topic,
+                            p.partition,
+                            p.replicas,
+                            p.isr,
+                            p.leader,
+                            p.leader_epoch + 1,
+                            worker,
+                        )
+                    )
         if moved:
             log.info("moving %d partitions off workers that no longer exist", len(moved))
             self.store.append(moved)
@@ -132,16 +140,20 @@ class Controller:
     def _least_loaded(counts: dict[int, int]) -> int:
         return min(counts, key=lambda w: (counts[w], w))
 
-    def create_topic(self, spec: TopicSpec, validate_only: bool = False,
-                     internal: bool = False) -> None:
+    def create_topic(
+        self, spec: TopicSpec, validate_only: bool = False, internal: bool = False
+    ) -> None:
         """Create one topic or raise ControllerError (nothing written then)."""
         check_topic_name(spec.name)
         if spec.name in self.image.topics:
-            raise ControllerError(ErrorCode.TOPIC_ALREADY_EXISTS,
-                                  f"topic {spec.name!r} already exists")
+            raise ControllerError(
+                ErrorCode.TOPIC_ALREADY_EXISTS, f"topic {spec.name!r} already exists"
+            )
         if spec.name in INTERNAL_TOPICS and not internal:
-            raise ControllerError(ErrorCode.INVALID_REQUEST,
-                                  f"{spec.name!r} is an internal topic, created by the node")
+            raise ControllerError(
+                ErrorCode.INVALID_REQUEST,
+                f"{spec.name!r} is an internal topic, created by the node",
+            )
         collision = self._collides(spec.name)
         if collision:
             raise ControllerError(
@@ -178,11 +190,13 @@ class Controller:
             replicas = [live[(start + i + j) % len(live)] for j in range(rf)]
             worker = self._least_loaded(counts)
             counts[worker] += 1
-            records.append(rec.partition(spec.name, i, replicas, list(replicas), replicas[0],
-                                         0, worker))
+            records.append(
+                rec.partition(spec.name, i, replicas, list(replicas), replicas[0], 0, worker)
+            )
         self.store.append(records)
-        log.info("created topic %s: %d partitions, replication factor %d", spec.name,
-                 partitions, rf)
+        log.info(
+            "created topic %s: %d partitions, replication factor %d", spec.name, partitions, rf
+        )
 
     def _collides(self, name: str) -> str | None:
         norm = name.replace(".", "_")
@@ -204,19 +218,22 @@ class Controller:
 
     def delete_topic(self, name: str) -> None:
         if name not in self.image.topics:
-            raise ControllerError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
-                                  f"topic {name!r} does not exist")
+            raise ControllerError(
+                ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"topic {name!r} does not exist"
+            )
         if self.image.topics[name].internal:
-            raise ControllerError(ErrorCode.INVALID_REQUEST,
-                                  f"{name!r} is an internal topic and cannot be deleted")
+            raise ControllerError(
+                ErrorCode.INVALID_REQUEST, f"{name!r} is an internal topic and cannot be deleted"
+            )
         self.store.append([rec.remove_topic(name)])
         log.info("deleted topic %s", name)
 
     def topic(self, name: str) -> TopicImage:
         t = self.image.topics.get(name)
         if t is None:
-            raise ControllerError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
-                                  f"topic {name!r} does not exist")
+            raise ControllerError(
+                ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"topic {name!r} does not exist"
+            )
         return t
 
     # ---- configs ---------------------------------------------------------------------------
@@ -247,24 +264,27 @@ class Controller:
             out.append((key, kafka_string(value), self._node_source(key)))
         return out
 
-    def alter_topic_configs(self, name: str, ops: list[tuple[str, str, str | None]],
-                            validate_only: bool = False) -> None:
+    def alter_topic_configs(
+        self, name: str, ops: list[tuple[str, str, str | None]], validate_only: bool = False
+    ) -> None:
         """Apply (key, "set" | "delete", value) operations to a topic's overrides."""
         t = self.topic(name)
         new = dict(t.configs)
         for key, op, value in ops:
             if op == "set":
                 if value is None:
-                    raise ControllerError(ErrorCode.INVALID_CONFIG,
-                                          f"config {key!r}: op 'set' needs a value")
+                    raise ControllerError(
+                        ErrorCode.INVALID_CONFIG, f"config {key!r}: op 'set' needs a value"
+                    )
                 new[key] = value
             elif op == "delete":
                 new.pop(key, None)
                 if key not in self.config.topic_defaults:
                     self.validate_configs({key: ""})  # unknown key: same error as for set
             else:
-                raise ControllerError(ErrorCode.INVALID_REQUEST,
-                                      f"config {key!r}: op {op!r} is not 'set' or 'delete'")
+                raise ControllerError(
+                    ErrorCode.INVALID_REQUEST, f"config {key!r}: op {op!r} is not 'set' or 'delete'"
+                )
         new = self.validate_configs(new)
         if validate_only or new == t.configs:
             return

@@ -52,8 +52,9 @@ class MetadataImage:
         kind = record["type"]
         if kind == rec.TOPIC:
             old = self.topics.get(record["name"])
-            t = TopicImage(record["name"], record["topic_id"], record["internal"],
-                           dict(record["configs"]))
+            t = TopicImage(
+                record["name"], record["topic_id"], record["internal"], dict(record["configs"])
+            )
             if old is not None and old.topic_id == t.topic_id:
                 t.partitions = old.partitions
             self.topics[t.name] = t
@@ -98,8 +99,10 @@ class MetadataImage:
         """A msgpack-able form of the whole image (snapshots, MetadataLogFetch `snapshot`)."""
         return {
             "topics": [
-                {**{k: v for k, v in asdict(t).items() if k != "partitions"},
-                 "partitions": [asdict(p) for p in t.partitions.values()]}
+                {
+                    **{k: v for k, v in asdict(t).items() if k != "partitions"},
+                    "partitions": [asdict(p) for p in t.partitions.values()],
+                }
                 for t in self.topics.values()
             ],
             "nodes": [[k, v] for k, v in self.nodes.items()],
@@ -123,8 +126,13 @@ class MetadataImage:
             offset=int(d["offset"]),
         )
         for t in d["topics"]:
-            ti = TopicImage(t["name"], t["topic_id"], bool(t["internal"]), dict(t["configs"]),
-                            int(t["config_version"]))
+            ti = TopicImage(
+                t["name"],
+                t["topic_id"],
+                bool(t["internal"]),
+                dict(t["configs"]),
+                int(t["config_version"]),
+            )
             for p in t["partitions"]:
                 pi = PartitionImage(**p)
                 ti.partitions[pi.partition] = pi

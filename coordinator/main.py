@@ -66,34 +66,44 @@ def _load_plugins(coordinator: Coordinator) -> None:
         log.info("coordinator module %s installed", name)
 
 
-def run_coordinator(config: NodeConfig,
-                    notify: Callable[[str], None] = lambda line: None) -> int:
+def run_coordinator(config: NodeConfig, notify: Callable[[str], None] = lambda line: None) -> int:
     """Run the coordinator until SIGTERM/SIGINT. `notify(line)` reports readiness and worker
     registrations to the supervisor ("coordinator ready ...", "worker <id> <pid>")."""
     meta = ensure_meta_properties(config.data_dir, config.node_id)
     mlog = MetadataLog(config.data_dir / DIR_NAME, config.get("metadata.log.segment.bytes"))
     voters = frozenset({config.node_id, *(p.node_id for p in config.peers)})
     quorum = Quorum(config.node_id, voters, mlog, config.data_dir / DIR_NAME / "quorum-state")
-    store = MetadataStore(mlog, quorum,
-                          config.get("metadata.log.max.record.bytes.between.snapshots"))
+    store = MetadataStore(
+        mlog, quorum, config.get("metadata.log.max.record.bytes.between.snapshots")
+    )
     quorum.start_election()
     controller = Controller(config, store)
     if quorum.is_leader:
         controller.start()
     else:
-        log.warning("node %d is not the metadata quorum leader (voters %s): admin calls answer "
-                    "NOT_CONTROLLER", config.node_id, sorted(voters))
+        log.warning(
+            "node %d is not the metadata quorum leader (voters %s): admin calls answer "
+            "NOT_CONTROLLER",
+            config.node_id,
+            sorted(voters),
+        )
 
     ctx = zmq.Context()
     server = CoordinatorServer(ctx, config.listen, config.socket_request_max_bytes)
     offsets = OffsetsView(config.node_id, config.data_dir)
     coordinator = Coordinator(config, meta.cluster_id, ctx, server, store, controller, offsets)
     propagation = Propagation(server)
-    workers = WorkerApi(server, store, controller, propagation,
-                        on_worker_hello=lambda wid, pid: notify(f"worker {wid} {pid}"))
+    workers = WorkerApi(
+        server,
+        store,
+        controller,
+        propagation,
+        on_worker_hello=lambda wid, pid: notify(f"worker {wid} {pid}"),
+    )
     workers.install()
-    AdminApi(server, controller, propagation, offsets, meta.cluster_id,
-             worker_down=workers.worker_down).install()
+    AdminApi(
+        server, controller, propagation, offsets, meta.cluster_id, worker_down=workers.worker_down
+    ).install()
     _load_plugins(coordinator)
 
     r, w = signal_pipe()
@@ -107,8 +117,13 @@ def run_coordinator(config: NodeConfig,
     signal.signal(signal.SIGINT, on_signal)
     server.add_reader(r, lambda: _drain_pipe(r))
 
-    log.info("coordinator of node %d serving on %s (metadata at offset %d, term %d)",
-             config.node_id, server.endpoint, store.committed_offset, quorum.term)
+    log.info(
+        "coordinator of node %d serving on %s (metadata at offset %d, term %d)",
+        config.node_id,
+        server.endpoint,
+        store.committed_offset,
+        quorum.term,
+    )
     notify(f"coordinator ready {server.endpoint}")
     try:
         server.run()

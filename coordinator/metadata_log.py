@@ -63,8 +63,12 @@ class MetadataLog:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         config = LogConfig.from_topic_config(
-            {"segment.bytes": str(segment_bytes), "cleanup.policy": "delete",
-             "retention.ms": "-1", "retention.bytes": "-1"}
+            {
+                "segment.bytes": str(segment_bytes),
+                "cleanup.policy": "delete",
+                "retention.ms": "-1",
+                "retention.bytes": "-1",
+            }
         )
         # The log start is where `_trim` left it: the older of the two newest checkpoints.
         cps = self.checkpoints()
@@ -184,8 +188,9 @@ class MetadataLog:
                 image = _read_checkpoint(path)
                 break
             except ValueError as exc:
-                log.error("metadata checkpoint %s is damaged (%s); trying an older one",
-                          path.name, exc)
+                log.error(
+                    "metadata checkpoint %s is damaged (%s); trying an older one", path.name, exc
+                )
         if image is None:
             if self.start_offset > 0:
                 raise RuntimeError(
@@ -196,8 +201,12 @@ class MetadataLog:
         if image.offset > self.end_offset:
             # The log lost records the checkpoint holds (a torn tail cut by recovery): the
             # checkpoint wins, and the log continues after it so offsets are never reused.
-            log.error("metadata log ends at %d, before its checkpoint at %d: restarting the "
-                      "log at the checkpoint", self.end_offset, image.offset)
+            log.error(
+                "metadata log ends at %d, before its checkpoint at %d: restarting the "
+                "log at the checkpoint",
+                self.end_offset,
+                image.offset,
+            )
             self._log.truncate_fully_and_start_at(image.offset)
             self._log.high_watermark = self._log.log_end_offset
         return image

@@ -77,15 +77,34 @@ def decode(value: bytes | memoryview) -> dict[str, Any]:
 
 
 def topic(name: str, topic_id: str, configs: dict[str, str], internal: bool = False) -> dict:
-    return {"type": TOPIC, "name": name, "topic_id": topic_id, "configs": dict(configs),
-            "internal": internal}
+    return {
+        "type": TOPIC,
+        "name": name,
+        "topic_id": topic_id,
+        "configs": dict(configs),
+        "internal": internal,
+    }
 
 
-def partition(topic_name: str, index: int, replicas: list[int], isr: list[int], leader: int,
-              leader_epoch: int, worker: int) -> dict:
-    return {"type": PARTITION, "topic": topic_name, "partition": index,
-            "replicas": list(replicas), "isr": list(isr), "leader": leader,
-            "leader_epoch": leader_epoch, "worker": worker}
+def partition(
+    topic_name: str,
+    index: int,
+    replicas: list[int],
+    isr: list[int],
+    leader: int,
+    leader_epoch: int,
+    worker: int,
+) -> dict:
+    return {
+        "type": PARTITION,
+        "topic": topic_name,
+        "partition": index,
+        "replicas": list(replicas),
+        "isr": list(isr),
+        "leader": leader,
+        "leader_epoch": leader_epoch,
+        "worker": worker,
+    }
 
 
 def remove_topic(name: str) -> dict:
@@ -114,5 +133,9 @@ def worker(node_id: int, worker_id: int, endpoint: str) -> dict:
 def leader_change(leader: int, term: int, voters: list[int]) -> dict:
     """The first record of a term, written by its leader (commits all records before it).
     `controller_epoch` is that term: what fences a deposed controller."""
-    return {"type": LEADER_CHANGE, "leader": leader, "controller_epoch": term,
-            "voters": list(voters)}
+    return {
+        "type": LEADER_CHANGE,
+        "leader": leader,
+        "controller_epoch": term,
+        "voters": list(voters),
+    }

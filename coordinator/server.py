@@ -70,14 +70,16 @@ class Call:
         self.request = request
         self.replied = False
 
-    def reply(self, body: dict[str, Any], data: Sequence[FrameLike] = (),
-              error_code: int = 0) -> None:
+    def reply(
+        self, body: dict[str, Any], data: Sequence[FrameLike] = (), error_code: int = 0
+    ) -> None:
         assert not self.replied, f"{api_name(self.request.api_key)} answered twice"
         self.replied = True
         r = self.request
-        self._server.send(self.identity,
-                          encode_response(r.api_key, r.version, r.correlation_id, body, data,
-                                          error_code))
+        self._server.send(
+            self.identity,
+            encode_response(r.api_key, r.version, r.correlation_id, body, data, error_code),
+        )
 
     def fail(self, code: ErrorCode, message: str) -> None:
         assert not self.replied, f"{api_name(self.request.api_key)} answered twice"
@@ -128,7 +130,8 @@ class CoordinatorServer:
         return old
 
     def register_body_handler(
-        self, api_key: ApiKey,
+        self,
+        api_key: ApiKey,
         handler: Callable[[dict[str, Any], str, Callable[[dict[str, Any]], None]], None],
     ) -> None:
         """Serve `api_key` with `handler(body, client_id, reply)`: `reply(body)` answers, now or
@@ -247,8 +250,10 @@ class CoordinatorServer:
         except Exception as exc:
             log.exception("%s handler failed", api_name(request.api_key))
             if not call.replied:
-                call.fail(ErrorCode.UNKNOWN_SERVER_ERROR,
-                          f"{api_name(request.api_key)} failed on the server: {exc}")
+                call.fail(
+                    ErrorCode.UNKNOWN_SERVER_ERROR,
+                    f"{api_name(request.api_key)} failed on the server: {exc}",
+                )
             return
         if body is not None:
             call.reply(body)

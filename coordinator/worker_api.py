@@ -43,8 +43,9 @@ class _Waiter:
 class Propagation:
     """Tracks how far each live worker of the node has applied the metadata log."""
 
-    def __init__(self, server: CoordinatorServer,
-                 is_live: Callable[[int], bool] = lambda worker_id: True) -> None:
+    def __init__(
+        self, server: CoordinatorServer, is_live: Callable[[int], bool] = lambda worker_id: True
+    ) -> None:
         self._server = server
         self.is_live = is_live  # a dead worker is not waited for (it catches up on restart)
         self.applied: dict[int, int] = {}  # worker id → next offset it asked for
@@ -74,8 +75,9 @@ class Propagation:
     def _expire(self, waiter: _Waiter) -> None:
         if waiter in self._waiters:
             self._waiters.remove(waiter)
-            log.warning("workers did not apply metadata up to %d in time: %s", waiter.offset,
-                        self.applied)
+            log.warning(
+                "workers did not apply metadata up to %d in time: %s", waiter.offset, self.applied
+            )
             waiter.done()
 
     def release_all(self) -> None:
@@ -102,9 +104,14 @@ class _ParkedFetch:
 class WorkerApi:
     """WorkerHello and MetadataLogFetch handlers."""
 
-    def __init__(self, server: CoordinatorServer, store: MetadataStore, controller: Controller,
-                 propagation: Propagation,
-                 on_worker_hello: Callable[[int, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        server: CoordinatorServer,
+        store: MetadataStore,
+        controller: Controller,
+        propagation: Propagation,
+        on_worker_hello: Callable[[int, int], None] | None = None,
+    ) -> None:
         self.server = server
         self.store = store
         self.controller = controller
@@ -183,14 +190,17 @@ class WorkerApi:
 
     def _snapshot(self) -> dict[str, Any]:
         image = self.store.image
-        return {"error": 0, "snapshot": image.to_dict(), "records": [],
-                "next_offset": image.offset}
+        return {"error": 0, "snapshot": image.to_dict(), "records": [], "next_offset": image.offset}
 
     def _records(self, offset: int) -> dict[str, Any]:
         entries = self.store.read(offset, MAX_FETCH_BYTES)
         next_offset = entries[-1].offset + 1 if entries else offset
-        return {"error": 0, "snapshot": None, "records": [e.wire() for e in entries],
-                "next_offset": next_offset}
+        return {
+            "error": 0,
+            "snapshot": None,
+            "records": [e.wire() for e in entries],
+            "next_offset": next_offset,
+        }
 
     def _expire(self, parked: _ParkedFetch) -> None:
         if parked in self._parked:

@@ -45,8 +45,13 @@ def start(
     """Start one node in the foreground: coordinator and workers; Ctrl-C stops it cleanly."""
     if config is None and Path(DEFAULT_CONFIG).is_file():
         config = Path(DEFAULT_CONFIG)  # `qnode start` in a directory holding node.toml
-    overrides = {"data.dir": data_dir, "node.id": node_id, "workers": workers,
-                 "listen": listen, "peers": peers}
+    overrides = {
+        "data.dir": data_dir,
+        "node.id": node_id,
+        "workers": workers,
+        "listen": listen,
+        "peers": peers,
+    }
     try:
         cfg = load_config(config, overrides)
     except NodeConfigError as exc:
@@ -55,8 +60,9 @@ def start(
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         _fail(f"bad --log-level {log_level!r} (allowed: DEBUG, INFO, WARNING, ERROR)")
     os.environ[LOG_LEVEL_ENV] = level
-    logging.basicConfig(level=level,
-                        format="%(asctime)s supervisor %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level, format="%(asctime)s supervisor %(levelname)s %(name)s: %(message)s"
+    )
     supervisor = Supervisor(cfg)
     try:
         supervisor.lock.acquire()

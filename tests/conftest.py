@@ -83,8 +83,9 @@ def children_of(pid: int) -> list[int]:
     return out
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
-             interval: float = 0.02) -> Any:
+def wait_for(
+    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02
+) -> Any:
     """Poll `predicate` until it returns something truthy; fail the test after `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
@@ -99,9 +100,15 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
 class NodeProcess:
     """One `qnode start` process (supervisor + coordinator + workers) under test."""
 
-    def __init__(self, base_dir: Path, workers: int = 2, node_id: int = 0,
-                 config: dict[str, Any] | None = None, port: int | None = None,
-                 extra_args: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        base_dir: Path,
+        workers: int = 2,
+        node_id: int = 0,
+        config: dict[str, Any] | None = None,
+        port: int | None = None,
+        extra_args: list[str] | None = None,
+    ) -> None:
         self.base_dir = base_dir
         self.data_dir = base_dir / "data"
         self.workers = workers
@@ -123,17 +130,37 @@ class NodeProcess:
     # ---- lifecycle -------------------------------------------------------------------------
 
     def command(self) -> list[str]:
-        return [sys.executable, "-c", _LAUNCH, "start", "--config", str(self.config_path),
-                "--data-dir", str(self.data_dir), "--node-id", str(self.node_id),
-                "--workers", str(self.workers), "--listen", self.bootstrap, *self.extra_args]
+        return [
+            sys.executable,
+            "-c",
+            _LAUNCH,
+            "start",
+            "--config",
+            str(self.config_path),
+            "--data-dir",
+            str(self.data_dir),
+            "--node-id",
+            str(self.node_id),
+            "--workers",
+            str(self.workers),
+            "--listen",
+            self.bootstrap,
+            *self.extra_args,
+        ]
 
     def spawn(self) -> subprocess.Popen:
         """Start `qnode start` without waiting for it (see `wait_ready`)."""
         assert self.proc is None or self.proc.poll() is not None, "node already running"
         self._lines = queue.Queue()
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=log,
-                                     stdin=subprocess.DEVNULL, text=True, cwd=self.base_dir)
+        self.proc = subprocess.Popen(
+            self.command(),
+            stdout=subprocess.PIPE,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            cwd=self.base_dir,
+        )
         log.close()
         self.returncode = None
         self.seen_pids.add(self.proc.pid)
@@ -192,13 +219,12 @@ class NodeProcess:
                 continue
             if b"qnode.node.process_main" in args:
                 i = args.index(b"qnode.node.process_main")
-                role = " ".join(a.decode() for a in args[i + 1:] if a)
+                role = " ".join(a.decode() for a in args[i + 1 :] if a)
                 out[role] = pid
                 self.seen_pids.add(pid)
         return out
 
-    def kill_child(self, role: str, worker_id: int | None = None,
-                   sig: int = signal.SIGKILL) -> int:
+    def kill_child(self, role: str, worker_id: int | None = None, sig: int = signal.SIGKILL) -> int:
         """Signal one child ("coordinator", or "worker" with `worker_id`); returns its pid."""
         name = role if worker_id is None else f"{role} {worker_id}"
         pid = self.child_pids().get(name)
@@ -206,8 +232,13 @@ class NodeProcess:
         os.kill(pid, sig)
         return pid
 
-    def wait_child_restarted(self, role: str, old_pid: int, worker_id: int | None = None,
-                             timeout: float = READY_TIMEOUT_S) -> int:
+    def wait_child_restarted(
+        self,
+        role: str,
+        old_pid: int,
+        worker_id: int | None = None,
+        timeout: float = READY_TIMEOUT_S,
+    ) -> int:
         name = role if worker_id is None else f"{role} {worker_id}"
 
         def new_pid() -> int | None:
@@ -237,8 +268,11 @@ class NodeProcess:
         if sig != signal.SIGKILL:
             os.kill(self.proc.pid, signal.SIGCONT)
         self.returncode = self.proc.wait(STOP_TIMEOUT_S)
-        wait_for(lambda: not any(process_alive(p) for p in children), STOP_TIMEOUT_S,
-                 "the node's children to die")
+        wait_for(
+            lambda: not any(process_alive(p) for p in children),
+            STOP_TIMEOUT_S,
+            "the node's children to die",
+        )
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> int:
         """SIGTERM the supervisor; assert it exits 0 and leaves no child behind."""
@@ -294,8 +328,9 @@ class CoordinatorProcess:
     """A coordinator process alone (`process_main coordinator`), no supervisor, no workers:
     for tests of the bootstrap endpoint and the metadata log over real processes."""
 
-    def __init__(self, base_dir: Path, config: dict[str, Any] | None = None,
-                 port: int | None = None) -> None:
+    def __init__(
+        self, base_dir: Path, config: dict[str, Any] | None = None, port: int | None = None
+    ) -> None:
         from qnode.node.config import load_config
 
         self.base_dir = base_dir
@@ -317,7 +352,12 @@ class CoordinatorProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "qnode.node.process_main", "coordinator"],
-            env=env, pass_fds=(w,), stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+            env=env,
+            pass_fds=(w,),
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+        )
         log.close()
         os.close(w)
         lines: queue.Queue[str | None] = queue.Queue()
@@ -380,16 +420,28 @@ class RawClient:
             pytest.fail("no response from the server in time")
         return decode_response(self.sock.recv_multipart())
 
-    def call(self, api_key: int, body: dict[str, Any], version: int = 0,
-             data: tuple[Any, ...] = (), timeout_ms: int | None = None) -> Any:
+    def call(
+        self,
+        api_key: int,
+        body: dict[str, Any],
+        version: int = 0,
+        data: tuple[Any, ...] = (),
+        timeout_ms: int | None = None,
+    ) -> Any:
         """Send one request and return its `Response` (fails the test on no answer)."""
         resp = self.try_call(api_key, body, version, data, timeout_ms)
         if resp is None:
             pytest.fail(f"no response to API {api_key} in time")
         return resp
 
-    def try_call(self, api_key: int, body: dict[str, Any], version: int = 0,
-                 data: tuple[Any, ...] = (), timeout_ms: int | None = None) -> Any:
+    def try_call(
+        self,
+        api_key: int,
+        body: dict[str, Any],
+        version: int = 0,
+        data: tuple[Any, ...] = (),
+        timeout_ms: int | None = None,
+    ) -> Any:
         """Like `call`, but None when no answer comes in time (a server restarting...).
         Late answers to earlier requests are skipped by correlation id."""
         from qnode.transport.frame import decode_response, encode_request

@@ -28,10 +28,25 @@ def client(coord, raw_client_factory) -> RawClient:
     return raw_client_factory(coord.bootstrap)
 
 
-def create(client: RawClient, name: str, partitions: int = 1, rf: int = 1,
-           configs: dict[str, str] | None = None, **extra) -> dict:
-    body = {"topics": [{"name": name, "num_partitions": partitions, "replication_factor": rf,
-                        "configs": configs or {}}], **extra}
+def create(
+    client: RawClient,
+    name: str,
+    partitions: int = 1,
+    rf: int = 1,
+    configs: dict[str, str] | None = None,
+    **extra,
+) -> dict:
+    body = {
+        "topics": [
+            {
+                "name": name,
+                "num_partitions": partitions,
+                "replication_factor": rf,
+                "configs": configs or {},
+            }
+        ],
+        **extra,
+    }
     resp = client.call(ApiKey.CREATE_TOPICS, body)
     assert resp.error_code == 0
     return resp.body["topics"][0]
@@ -56,26 +71,50 @@ def test_create_describe_alter_delete(client) -> None:
     orders, missing = md["topics"]
     assert orders["error"] == 0 and len(orders["partitions"]) == 3
     assert {p["worker"] for p in orders["partitions"]} == {0, 1}, "spread over both workers"
-    assert all(p["leader"] == 0 and p["replicas"] == [0] and p["leader_epoch"] == 0
-               for p in orders["partitions"])
+    assert all(
+        p["leader"] == 0 and p["replicas"] == [0] and p["leader_epoch"] == 0
+        for p in orders["partitions"]
+    )
     assert missing["error"] == E.UNKNOWN_TOPIC_OR_PARTITION
     assert md["controller_id"] == 0 and md["cluster_id"]
 
-    desc = client.call(ApiKey.DESCRIBE_CONFIGS, {"resources": [
-        {"type": "topic", "name": "orders", "keys": ["retention.ms", "cleanup.policy"]}]})
+    desc = client.call(
+        ApiKey.DESCRIBE_CONFIGS,
+        {
+            "resources": [
+                {"type": "topic", "name": "orders", "keys": ["retention.ms", "cleanup.policy"]}
+            ]
+        },
+    )
     configs = {c["name"]: c for c in desc.body["resources"][0]["configs"]}
     assert configs["retention.ms"]["value"] == "86400000"
     assert configs["retention.ms"]["source"] == "topic"
-    assert configs["cleanup.policy"] == {"name": "cleanup.policy", "value": "delete",
-                                         "source": "default", "read_only": False}
+    assert configs["cleanup.policy"] == {
+        "name": "cleanup.policy",
+        "value": "delete",
+        "source": "default",
+        "read_only": False,
+    }
 
-    alter = client.call(ApiKey.INCREMENTAL_ALTER_CONFIGS, {"resources": [
-        {"type": "topic", "name": "orders", "configs": [
-            {"name": "retention.ms", "op": "delete", "value": None},
-            {"name": "cleanup.policy", "op": "set", "value": "compact"}]}]})
+    alter = client.call(
+        ApiKey.INCREMENTAL_ALTER_CONFIGS,
+        {
+            "resources": [
+                {
+                    "type": "topic",
+                    "name": "orders",
+                    "configs": [
+                        {"name": "retention.ms", "op": "delete", "value": None},
+                        {"name": "cleanup.policy", "op": "set", "value": "compact"},
+                    ],
+                }
+            ]
+        },
+    )
     assert alter.body["resources"][0]["error"] == 0
-    desc = client.call(ApiKey.DESCRIBE_CONFIGS, {"resources": [
-        {"type": "topic", "name": "orders", "keys": None}]})
+    desc = client.call(
+        ApiKey.DESCRIBE_CONFIGS, {"resources": [{"type": "topic", "name": "orders", "keys": None}]}
+    )
     configs = {c["name"]: c for c in desc.body["resources"][0]["configs"]}
     assert configs["cleanup.policy"]["value"] == "compact"
     assert configs["retention.ms"]["value"] == "604800000"
@@ -86,14 +125,17 @@ def test_create_describe_alter_delete(client) -> None:
     assert metadata(client)["topics"] == []
 
 
-@pytest.mark.parametrize("name,code", [
-    ("", E.INVALID_TOPIC_EXCEPTION),
-    (".", E.INVALID_TOPIC_EXCEPTION),
-    ("..", E.INVALID_TOPIC_EXCEPTION),
-    ("a/b", E.INVALID_TOPIC_EXCEPTION),
-    ("x" * 250, E.INVALID_TOPIC_EXCEPTION),
-    ("__consumer_offsets", E.INVALID_REQUEST),
-])
+@pytest.mark.parametrize(
+    "name,code",
+    [
+        ("", E.INVALID_TOPIC_EXCEPTION),
+        (".", E.INVALID_TOPIC_EXCEPTION),
+        ("..", E.INVALID_TOPIC_EXCEPTION),
+        ("a/b", E.INVALID_TOPIC_EXCEPTION),
+        ("x" * 250, E.INVALID_TOPIC_EXCEPTION),
+        ("__consumer_offsets", E.INVALID_REQUEST),
+    ],
+)
 def test_bad_topic_names(client, name, code) -> None:
     result = create(client, name)
     assert result["error"] == code and result["message"]
@@ -123,35 +165,61 @@ def test_defaults_from_node_config(coordinator_factory, raw_client_factory) -> N
     client = raw_client_factory(c.bootstrap)
     assert create(client, "d", partitions=-1, rf=-1)["error"] == 0
     assert len(metadata(client, ["d"])["topics"][0]["partitions"]) == 4
-    desc = client.call(ApiKey.DESCRIBE_CONFIGS, {"resources": [
-        {"type": "topic", "name": "d", "keys": ["retention.ms"]},
-        {"type": "node", "name": "0", "keys": ["num.partitions"]},
-        {"type": "broker", "name": "0", "keys": None}]}).body["resources"]
-    assert desc[0]["configs"] == [{"name": "retention.ms", "value": "1000", "source": "node",
-                                   "read_only": False}]
+    desc = client.call(
+        ApiKey.DESCRIBE_CONFIGS,
+        {
+            "resources": [
+                {"type": "topic", "name": "d", "keys": ["retention.ms"]},
+                {"type": "node", "name": "0", "keys": ["num.partitions"]},
+                {"type": "broker", "name": "0", "keys": None},
+            ]
+        },
+    ).body["resources"]
+    assert desc[0]["configs"] == [
+        {"name": "retention.ms", "value": "1000", "source": "node", "read_only": False}
+    ]
     assert desc[1]["configs"][0]["value"] == "4" and desc[1]["configs"][0]["read_only"]
     assert desc[2]["error"] == E.INVALID_REQUEST
 
 
 def test_alter_refusals(client) -> None:
     create(client, "t")
-    res = client.call(ApiKey.INCREMENTAL_ALTER_CONFIGS, {"resources": [
-        {"type": "topic", "name": "t", "configs": [{"name": "retention.ms", "op": "set",
-                                                     "value": "-5"}]},
-        {"type": "topic", "name": "nope", "configs": []},
-        {"type": "node", "name": "0", "configs": [{"name": "workers", "op": "set",
-                                                    "value": "3"}]},
-        {"type": "topic", "name": "t", "configs": [{"name": "retention.ms", "op": "append",
-                                                     "value": "5"}]},
-    ]}).body["resources"]
-    assert [r["error"] for r in res] == [E.INVALID_CONFIG, E.UNKNOWN_TOPIC_OR_PARTITION,
-                                         E.INVALID_CONFIG, E.INVALID_REQUEST]
+    res = client.call(
+        ApiKey.INCREMENTAL_ALTER_CONFIGS,
+        {
+            "resources": [
+                {
+                    "type": "topic",
+                    "name": "t",
+                    "configs": [{"name": "retention.ms", "op": "set", "value": "-5"}],
+                },
+                {"type": "topic", "name": "nope", "configs": []},
+                {
+                    "type": "node",
+                    "name": "0",
+                    "configs": [{"name": "workers", "op": "set", "value": "3"}],
+                },
+                {
+                    "type": "topic",
+                    "name": "t",
+                    "configs": [{"name": "retention.ms", "op": "append", "value": "5"}],
+                },
+            ]
+        },
+    ).body["resources"]
+    assert [r["error"] for r in res] == [
+        E.INVALID_CONFIG,
+        E.UNKNOWN_TOPIC_OR_PARTITION,
+        E.INVALID_CONFIG,
+        E.INVALID_REQUEST,
+    ]
     assert metadata(client, ["t"])["topics"][0]["config_version"] == 0
 
 
 def test_producer_ids_are_unique_across_restart(coord, client) -> None:
-    first = [client.call(ApiKey.INIT_PRODUCER_ID, {"transactional_id": None}).body
-             for _ in range(3)]
+    first = [
+        client.call(ApiKey.INIT_PRODUCER_ID, {"transactional_id": None}).body for _ in range(3)
+    ]
     assert [b["producer_id"] for b in first] == [0, 1, 2]
     assert all(b["error"] == 0 and b["producer_epoch"] == 0 for b in first)
     coord.restart()
@@ -164,8 +232,9 @@ def test_metadata_log_fetch_long_poll_wakes_on_append(client, raw_client_factory
     assert [r["type"] for r in head["records"][:2]] == ["leader_change", "register_node"]
     end = head["next_offset"]
     waiter = raw_client_factory(coord.bootstrap)
-    waiter.send(encode_request(ApiKey.METADATA_LOG_FETCH, 0, 7,
-                               {"offset": end, "max_wait_ms": 20_000}))
+    waiter.send(
+        encode_request(ApiKey.METADATA_LOG_FETCH, 0, 7, {"offset": end, "max_wait_ms": 20_000})
+    )
     assert not waiter.sock.poll(200), "a fetch at the end of the log parks"
     t0 = time.monotonic()
     create(client, "wake", partitions=2)
@@ -207,13 +276,25 @@ def test_malformed_input_gets_error_responses_and_server_lives(client) -> None:
         ([header, b"\xc1\xff"], ApiKey.METADATA, E.INVALID_REQUEST),  # not msgpack
         ([header, msgpack.packb([1, 2])], ApiKey.METADATA, E.INVALID_REQUEST),  # not a map
         ([header, msgpack.packb({"topics": "x"})], ApiKey.METADATA, E.INVALID_REQUEST),
-        ([encode_request_header(ApiKey.METADATA, 9, 42), b"\x80"], ApiKey.METADATA,
-         E.UNSUPPORTED_VERSION),
+        (
+            [encode_request_header(ApiKey.METADATA, 9, 42), b"\x80"],
+            ApiKey.METADATA,
+            E.UNSUPPORTED_VERSION,
+        ),
         ([encode_request_header(4242, 0, 42), b"\x80"], 4242, E.UNSUPPORTED_VERSION),
-        ([encode_request_header(ApiKey.PRODUCE, 0, 42), b"\x80"], ApiKey.PRODUCE,
-         E.UNSUPPORTED_VERSION),  # a worker API sent to the bootstrap endpoint
-        ([encode_request_header(ApiKey.CREATE_TOPICS, 0, 42),
-          msgpack.packb({"topics": [{"name": 5}]})], ApiKey.CREATE_TOPICS, E.INVALID_REQUEST),
+        (
+            [encode_request_header(ApiKey.PRODUCE, 0, 42), b"\x80"],
+            ApiKey.PRODUCE,
+            E.UNSUPPORTED_VERSION,
+        ),  # a worker API sent to the bootstrap endpoint
+        (
+            [
+                encode_request_header(ApiKey.CREATE_TOPICS, 0, 42),
+                msgpack.packb({"topics": [{"name": 5}]}),
+            ],
+            ApiKey.CREATE_TOPICS,
+            E.INVALID_REQUEST,
+        ),
     ]
     for frames, key, code in cases:
         client.send(frames)
@@ -235,15 +316,19 @@ def test_topics_configs_and_placement_survive_restart(coord, client) -> None:
     assert [t["name"] for t in after["topics"]] == ["keep"]
     keep = after["topics"][0]
     assert keep["topic_id"] == before["topic_id"]
-    assert [(p["partition"], p["worker"], p["leader_epoch"]) for p in keep["partitions"]] == \
-        [(p["partition"], p["worker"], p["leader_epoch"]) for p in before["partitions"]]
-    desc = client.call(ApiKey.DESCRIBE_CONFIGS, {"resources": [
-        {"type": "topic", "name": "keep", "keys": ["cleanup.policy"]}]})
+    assert [(p["partition"], p["worker"], p["leader_epoch"]) for p in keep["partitions"]] == [
+        (p["partition"], p["worker"], p["leader_epoch"]) for p in before["partitions"]
+    ]
+    desc = client.call(
+        ApiKey.DESCRIBE_CONFIGS,
+        {"resources": [{"type": "topic", "name": "keep", "keys": ["cleanup.policy"]}]},
+    )
     assert desc.body["resources"][0]["configs"][0]["value"] == "compact"
 
 
-def test_fewer_workers_after_restart_moves_orphaned_partitions(coordinator_factory,
-                                                               raw_client_factory) -> None:
+def test_fewer_workers_after_restart_moves_orphaned_partitions(
+    coordinator_factory, raw_client_factory
+) -> None:
     c = coordinator_factory(config={"workers": 4})
     client = raw_client_factory(c.bootstrap)
     create(client, "m", 8)
@@ -252,8 +337,13 @@ def test_fewer_workers_after_restart_moves_orphaned_partitions(coordinator_facto
     c.stop()
     from qnode.node.config import load_config
 
-    c.config = load_config(None, {**{k: v for k, v in c.config.settings.items()
-                                     if k in ("data.dir", "listen")}, "workers": 2})
+    c.config = load_config(
+        None,
+        {
+            **{k: v for k, v in c.config.settings.items() if k in ("data.dir", "listen")},
+            "workers": 2,
+        },
+    )
     c.start()
     after = {p["partition"]: p for p in metadata(client, ["m"])["topics"][0]["partitions"]}
     for i, p in after.items():
@@ -265,8 +355,9 @@ def test_fewer_workers_after_restart_moves_orphaned_partitions(coordinator_facto
     assert sorted(p["worker"] for p in after.values()) == [0, 0, 0, 0, 1, 1, 1, 1]
 
 
-def test_checkpoint_replay_and_snapshot_fetch_across_restart(coordinator_factory,
-                                                             raw_client_factory) -> None:
+def test_checkpoint_replay_and_snapshot_fetch_across_restart(
+    coordinator_factory, raw_client_factory
+) -> None:
     c = coordinator_factory(config={"metadata.log.max.record.bytes.between.snapshots": 1})
     client = raw_client_factory(c.bootstrap)
     for i in range(5):
@@ -303,8 +394,14 @@ def test_auto_create_is_off_by_default(client) -> None:
 def test_client_that_disconnects_mid_request(coord, client) -> None:
     gone = RawClient(coord.bootstrap)
     end = client.call(ApiKey.METADATA_LOG_FETCH, {"offset": 10**9, "max_wait_ms": 0})
-    gone.send(encode_request(ApiKey.METADATA_LOG_FETCH, 0, 1,
-                             {"offset": end.body["next_offset"], "max_wait_ms": 30_000}))
+    gone.send(
+        encode_request(
+            ApiKey.METADATA_LOG_FETCH,
+            0,
+            1,
+            {"offset": end.body["next_offset"], "max_wait_ms": 30_000},
+        )
+    )
     gone.send([encode_request_header(ApiKey.METADATA, 0, 2)])  # truncated: header only
     time.sleep(0.1)
     gone.close()  # its parked fetch is answered into the void when the log moves

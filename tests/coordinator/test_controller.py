@@ -21,8 +21,9 @@ from qnode.transport.errors import ErrorCode
 
 
 def make_controller(d: Path, workers: int = 3, **overrides) -> tuple[Controller, MetadataLog]:
-    config = load_config(None, {"data.dir": str(d), "workers": workers,
-                                "listen": "tcp://127.0.0.1:1", **overrides})
+    config = load_config(
+        None, {"data.dir": str(d), "workers": workers, "listen": "tcp://127.0.0.1:1", **overrides}
+    )
     mlog = MetadataLog(d / "meta")
     quorum = Quorum(0, frozenset({0}), mlog, d / "meta" / "quorum-state")
     store = MetadataStore(mlog, quorum, 1 << 30)
@@ -95,8 +96,9 @@ def test_config_changes_are_validated_and_recorded(tmp_path: Path) -> None:
     with pytest.raises(ControllerError) as e:
         c.alter_topic_configs("t", [("max.message.bytes", "set", "-1")])
     assert e.value.code == ErrorCode.INVALID_CONFIG and "max.message.bytes" in e.value.message
-    c.alter_topic_configs("t", [("max.message.bytes", "set", "2000"),
-                                ("cleanup.policy", "delete", None)])
+    c.alter_topic_configs(
+        "t", [("max.message.bytes", "set", "2000"), ("cleanup.policy", "delete", None)]
+    )
     assert c.topic("t").configs == {"max.message.bytes": "2000"}
     sources = {k: s for k, _v, s in c.effective_configs("t")}
     assert sources["max.message.bytes"] == "topic" and sources["cleanup.policy"] == "default"

@@ -55,9 +55,21 @@ def test_append_read_replay(tmp_path: Path) -> None:
 
 def test_bad_records_are_refused_before_writing(tmp_path: Path) -> None:
     mlog = MetadataLog(tmp_path)
-    for bad in ({"type": "nope"}, {"type": "topic", "name": 5}, [1, 2],
-                {"type": "partition", "topic": "t", "partition": True, "replicas": [],
-                 "isr": [], "leader": 0, "leader_epoch": 0, "worker": 0}):
+    for bad in (
+        {"type": "nope"},
+        {"type": "topic", "name": 5},
+        [1, 2],
+        {
+            "type": "partition",
+            "topic": "t",
+            "partition": True,
+            "replicas": [],
+            "isr": [],
+            "leader": 0,
+            "leader_epoch": 0,
+            "worker": 0,
+        },
+    ):
         with pytest.raises(rec.BadRecordError):
             mlog.append([bad], term=1)  # type: ignore[list-item]
     assert mlog.end_offset == 0
@@ -139,9 +151,10 @@ def test_damaged_newest_checkpoint_falls_back_to_older(tmp_path: Path) -> None:
 
 def test_image_round_trip_and_apply_order(tmp_path: Path) -> None:
     img = MetadataImage()
-    for i, r in enumerate(topic_records("x", 2) + [rec.producer_ids(0, 1000),
-                                                   rec.worker(0, 1, "tcp://h:2"),
-                                                   rec.leader_change(0, 3, [0])]):
+    for i, r in enumerate(
+        topic_records("x", 2)
+        + [rec.producer_ids(0, 1000), rec.worker(0, 1, "tcp://h:2"), rec.leader_change(0, 3, [0])]
+    ):
         img.apply(r, i)
     assert img.next_producer_id == 1000 and img.workers == {(0, 1): "tcp://h:2"}
     assert (img.controller_id, img.controller_epoch) == (0, 3)

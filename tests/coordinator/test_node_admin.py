@@ -13,24 +13,35 @@ from qnode.transport.errors import ErrorCode
 def produce_one(worker: RawClient, topic: str, partition: int) -> dict:
     b = BatchBuilder()
     b.append(b"k", b"v")
-    body = {"acks": 1, "timeout_ms": 5000, "transactional_id": None,
-            "topics": [{"name": topic, "partitions": [{"partition": partition, "frame": 0}]}]}
-    return worker.call(ApiKey.PRODUCE, body, data=(b.build(),)).body["topics"][0][
-        "partitions"][0]
+    body = {
+        "acks": 1,
+        "timeout_ms": 5000,
+        "transactional_id": None,
+        "topics": [{"name": topic, "partitions": [{"partition": partition, "frame": 0}]}],
+    }
+    return worker.call(ApiKey.PRODUCE, body, data=(b.build(),)).body["topics"][0]["partitions"][0]
 
 
 def test_produce_right_after_create_and_delete(node, raw_client_factory) -> None:
     admin = raw_client_factory(node.bootstrap)
     for round_ in range(3):  # no retry anywhere: the ack means the workers have the change
         name = f"fresh{round_}"
-        created = admin.call(ApiKey.CREATE_TOPICS, {"topics": [
-            {"name": name, "num_partitions": 4, "replication_factor": 1, "configs": {}}]})
+        created = admin.call(
+            ApiKey.CREATE_TOPICS,
+            {
+                "topics": [
+                    {"name": name, "num_partitions": 4, "replication_factor": 1, "configs": {}}
+                ]
+            },
+        )
         assert created.body["topics"][0]["error"] == 0
         md = admin.call(ApiKey.METADATA, {"topics": [name], "include_offsets": True}).body
         parts = md["topics"][0]["partitions"]
         assert all(p["error"] == 0 and p["endpoint"] for p in parts)
-        assert all((p["log_start_offset"], p["high_watermark"], p["log_end_offset"]) ==
-                   (0, 0, 0) for p in parts), "offsets come from the shm tables"
+        assert all(
+            (p["log_start_offset"], p["high_watermark"], p["log_end_offset"]) == (0, 0, 0)
+            for p in parts
+        ), "offsets come from the shm tables"
         for p in parts:
             result = produce_one(raw_client_factory(p["endpoint"]), name, p["partition"])
             assert result["error"] == 0 and result["base_offset"] == 0
@@ -40,6 +51,5 @@ def test_produce_right_after_create_and_delete(node, raw_client_factory) -> None
     deleted = admin.call(ApiKey.DELETE_TOPICS, {"topics": ["fresh0"]}).body
     assert deleted["topics"][0]["error"] == 0
     p0 = produce_one(raw_client_factory(parts[0]["endpoint"]), "fresh0", 0)
-    assert p0["error"] in (ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
-                           ErrorCode.NOT_LEADER_OR_FOLLOWER)
+    assert p0["error"] in (ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, ErrorCode.NOT_LEADER_OR_FOLLOWER)
     node.stop()

@@ -39,8 +39,9 @@ def test_repo_node_toml_documents_every_key_with_its_default() -> None:
         m = re.match(r"^#?\s*([a-z][a-z0-9.]*)\s*=", line)
         if m and m.group(1) in KEYS:
             documented[m.group(1)] = i
-            assert lines[i - 1].startswith("#") or lines[i - 2].startswith("#"), \
+            assert lines[i - 1].startswith("#") or lines[i - 2].startswith("#"), (
                 f"{m.group(1)} has no comment above it"
+            )
     assert set(documented) == set(KEYS), set(KEYS) ^ set(documented)
     cfg = load_config(NODE_TOML)
     for name, key in KEYS.items():
@@ -67,25 +68,38 @@ def test_dotted_tables_and_quoted_keys_mean_the_same(tmp_path: Path) -> None:
 
 def test_overrides_win_and_round_trip_json(tmp_path: Path) -> None:
     p = write(tmp_path, 'workers = 3\nlisten = "tcp://127.0.0.1:9800"\nnode.id = 4\n')
-    cfg = load_config(p, {"workers": 1, "data.dir": str(tmp_path / "d"), "node.id": None,
-                          "peers": "1@tcp://10.0.0.1:9700,2@tcp://10.0.0.2:9700"})
+    cfg = load_config(
+        p,
+        {
+            "workers": 1,
+            "data.dir": str(tmp_path / "d"),
+            "node.id": None,
+            "peers": "1@tcp://10.0.0.1:9700,2@tcp://10.0.0.2:9700",
+        },
+    )
     assert cfg.workers == 1 and cfg.node_id == 4 and cfg.data_dir == tmp_path / "d"
     assert cfg.peers == (Peer(1, "tcp://10.0.0.1:9700"), Peer(2, "tcp://10.0.0.2:9700"))
     again = NodeConfig.from_json(cfg.to_json())
     assert again == cfg
 
 
-@pytest.mark.parametrize("text,needles", [
-    ("workers = 0", ["'workers'", "0", "an integer >= 1"]),
-    ('workers = "two"', ["'workers'", "'two'"]),
-    ('listen = "localhost:9700"', ["'listen'", "localhost:9700", "tcp://HOST:PORT"]),
-    ('cleanup.policy = "forever"', ["'cleanup.policy'", "forever", "delete, compact"]),
-    ("segment.bytes = 10", ["'segment.bytes'", "10", "14"]),
-    ("retention.ms = -2", ["'retention.ms'", "-2", "-1 (unlimited)"]),
-    ("unclean.leader.election.enable = 1", ["'unclean.leader.election.enable'", "true or false"]),
-    ('peers = ["x"]', ["'peers'", "ID@tcp://HOST:PORT"]),
-    ('message.timestamp.type = "Now"', ["'message.timestamp.type'", "LogAppendTime"]),
-])
+@pytest.mark.parametrize(
+    "text,needles",
+    [
+        ("workers = 0", ["'workers'", "0", "an integer >= 1"]),
+        ('workers = "two"', ["'workers'", "'two'"]),
+        ('listen = "localhost:9700"', ["'listen'", "localhost:9700", "tcp://HOST:PORT"]),
+        ('cleanup.policy = "forever"', ["'cleanup.policy'", "forever", "delete, compact"]),
+        ("segment.bytes = 10", ["'segment.bytes'", "10", "14"]),
+        ("retention.ms = -2", ["'retention.ms'", "-2", "-1 (unlimited)"]),
+        (
+            "unclean.leader.election.enable = 1",
+            ["'unclean.leader.election.enable'", "true or false"],
+        ),
+        ('peers = ["x"]', ["'peers'", "ID@tcp://HOST:PORT"]),
+        ('message.timestamp.type = "Now"', ["'message.timestamp.type'", "LogAppendTime"]),
+    ],
+)
 def test_bad_values_name_key_value_and_allowed(tmp_path: Path, text: str, needles) -> None:
     with pytest.raises(NodeConfigError) as e:
         load_config(write(tmp_path, text + "\n"))
@@ -113,8 +127,10 @@ def test_bad_override_and_bad_file(tmp_path: Path) -> None:
 
 
 def test_topic_config_validation() -> None:
-    assert validate_topic_config({"segment.bytes": 1024, "cleanup.policy": "compact"}) == \
-        {"segment.bytes": "1024", "cleanup.policy": "compact"}
+    assert validate_topic_config({"segment.bytes": 1024, "cleanup.policy": "compact"}) == {
+        "segment.bytes": "1024",
+        "cleanup.policy": "compact",
+    }
     with pytest.raises(NodeConfigError, match="did you mean 'retention.bytes'"):
         validate_topic_config({"retention.byte": "1"})
     with pytest.raises(NodeConfigError, match="listen"):
@@ -123,8 +139,13 @@ def test_topic_config_validation() -> None:
 
 def run_start(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     launch = "import sys; from qnode.node.cli import main; sys.argv[0] = 'qnode'; main()"
-    return subprocess.run([sys.executable, "-c", launch, "start", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-c", launch, "start", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_qnode_start_refuses_bad_config_with_one_line(tmp_path: Path) -> None:

@@ -140,12 +140,17 @@ def test_dead_worker_is_unavailable_until_restarted_with_backoff(
         return {p["worker"]: p["error"] for p in md["topics"][0]["partitions"]}
 
     assert errors() == {0: 0, 1: 0}
+    assert any(name.endswith(".w0") for name in n.shm_names())
     old = n.kill_child("worker", 0)
     wait_for(
         lambda: errors() == {0: ErrorCode.LEADER_NOT_AVAILABLE, 1: 0},
         1.4,
         "worker 0's partition to be reported unavailable",
     )
+    assert not any(name.endswith(".w0") for name in n.shm_names()), (
+        "the dead worker's shm table is unlinked before its restart"
+    )
+    assert any(name.endswith(".w1") for name in n.shm_names())
     new = n.wait_child_restarted("worker", old, worker_id=0)
     wait_for(lambda: errors() == {0: 0, 1: 0}, 20, "worker 0 serving again")
     n.kill_child("worker", 0)
