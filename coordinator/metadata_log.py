@@ -41,6 +41,7 @@ DIR_NAME = "__cluster_metadata-0"
 _CHECKPOINT_RE = re.compile(r"^(\d{20})-(\d{10})\.checkpoint$")
 _CRC = struct.Struct(">I")
 _READ_CHUNK = 1 << 20
+MAX_BATCH_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,8 @@ class MetadataLog:
                 "cleanup.policy": "delete",
                 "retention.ms": "-1",
                 "retention.bytes": "-1",
+                # One batch holds a whole change: a topic of 100,000 partitions is ~13 MB.
+                "max.message.bytes": str(MAX_BATCH_BYTES),
             }
         )
         # The log start is where `_trim` left it: the older of the two newest checkpoints.

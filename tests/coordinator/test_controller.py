@@ -103,3 +103,16 @@ def test_config_changes_are_validated_and_recorded(tmp_path: Path) -> None:
     sources = {k: s for k, _v, s in c.effective_configs("t")}
     assert sources["max.message.bytes"] == "topic" and sources["cleanup.policy"] == "default"
     mlog.close()
+
+
+def test_a_topic_of_many_partitions_is_one_atomic_batch(tmp_path: Path) -> None:
+    c, mlog = make_controller(tmp_path, workers=2)
+    before = mlog.end_offset
+    c.create_topic(TopicSpec("wide", 20_000))
+    assert mlog.end_offset == before + 20_001
+    assert len(c.topic("wide").partitions) == 20_000
+    assert sorted(c.image.partition_counts(0).values()) == [10_000, 10_000]
+    mlog.close()
+    c2, mlog2 = make_controller(tmp_path, workers=2)
+    assert len(c2.topic("wide").partitions) == 20_000
+    mlog2.close()
