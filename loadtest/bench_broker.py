@@ -123,7 +123,7 @@ class _Rpc:
 
 
 def _leaders(
-    ctx: zmq.Context, bootstrap: str, topic: str, partitions: int, timeout_s: float = 30
+    ctx: zmq.Context, bootstrap: str, topic: str, partitions: int, timeout_s: float = 60
 ) -> dict[int, str]:
     """Partition → worker endpoint, creating the topic if needed and waiting for leaders."""
     rpc = _Rpc(ctx, bootstrap)
@@ -361,7 +361,7 @@ def run_prebuilt(
     seconds: float = 6.0,
     batch_bytes: int = 16384,
     record_size: int = 100,
-    inflight: int = 64,
+    inflight: int = 16,
     acks: int = 1,
     rounds: int = 3,
     progress: Progress | None = None,
@@ -433,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of each path")
     ap.add_argument("--batch-bytes", type=int, default=16384)
     ap.add_argument("--record-size", type=int, default=100)
-    ap.add_argument("--inflight", type=int, default=64, help="requests outstanding")
+    ap.add_argument("--inflight", type=int, default=16, help="requests outstanding")
     ap.add_argument("--per-request", type=int, default=8, help="batches (partitions) per request")
     ap.add_argument("--acks", type=int, default=1, choices=(1, -1))
     ap.add_argument("--workers", type=int, default=1, help="workers of a node started here")
