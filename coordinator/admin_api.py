@@ -68,6 +68,18 @@ class AdminApi:
             names = sorted(image.topics)
         elif self.controller.config.get("auto.create.topics.enable"):
             self._auto_create([n for n in names if n not in image.topics])
+        with self.offsets.round():
+            topics = self._topic_entries(names, b["include_offsets"])
+        leader = self.controller.store.quorum.leader_id
+        return {
+            "cluster_id": self.cluster_id,
+            "controller_id": -1 if leader is None else leader,
+            "nodes": [{"node_id": n, "bootstrap": e} for n, e in sorted(image.nodes.items())],
+            "topics": topics,
+        }
+
+    def _topic_entries(self, names: list[str], include_offsets: bool) -> list[dict[str, Any]]:
+        image = self.controller.image
         topics = []
         down = {w for w in range(self.controller.config.workers) if self.worker_down(w)}
         for name in names:
@@ -83,14 +95,8 @@ class AdminApi:
                     }
                 )
             else:
-                topics.append(self._topic_entry(t, b["include_offsets"], down))
-        leader = self.controller.store.quorum.leader_id
-        return {
-            "cluster_id": self.cluster_id,
-            "controller_id": -1 if leader is None else leader,
-            "nodes": [{"node_id": n, "bootstrap": e} for n, e in sorted(image.nodes.items())],
-            "topics": topics,
-        }
+                topics.append(self._topic_entry(t, include_offsets, down))
+        return topics
 
     def _auto_create(self, missing: list[str]) -> None:
         for name in missing:

@@ -8,6 +8,8 @@ same name); a table that does not exist yet (worker still starting) gives no off
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from qnode.node.shm_table import PartitionState, ShmTableError, ShmTableReader, shm_name
@@ -20,9 +22,24 @@ class OffsetsView:
         self.node_id = node_id
         self.data_dir = data_dir
         self._readers: dict[int, ShmTableReader] = {}
+        self._checked: set[int] | None = None  # workers checked in the current round
+
+    @contextmanager
+    def round(self) -> Iterator[None]:
+        """Answer one request: inside, each worker's table is checked for replacement once,
+        not once per partition (a stat per partition is most of the cost)."""
+        self._checked = set()
+        try:
+            yield
+        finally:
+            self._checked = None
 
     def _reader(self, worker_id: int) -> ShmTableReader | None:
         reader = self._readers.get(worker_id)
+        if self._checked is not None:
+            if worker_id in self._checked:
+                return reader
+            self._checked.add(worker_id)
         if reader is not None and reader.is_stale():
             reader.close()
             del self._readers[worker_id]
