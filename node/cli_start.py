@@ -56,6 +56,15 @@ def start(
         cfg = load_config(config, overrides)
     except NodeConfigError as exc:
         _fail(str(exc))
+    if cfg.peers:
+        # The metadata quorum is Raft-shaped, but votes and log replication between nodes are
+        # not there yet: a node with peers could never elect a controller. Say so up front.
+        _fail(
+            "peers "
+            + ",".join(f"{p.node_id}@{p.endpoint}" for p in cfg.peers)
+            + ": multi-node clusters are not available in this version (the metadata quorum"
+            " cannot replicate between nodes yet); start a single node without peers"
+        )
     level = log_level.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         _fail(f"bad --log-level {log_level!r} (allowed: DEBUG, INFO, WARNING, ERROR)")

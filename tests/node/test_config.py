@@ -162,3 +162,11 @@ def test_qnode_start_refuses_bad_config_with_one_line(tmp_path: Path) -> None:
 def test_toml_is_what_tomllib_reads() -> None:
     flat = tomllib.loads(NODE_TOML.read_text())
     assert flat["listen"] == "tcp://127.0.0.1:9700" and flat["data"]["dir"] == "./data"
+
+
+def test_qnode_start_with_peers_says_clusters_are_not_available(tmp_path: Path) -> None:
+    r = run_start(
+        "--peers", "1@tcp://127.0.0.1:9801", "--data-dir", str(tmp_path / "d"), cwd=tmp_path
+    )
+    assert r.returncode == 1 and "multi-node clusters are not available" in r.stderr
+    assert r.stderr.count("\n") == 1
