@@ -70,6 +70,7 @@ class Replica:
     is_leader: bool
     sole_replica: bool  # ISR is just this node: HW follows LEO at once
     config_version: int
+    isr_size: int = 1
 
 
 @dataclass(slots=True)
@@ -100,6 +101,21 @@ def _may_be_idempotent(buf: Any) -> bool:
     if n < PRODUCER_ID_OFFSET + 8:
         return False  # not even a header: the append refuses it
     return _I64(buf, PRODUCER_ID_OFFSET)[0] >= 0 or _I32(buf, LENGTH_OFFSET)[0] + LOG_OVERHEAD < n
+
+
+def _every_partition(body: dict[str, Any], code: ErrorCode, message: str) -> dict[str, Any]:
+    """A produce answer refusing every partition of `body` with the same error."""
+    return {
+        "topics": [
+            {
+                "name": t["name"],
+                "partitions": [
+                    _err(p["partition"], code, message, **_NO_APPEND) for p in t["partitions"]
+                ],
+            }
+            for t in body["topics"]
+        ]
+    }
 
 
 def _frame_buffer(frame: Any) -> Any:
@@ -173,6 +189,7 @@ class PartitionServer:
             set(want.isr) <= {self.node_id},
             want.config_version,
         )
+        replica.isr_size = len(want.isr)
         self.replicas[key] = replica
         if replica.sole_replica and replica.is_leader:
             lg.high_watermark = lg.log_end_offset
@@ -182,6 +199,7 @@ class PartitionServer:
         replica.leader_epoch = want.leader_epoch
         replica.is_leader = want.leader == self.node_id
         replica.sole_replica = set(want.isr) <= {self.node_id}
+        replica.isr_size = len(want.isr)
         if want.config_version != replica.config_version:
             replica.config_version = want.config_version
             try:
@@ -251,6 +269,16 @@ class PartitionServer:
         groups: dict[PartitionKey, list[tuple[Any, dict[str, Any]]]] = {}
         for body, data in requests:
             nframes = len(data)
+            acks = body["acks"]
+            if acks not in (-1, 0, 1):
+                out.append(
+                    _every_partition(
+                        body,
+                        ErrorCode.INVALID_REQUIRED_ACKS,
+                        f"acks must be -1 (all), 0 or 1, not {acks}",
+                    )
+                )
+                continue
             topics_out = []
             for t in body["topics"]:
                 name = t["name"]
@@ -261,6 +289,15 @@ class PartitionServer:
                     if type(r) is dict:
                         r.update(_NO_APPEND)
                         parts_out.append(r)
+                        continue
+                    if acks == -1 and r.isr_size < r.log.config.min_insync_replicas:
+                        msg = (
+                            f"{name}-{pid} has {r.isr_size} in-sync replica(s), "
+                            f"min.insync.replicas is {r.log.config.min_insync_replicas}"
+                        )
+                        parts_out.append(
+                            _err(pid, ErrorCode.NOT_ENOUGH_REPLICAS, msg, **_NO_APPEND)
+                        )
                         continue
                     k = p["frame"]
                     if not 0 <= k < nframes:

@@ -334,3 +334,23 @@ def test_idempotent_state_survives_a_restart(feed: MetadataFeed, tmp_path: Path)
             assert w2.stop() == 0
     finally:
         w.kill()
+
+
+def test_acks_all_needs_min_insync_and_bad_acks_refused(feed: MetadataFeed, client: Client) -> None:
+    feed.add_topic("strict", configs={"min.insync.replicas": "2"})
+    client.wait_ready("strict", 0)
+    assert (
+        client.produce("strict", 0, make_batch([b"x"]), acks=-1)["error"]
+        == ErrorCode.NOT_ENOUGH_REPLICAS
+    )
+    assert client.produce("strict", 0, make_batch([b"x"]), acks=1)["error"] == 0
+    assert (
+        client.produce("strict", 0, make_batch([b"x"]), acks=5)["error"]
+        == ErrorCode.INVALID_REQUIRED_ACKS
+    )
+    feed.add_topic("all")
+    client.wait_ready("all", 0)
+    p = client.produce("all", 0, make_batch([b"y"]), acks=-1)  # ISR = this node only
+    assert p["error"] == 0 and p["base_offset"] == 0
+    part, _ = client.fetch("all", 0, 0)
+    assert part["high_watermark"] == 1
