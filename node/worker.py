@@ -65,7 +65,7 @@ class WorkerConfig:
     topic_defaults: dict[str, str] = field(default_factory=dict)
     max_request_bytes: int = 104857600
     shm_capacity: int = DEFAULT_CAPACITY
-    tick_interval_ms: int = 100  # LogManager.tick: flush.ms, retention, cleaner
+    tick_interval_ms: int = 250  # LogManager.tick: flush.ms, rolled-segment flush, retention
     metadata_max_wait_ms: int = 1000
     batch: int = 64  # client messages handled per loop iteration
     log_level: str = "INFO"
