@@ -67,8 +67,9 @@ def _load_plugins(coordinator: Coordinator) -> None:
 
 
 def run_coordinator(config: NodeConfig, notify: Callable[[str], None] = lambda line: None) -> int:
-    """Run the coordinator until SIGTERM/SIGINT. `notify(line)` reports readiness and worker
-    registrations to the supervisor ("coordinator ready ...", "worker <id> <pid>")."""
+    """Run the coordinator until SIGTERM/SIGINT. `notify(line)` reports readiness to the supervisor:
+    "coordinator ready <endpoint>", then "worker <id> <pid>" once a worker said hello and
+    applied the metadata log up to where it stood at its hello (it serves its partitions)."""
     meta = ensure_meta_properties(config.data_dir, config.node_id)
     mlog = MetadataLog(config.data_dir / DIR_NAME, config.get("metadata.log.segment.bytes"))
     voters = frozenset({config.node_id, *(p.node_id for p in config.peers)})
@@ -98,7 +99,7 @@ def run_coordinator(config: NodeConfig, notify: Callable[[str], None] = lambda l
         store,
         controller,
         propagation,
-        on_worker_hello=lambda wid, pid: notify(f"worker {wid} {pid}"),
+        on_worker_synced=lambda wid, pid: notify(f"worker {wid} {pid}"),
     )
     workers.install()
     AdminApi(

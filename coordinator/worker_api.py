@@ -110,14 +110,17 @@ class WorkerApi:
         store: MetadataStore,
         controller: Controller,
         propagation: Propagation,
-        on_worker_hello: Callable[[int, int], None] | None = None,
+        on_worker_synced: Callable[[int, int], None] | None = None,
     ) -> None:
         self.server = server
         self.store = store
         self.controller = controller
         self.propagation = propagation
-        self.on_worker_hello = on_worker_hello
+        self.on_worker_synced = on_worker_synced
         self.worker_pids: dict[int, int] = {}
+        # worker id → metadata offset it must reach (committed offset at its hello) before it
+        # counts as serving: a fetch at that offset proves it applied everything before it.
+        self._syncing: dict[int, int] = {}
         propagation.is_live = self._worker_alive
         self._identities: dict[bytes, int] = {}  # ROUTER identity → worker id (from hello)
         self._parked: list[_ParkedFetch] = []
@@ -161,8 +164,7 @@ class WorkerApi:
         self.worker_pids[wid] = b["pid"]
         self._identities[call.identity] = wid
         log.info("worker %d (pid %d) serves on %s", wid, b["pid"], b["endpoint"])
-        if self.on_worker_hello is not None:
-            self.on_worker_hello(wid, b["pid"])
+        self._syncing[wid] = self.store.committed_offset
         return {"error": 0, "metadata_offset": self.store.committed_offset}
 
     def metadata_log_fetch(self, call: Call) -> dict[str, Any] | None:
@@ -171,6 +173,12 @@ class WorkerApi:
         wid = b.get("worker_id", self._identities.get(call.identity))
         if isinstance(wid, int) and not isinstance(wid, bool):
             self.propagation.note(wid, offset)
+            target = self._syncing.get(wid)
+            if target is not None and offset >= target:
+                del self._syncing[wid]
+                log.info("worker %d applied the metadata log up to %d", wid, offset)
+                if self.on_worker_synced is not None:
+                    self.on_worker_synced(wid, self.worker_pids[wid])
         committed = self.store.committed_offset
         if offset < self.store.log.start_offset or offset > committed or offset < 0:
             return self._snapshot()
