@@ -3,8 +3,8 @@
 Children are `python -m qnode.node.process_main coordinator | worker <id>` (node/process_main.py),
 each given the validated config as JSON and the data-dir lock fd (so the lock outlives a
 killed supervisor until its last child is gone). The coordinator reports on a pipe: when it
-serves, and each WorkerHello; once it is up and every worker said hello, one line goes to
-stdout: `qnode node 0 ready on tcp://127.0.0.1:9700 (2 workers)`.
+serves, and each worker that said hello and applied the metadata log; once all did, one line
+goes to stdout: `qnode node 0 ready on tcp://127.0.0.1:9700 (2 workers)`.
 
 A child that dies is restarted after a backoff (`supervisor.restart.backoff.ms`, doubled per
 crash in a row up to `supervisor.restart.backoff.max.ms`; a child that ran a while starts the
@@ -247,12 +247,15 @@ class Supervisor:
                         self.hello.add(wid)
         if not self.ready and self.coordinator_served and len(self.hello) == len(self.workers):
             self.ready = True
-            print(
+            n = len(self.workers)
+            line = (
                 f"qnode node {self.config.node_id} ready on {self.config.listen} "
-                f"({len(self.workers)} workers)",
-                file=self.out,
-                flush=True,
+                f"({n} worker{'' if n == 1 else 's'})"
             )
+            try:
+                print(line, file=self.out, flush=True)
+            except OSError:  # stdout closed (`qnode start | head -1`): the node runs on
+                log.info("%s", line)
 
     def _reap(self) -> None:
         for child in self.children:
