@@ -13,7 +13,10 @@ pad | topic name length u16 + UTF-8 name (truncated to what fits; the hash is th
 Seqlock: the single writer bumps `seq` to odd, writes the row, bumps it to even. A reader
 copies the row and re-reads `seq`; an odd value or a changed one means a write overlapped and
 it retries (bounded: a writer killed mid-write leaves an odd seq, and readers must not hang).
-x86 keeps stores in program order, and each write here is one memcpy into the mapping.
+The seq word is written and read as one aligned 8-byte store/load through a `Q` memoryview:
+`struct.pack_into` first zeroes its target, and a seq passing through 0 would let a reader
+that saw 0 before and after a write accept a torn row. x86 keeps stores (and loads) in
+program order, so no further fence is needed there.
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ USED = struct.Struct("<I")  # rows ever handed out (readers scan no further)
 USED_OFFSET = HEADER.size
 LAYOUT_VERSION = 1
 ROW_SIZE = 256
-SEQ = struct.Struct("<Q")
 KEY = struct.Struct("<QiI")  # topic hash, partition, in use  (at row offset 8)
 VALUES = struct.Struct("<qqqqqqi4x")  # leo hw lso log_start seg_base seg_gen epoch (offset 24)
 ROW = struct.Struct("<QQiIqqqqqqi4xH")  # seq + key + values + name length (one copy for readers)
@@ -105,6 +107,7 @@ class ShmTable:
         self.name = name
         self.capacity = capacity
         self._mm, _ = _map(name, HEADER_SIZE + capacity * ROW_SIZE, create=True)
+        self._words = memoryview(self._mm).cast("Q")  # seq words: one aligned 8-byte store
         incarnation = time.time_ns()
         HEADER.pack_into(
             self._mm, 0, MAGIC, LAYOUT_VERSION, capacity, ROW_SIZE, os.getpid(), incarnation
@@ -158,12 +161,12 @@ class ShmTable:
     def _begin(self, slot: int, off: int) -> None:
         seq = self._seq[slot] + 1
         self._seq[slot] = seq
-        SEQ.pack_into(self._mm, off, seq)
+        self._words[off >> 3] = seq
 
     def _end(self, slot: int, off: int) -> None:
         seq = self._seq[slot] + 1
         self._seq[slot] = seq
-        SEQ.pack_into(self._mm, off, seq)
+        self._words[off >> 3] = seq
 
     def update(
         self,
@@ -180,10 +183,10 @@ class ShmTable:
         off = HEADER_SIZE + slot * ROW_SIZE
         seqs = self._seq
         seq = seqs[slot]
-        mm = self._mm
-        SEQ.pack_into(mm, off, seq + 1)
+        words = self._words
+        words[off >> 3] = seq + 1
         VALUES.pack_into(
-            mm,
+            self._mm,
             off + VALUES_OFFSET,
             leo,
             hw,
@@ -193,13 +196,14 @@ class ShmTable:
             segment_generation,
             leader_epoch,
         )
-        SEQ.pack_into(mm, off, seq + 2)
+        words[off >> 3] = seq + 2
         seqs[slot] = seq + 2
 
     def close(self, unlink: bool = True) -> None:
         if self._closed:
             return
         self._closed = True
+        self._words.release()
         self._mm.close()
         if unlink:
             try:
@@ -231,6 +235,7 @@ class ShmTableReader:
             self._mm.close()
             raise ShmTableError(f"shared-memory table {name} is truncated")
         self.capacity = capacity
+        self._words = memoryview(self._mm).cast("Q")  # seq words: one aligned 8-byte load
         self.owner_pid = pid
         self.incarnation = incarnation
         self._index: dict[tuple[int, int], int] = {}
@@ -246,12 +251,14 @@ class ShmTableReader:
         """(row fields, topic name bytes), copied between two equal even seq reads."""
         off = HEADER_SIZE + slot * ROW_SIZE
         mm = self._mm
+        words = self._words
+        i = off >> 3
         for attempt in range(READ_RETRIES):
-            row = ROW.unpack_from(mm, off)
-            seq = row[0]
+            seq = words[i]  # one aligned 8-byte load
             if not seq & 1:
+                row = ROW.unpack_from(mm, off)
                 name = mm[off + NAME_OFFSET : off + NAME_OFFSET + min(row[11], MAX_NAME_BYTES)]
-                if SEQ.unpack_from(mm, off)[0] == seq:
+                if words[i] == seq:
                     return row, name
             if attempt > 100:
                 time.sleep(0)  # let a descheduled writer finish its write
@@ -292,6 +299,7 @@ class ShmTableReader:
                 yield self._state(row, name)
 
     def close(self) -> None:
+        self._words.release()
         self._mm.close()
 
     def __enter__(self) -> ShmTableReader:
