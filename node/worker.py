@@ -27,6 +27,7 @@ import zmq
 from qnode.node.fetch_waiters import FetchWaiters, ParkedFetch
 from qnode.node.metadata_follower import MetadataFollower
 from qnode.node.partition_server import PartitionServer
+from qnode.node.replica_set import ReplicaSet
 from qnode.node.shm_table import DEFAULT_CAPACITY, ShmTable, shm_name
 from qnode.storage.log_manager import LogManager
 from qnode.transport.api import WORKER_APIS, ApiKey, api_versions_body
@@ -110,9 +111,10 @@ class Worker:
         )
         self.follower = MetadataFollower(config.node_id, config.worker_id)
         self.logs = LogManager(config.data_dir, f"worker-{config.worker_id}")
-        self.server = PartitionServer(
+        self.replicas = ReplicaSet(
             config.node_id, self.logs, self.shm, self.follower, config.topic_defaults
         )
+        self.server = PartitionServer(self.replicas)
         self.waiters = FetchWaiters()
         self._corr = 0
         self._hello_corr: int | None = None
@@ -197,7 +199,7 @@ class Worker:
             log.error("metadata response not applied: %s", exc)
             return False
         if applied or body.get("snapshot") is not None:
-            self.server.reconcile()
+            self.replicas.reconcile()
             self._wake_dirty()
         return True
 
@@ -311,7 +313,7 @@ class Worker:
         return True
 
     def _wake_dirty(self) -> None:
-        dirty = self.server.dirty
+        dirty = self.replicas.dirty
         if not dirty:
             return
         if len(self.waiters):
@@ -338,7 +340,7 @@ class Worker:
         if now >= self._next_tick:
             self._next_tick = now + self.config.tick_interval_ms / 1000
             try:
-                self.server.tick()
+                self.replicas.tick()
             except Exception:
                 log.exception("log maintenance failed")
 
@@ -386,7 +388,7 @@ class Worker:
         for f in self.waiters.drain():
             self._answer(f, force=True)
         try:
-            self.server.close()
+            self.replicas.close()
         finally:
             self.shm.close()
             self.router.close(linger=200)
