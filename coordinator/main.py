@@ -134,6 +134,7 @@ def run_coordinator(config: NodeConfig, notify: Callable[[str], None] = lambda l
                 fn()
             except Exception:
                 log.exception("coordinator close callback failed")
+        server.drain_pending()  # requests that arrived before the signal are answered
         propagation.release_all()  # parked admin calls and metadata fetches get their answer
         workers.release_all()
         server.close()

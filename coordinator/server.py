@@ -182,6 +182,10 @@ class CoordinatorServer:
                     on_readable()
             self._run_due()
 
+    def drain_pending(self) -> None:
+        """Answer the requests already queued on the socket (stopping: drain, then close)."""
+        self._drain()
+
     def _poll_timeout(self) -> int | None:
         deadline = None
         while self._timers and self._timers[0][2].cancelled:
