@@ -309,6 +309,8 @@ class Consumer:
         if not topics:
             return
         missing = any(t not in md.topics for t in topics)
+        if missing and time.monotonic() - md.last_attempt < md.retry_backoff:
+            return  # asked moments ago: a topic still being created must not cause a storm
         if not (missing or md.refresh_due()):
             return
         try:

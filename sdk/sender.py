@@ -10,7 +10,8 @@ Errors: a retriable partition error (NOT_LEADER, UNKNOWN_TOPIC while metadata pr
 lost connection, a timeout) puts the partition's batches back at the head of its queue after
 `retry.backoff.ms` and marks metadata stale; the batch fails once `retries` or
 `delivery.timeout.ms` is spent. With idempotence (or max.in.flight 1) a partition has at most
-one request in flight, so a retry can never be overtaken by a later batch.
+one request, holding one batch, in flight, so a retry can never be overtaken by a later batch
+and the node's sequence checks see batches one by one.
 """
 
 from __future__ import annotations
@@ -235,8 +236,8 @@ class Sender(threading.Thread):
                 budget = cfg.max_request_size - sizes.get(ep, 0)
                 taken: list[ProducerBatch] = []
                 while q and (not taken or q[0].size <= budget) and q[0].retry_at <= now:
-                    if taken and (budget <= 0 or q[0].solo or taken[0].solo):
-                        break
+                    if taken and (budget <= 0 or q[0].solo or taken[0].solo or one_at_a_time):
+                        break  # with sequences, one batch per partition per request (Kafka's rule)
                     b = q.popleft()
                     taken.append(b)
                     budget -= b.size
