@@ -18,6 +18,7 @@ import logging
 import os
 import resource
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -51,8 +52,8 @@ log = logging.getLogger(__name__)
 
 HELLO_RETRY_S = 1.0
 DRAIN_S = 1.0  # at most this long serving requests already queued when SIGTERM came
-METADATA_GRACE_S = 5.0
-METADATA_RETRY_S = 0.5  # a metadata fetch unanswered this long past its max wait is re-sent
+METADATA_GRACE_S = 5.0  # a metadata fetch unanswered this long past its max wait: re-hello
+METADATA_RETRY_S = 0.5  # after an error answer, ask again this much later
 
 
 @dataclass
@@ -84,6 +85,7 @@ class WorkerConfig:
         """From a `qnode.node.config.NodeConfig`."""
         host = node.listen_host
         base = node.worker_port_base
+        wildcard = host in ("*", "0.0.0.0", "::", "")
         return cls(
             node_id=node.node_id,
             worker_id=worker_id,
@@ -91,12 +93,16 @@ class WorkerConfig:
             coordinator=coordinator,
             listen_host=host,
             port=base + worker_id if base else 0,
+            # bound on every interface: tell clients a name they can reach
+            advertised_host=socket.gethostname() if wildcard else None,
             topic_defaults=dict(node.topic_defaults),
             max_request_bytes=node.socket_request_max_bytes,
         )
 
 
 class Worker:
+    """One worker: its sockets, replicas, parked fetches and the loop that serves them."""
+
     def __init__(self, config: WorkerConfig, ctx: zmq.Context | None = None) -> None:
         self.config = config
         self.ctx = ctx or zmq.Context()
