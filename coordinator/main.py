@@ -129,12 +129,15 @@ def run_coordinator(config: NodeConfig, notify: Callable[[str], None] = lambda l
     try:
         server.run()
     finally:
+        try:
+            server.drain_pending()  # requests that arrived before the signal are answered
+        except Exception:
+            log.exception("draining queued requests failed")
         for fn in coordinator.on_close:
             try:
                 fn()
             except Exception:
                 log.exception("coordinator close callback failed")
-        server.drain_pending()  # requests that arrived before the signal are answered
         propagation.release_all()  # parked admin calls and metadata fetches get their answer
         workers.release_all()
         server.close()
