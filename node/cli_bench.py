@@ -212,7 +212,7 @@ def run_consume(
         start = clock()
         while seen < records:
             t0 = clock()
-            batch = consumer.poll(5.0)
+            batch = consumer.poll(5.0, max_records=min(10000, records - seen))
             if not batch:
                 if clock() - t0 >= 5.0:
                     break  # the backlog is shorter than asked: report what was read
