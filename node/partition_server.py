@@ -219,7 +219,7 @@ class PartitionServer:
             parts_out = []
             for p in t["partitions"]:
                 pid = p["partition"]
-                r = self._lookup(name, pid, leader=consumer)
+                r = self._lookup(name, pid)  # replicas and consumers both read the leader
                 if type(r) is dict:
                     r.update(
                         high_watermark=-1,
