@@ -46,7 +46,7 @@ class InFlight:
 
 
 class _Connection:
-    __slots__ = ("endpoint", "socket", "monitor", "pending", "connected")
+    __slots__ = ("endpoint", "socket", "monitor", "pending", "connected", "closed")
 
     def __init__(self, ctx: zmq.Context, endpoint: str) -> None:
         self.endpoint = endpoint
@@ -60,8 +60,10 @@ class _Connection:
         self.socket.connect(endpoint)
         self.pending: dict[int, InFlight] = {}
         self.connected = False
+        self.closed = False
 
     def close(self) -> None:
+        self.closed = True
         try:
             self.socket.disable_monitor()
         except zmq.ZMQError:
@@ -213,7 +215,7 @@ class NetworkClient:
             if resp.error_code:
                 err = error_for(resp.error_code, resp.body.get("message"))
             self._finish(req, resp, err)
-            if conn.socket is not sock:  # a callback dropped this connection
+            if conn.closed:  # a callback dropped this connection
                 return
 
     def _read_monitor(self, conn: _Connection) -> None:
