@@ -41,6 +41,7 @@ from qnode.transport.errors import ErrorCode
 PartitionsCallback = Callable[[list[TopicPartition]], Any]
 
 _ISOLATION = {"read_uncommitted": 0, "read_committed": 1}
+_PIPELINE_ABOVE = 64  # records in one poll() above which the next fetch is sent before it returns
 
 
 class Consumer:
@@ -257,7 +258,12 @@ class Consumer:
                 self._reset_positions(self._subs.needs_reset(), None, deadline)
             self._maybe_refresh_metadata()
             records = fetcher.collect(limit)
-            fetcher.send_fetches()
+            if not records or len(records) >= _PIPELINE_ABOVE or fetcher.completed:
+                # Reading a backlog: ask for the next data before the app gets this, so it
+                # arrives while the app works. Caught up (a few records, nothing buffered),
+                # the next fetch would only park at the node: send it on the next poll and
+                # hand these records over without that delay.
+                fetcher.send_fetches()
             if records:
                 client.poll(0)  # take in whatever already arrived, without waiting
                 if self._coordinator is not None:
