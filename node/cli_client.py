@@ -12,6 +12,7 @@ import importlib
 import os
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -23,8 +24,11 @@ CLI_TIMEOUT_MS = 10000  # admin calls from a terminal: fail within seconds, not 
 F = TypeVar("F", bound=Callable[..., Any])
 
 BootstrapOpt = typer.Option(
-    None, "--bootstrap", "-b",
-    help="node endpoint (default: $QNODE_BOOTSTRAP, else tcp://127.0.0.1:9700)")
+    None,
+    "--bootstrap",
+    "-b",
+    help="node endpoint (default: $QNODE_BOOTSTRAP, else tcp://127.0.0.1:9700)",
+)
 
 
 def bootstrap_of(value: str | None) -> str:
@@ -38,6 +42,7 @@ def fail(message: str, code: int = 1) -> None:
 
 def friendly_errors(fn: F) -> F:
     """Turn any error into one line on stderr and a non-zero exit."""
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from qnode.sdk.errors import QnodeError
@@ -58,6 +63,7 @@ def friendly_errors(fn: F) -> F:
             fail(_with_hint(str(exc)))
         except (ValueError, TypeError, OSError) as exc:
             fail(str(exc) or type(exc).__name__)
+
     return wrapper  # type: ignore[return-value]
 
 
@@ -85,8 +91,9 @@ def parse_configs(items: list[str] | None) -> dict[str, str]:
 def table(header: list[str], rows: list[list[Any]]) -> str:
     cells = [header] + [["-" if c is None else str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in cells)
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells
+    )
 
 
 def _admin(bootstrap: str | None) -> Any:
@@ -96,8 +103,9 @@ def _admin(bootstrap: str | None) -> Any:
 
 
 # ---------------------------------------------------------------------------------- topic
-topic_app = typer.Typer(help="Create, list, describe, alter and delete topics.",
-                        no_args_is_help=True)
+topic_app = typer.Typer(
+    help="Create, list, describe, alter and delete topics.", no_args_is_help=True
+)
 
 
 @topic_app.command("create")
@@ -105,17 +113,20 @@ topic_app = typer.Typer(help="Create, list, describe, alter and delete topics.",
 def topic_create(
     name: str = typer.Argument(..., help="topic name"),
     partitions: int = typer.Option(1, "--partitions", "-p", help="number of partitions"),
-    replication_factor: int = typer.Option(1, "--replication-factor", "-r",
-                                           help="replicas of each partition"),
-    config: list[str] = typer.Option(None, "--config", "-c",
-                                     help="topic config k=v (repeat for several)"),
+    replication_factor: int = typer.Option(
+        1, "--replication-factor", "-r", help="replicas of each partition"
+    ),
+    config: list[str] = typer.Option(
+        None, "--config", "-c", help="topic config k=v (repeat for several)"
+    ),
     bootstrap: str = BootstrapOpt,
 ) -> None:
     """Create a topic."""
     with _admin(bootstrap) as admin:
         admin.create_topic(name, partitions, replication_factor, parse_configs(config))
-    print(f"created topic {name} ({partitions} partitions, replication factor "
-          f"{replication_factor})")
+    print(
+        f"created topic {name} ({partitions} partitions, replication factor {replication_factor})"
+    )
 
 
 @topic_app.command("list")
@@ -141,12 +152,23 @@ def topic_describe(name: str = typer.Argument(...), bootstrap: str = BootstrapOp
         except Exception:  # configs are a bonus line; the partition table is the answer
             overrides = []
     cfg = ",".join(f"{c.name}={c.value}" for c in overrides)
-    print(f"Topic: {desc.name}  Partitions: {len(desc.partitions)}  "
-          f"ReplicationFactor: {len(desc.partitions[0].replicas) if desc.partitions else 0}"
-          f"  Configs: {cfg or '-'}")
-    rows = [[p.id, p.leader if p.leader >= 0 else "none", ",".join(map(str, p.replicas)),
-             ",".join(map(str, p.isr)), _off(p.log_start_offset), _off(p.high_watermark),
-             _off(p.log_end_offset)] for p in desc.partitions]
+    print(
+        f"Topic: {desc.name}  Partitions: {len(desc.partitions)}  "
+        f"ReplicationFactor: {len(desc.partitions[0].replicas) if desc.partitions else 0}"
+        f"  Configs: {cfg or '-'}"
+    )
+    rows = [
+        [
+            p.id,
+            p.leader if p.leader >= 0 else "none",
+            ",".join(map(str, p.replicas)),
+            ",".join(map(str, p.isr)),
+            _off(p.log_start_offset),
+            _off(p.high_watermark),
+            _off(p.log_end_offset),
+        ]
+        for p in desc.partitions
+    ]
     print(table(["PARTITION", "LEADER", "REPLICAS", "ISR", "LOG-START", "HW", "LEO"], rows))
 
 
@@ -167,8 +189,9 @@ def topic_delete(name: str = typer.Argument(...), bootstrap: str = BootstrapOpt)
 @friendly_errors
 def topic_alter(
     name: str = typer.Argument(...),
-    config: list[str] = typer.Option(None, "--config", "-c",
-                                     help="k=v to set, k= to remove an override (repeatable)"),
+    config: list[str] = typer.Option(
+        None, "--config", "-c", help="k=v to set, k= to remove an override (repeatable)"
+    ),
     bootstrap: str = BootstrapOpt,
 ) -> None:
     """Change topic configs."""
@@ -186,7 +209,8 @@ def produce(
     topic: str = typer.Argument(..., help="topic to write to"),
     key: str = typer.Option(None, "--key", "-k", help="key of every record"),
     key_separator: str = typer.Option(
-        None, "--key-separator", help="split each line at the first SEP into key and value"),
+        None, "--key-separator", help="split each line at the first SEP into key and value"
+    ),
     acks: str = typer.Option("all", "--acks", help="all | 1 | 0"),
     partition: int = typer.Option(None, "--partition", "-p", help="write to this partition"),
     linger_ms: float = typer.Option(5, "--linger-ms"),
@@ -198,10 +222,16 @@ def produce(
     from qnode.sdk.producer import parse_acks
 
     failures: list[BaseException] = []
+    pending: deque[Any] = deque()
     count = 0
-    producer = Producer(bootstrap_of(bootstrap), acks=parse_acks(acks), linger_ms=linger_ms,
-                        compression=compression, max_block_ms=CLI_TIMEOUT_MS,
-                        delivery_timeout_ms=max(30000, CLI_TIMEOUT_MS))
+    producer = Producer(
+        bootstrap_of(bootstrap),
+        acks=parse_acks(acks),
+        linger_ms=linger_ms,
+        compression=compression,
+        max_block_ms=CLI_TIMEOUT_MS,
+        delivery_timeout_ms=max(30000, CLI_TIMEOUT_MS),
+    )
     try:
         fixed_key = key.encode() if key is not None else None
         sep = key_separator.encode() if key_separator else None
@@ -213,14 +243,23 @@ def produce(
             k = fixed_key
             if sep is not None and sep in line:
                 k, line = line.split(sep, 1)
-            fut = producer.send(topic, value=line, key=k, partition=partition)
-            fut.add_errback(failures.append)
+            pending.append(producer.send(topic, value=line, key=k, partition=partition))
             count += 1
+            while pending and pending[0].done():  # settled records: keep only their errors
+                _settle(pending.popleft(), failures)
         producer.flush()
+        while pending:
+            _settle(pending.popleft(), failures)
     finally:
         producer.close()
     if failures:
         fail(f"{len(failures)} of {count} records not written: {failures[0]}")
+
+
+def _settle(fut: Any, failures: list[BaseException]) -> None:
+    error = fut.exception(0) if fut.done() else None
+    if error is not None:
+        failures.append(error)
 
 
 # ---------------------------------------------------------------------------------- consume
@@ -228,20 +267,24 @@ def produce(
 def consume(
     topic: str = typer.Argument(..., help="topic to read"),
     group: str = typer.Option(None, "--group", "-g", help="read as a member of this group"),
-    from_beginning: bool = typer.Option(False, "--from-beginning",
-                                        help="start at the log start, not the end"),
+    from_beginning: bool = typer.Option(
+        False, "--from-beginning", help="start at the log start, not the end"
+    ),
     partition: int = typer.Option(None, "--partition", "-p", help="read only this partition"),
-    offset: int = typer.Option(None, "--offset", "-o",
-                               help="start offset (needs --partition)"),
-    max_messages: int = typer.Option(None, "--max-messages", "-n",
-                                     help="exit after this many records"),
-    isolation: str = typer.Option("read_uncommitted", "--isolation",
-                                  help="read_uncommitted | read_committed"),
-    timeout_ms: int = typer.Option(None, "--timeout-ms",
-                                   help="exit when no record arrives for this long"),
+    offset: int = typer.Option(None, "--offset", "-o", help="start offset (needs --partition)"),
+    max_messages: int = typer.Option(
+        None, "--max-messages", "-n", help="exit after this many records"
+    ),
+    isolation: str = typer.Option(
+        "read_uncommitted", "--isolation", help="read_uncommitted | read_committed"
+    ),
+    timeout_ms: int = typer.Option(
+        None, "--timeout-ms", help="exit when no record arrives for this long"
+    ),
     print_key: bool = typer.Option(False, "--print-key", help="print key<TAB>value"),
-    print_offset: bool = typer.Option(False, "--print-offset",
-                                      help="print partition:offset<TAB> first"),
+    print_offset: bool = typer.Option(
+        False, "--print-offset", help="print partition:offset<TAB> first"
+    ),
     bootstrap: str = BootstrapOpt,
 ) -> None:
     """Print one record per line (value bytes as they are; a null value prints `null`)."""
@@ -252,9 +295,14 @@ def consume(
     if group is not None and (partition is not None or offset is not None):
         raise ValueError("--group reads what the group assigns: drop --partition/--offset")
     reset = "earliest" if from_beginning else "latest"
-    consumer = Consumer(bootstrap=bootstrap_of(bootstrap), group_id=group,
-                        auto_offset_reset=reset, isolation_level=isolation,
-                        request_timeout_ms=CLI_TIMEOUT_MS, default_api_timeout_ms=CLI_TIMEOUT_MS)
+    consumer = Consumer(
+        bootstrap=bootstrap_of(bootstrap),
+        group_id=group,
+        auto_offset_reset=reset,
+        isolation_level=isolation,
+        request_timeout_ms=CLI_TIMEOUT_MS,
+        default_api_timeout_ms=CLI_TIMEOUT_MS,
+    )
     out = sys.stdout.buffer
     seen = 0
     try:
@@ -301,8 +349,10 @@ def cluster_status(bootstrap: str = BootstrapOpt) -> None:
         cluster = admin.describe_cluster()
         topics = admin.list_topics(internal=True)
         descs = [admin.describe_topic(t) for t in topics]
-    print(f"Cluster: {cluster.cluster_id or '-'}  Controller: {cluster.controller_id}  "
-          f"Nodes: {len(cluster.nodes)}")
+    print(
+        f"Cluster: {cluster.cluster_id or '-'}  Controller: {cluster.controller_id}  "
+        f"Nodes: {len(cluster.nodes)}"
+    )
     print(table(["NODE", "BOOTSTRAP"], [[n.node_id, n.bootstrap] for n in cluster.nodes]))
     workers: dict[str, int] = {}
     offline = 0
@@ -315,8 +365,12 @@ def cluster_status(bootstrap: str = BootstrapOpt) -> None:
     total = sum(len(d.partitions) for d in descs)
     print(f"Topics: {len(descs)}  Partitions: {total}  Offline partitions: {offline}")
     if workers:
-        print(table(["WORKER ENDPOINT", "LEADER PARTITIONS"],
-                    [[ep, n] for ep, n in sorted(workers.items())]))
+        print(
+            table(
+                ["WORKER ENDPOINT", "LEADER PARTITIONS"],
+                [[ep, n] for ep, n in sorted(workers.items())],
+            )
+        )
 
 
 def register(app: typer.Typer) -> None:
