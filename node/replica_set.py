@@ -233,7 +233,9 @@ class ReplicaSet:
 
     def close(self) -> None:
         """Flush every log and write the checkpoints (clean shutdown)."""
-        self.logs.close()
-        for key in list(self.replicas):
-            self.shm.free(*key)
-        self.replicas.clear()
+        try:
+            self.logs.close()
+        finally:
+            for key in list(self.replicas):
+                self.shm.free(*key)
+            self.replicas.clear()

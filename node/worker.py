@@ -386,20 +386,26 @@ class Worker:
     def stop(self) -> None:
         self.stopping = True
 
-    def close(self) -> None:
+    def close(self) -> bool:
         """Serve what is already queued, answer parked fetches, flush logs, write checkpoints,
-        unlink the shm table."""
+        unlink the shm table. False when the logs could not be closed cleanly (e.g. a full
+        disk: checkpoints unwritten, so the next start recovers more, and loses nothing)."""
         deadline = time.monotonic() + DRAIN_S
         while time.monotonic() < deadline and self.router.poll(0):
             self._on_clients()
         for f in self.waiters.drain():
             self._answer(f, force=True)
+        clean = True
         try:
             self.replicas.close()
+        except Exception as exc:
+            log.error("logs not closed cleanly (the next start recovers them): %s", exc)
+            clean = False
         finally:
             self.shm.close()
             self.router.close(linger=200)
             self.coord.close(0)
+        return clean
 
 
 def run_worker(config: WorkerConfig) -> int:
@@ -427,14 +433,17 @@ def run_worker(config: WorkerConfig) -> int:
     log.info(
         "worker %d of node %d serving on %s", config.worker_id, config.node_id, worker.endpoint
     )
+    clean = False
     try:
         worker.run(r)
     finally:
         signal.set_wakeup_fd(-1)
         os.close(r)
         os.close(w)
-        worker.close()
+        clean = worker.close()
         worker.ctx.term()
+    if not clean:
+        return 1
     log.info("worker %d stopped cleanly", config.worker_id)
     return 0
 

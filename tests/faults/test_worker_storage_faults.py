@@ -1,9 +1,13 @@
-"""A log the worker cannot open (here: its directory is a plain file) answers
-KAFKA_STORAGE_ERROR with a message, and the worker keeps serving its other partitions."""
+"""Storage faults at the worker: a log it cannot open (its directory is a plain file) and a
+full disk (a tiny tmpfs: real ENOSPC; needs root to mount, skipped otherwise) each answer
+KAFKA_STORAGE_ERROR with a message, keep acknowledged data readable, and leave the worker
+serving its other partitions; once space returns it writes again and stops cleanly."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +16,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "node"))
 from worker_harness import Client, MetadataFeed, WorkerProcess, make_batch  # noqa: E402
 
+from qnode.coordinator import records as rec  # noqa: E402
+from qnode.storage.batch_reader import read_batches  # noqa: E402
 from qnode.transport.api import ApiKey  # noqa: E402
 from qnode.transport.errors import ErrorCode  # noqa: E402
 
@@ -49,4 +55,78 @@ def test_unopenable_log_is_a_storage_error_and_others_keep_working(
     finally:
         c.close()
         assert w.stop() == 0
+        w.kill()
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    mnt = tmp_path / f"tmpfs-{uuid.uuid4().hex[:8]}"
+    mnt.mkdir()
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+        capture_output=True,
+        timeout=10,
+    )
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=10)
+
+
+def test_disk_full_answers_storage_error_keeps_acked_data_and_recovers(
+    feed: MetadataFeed, tiny_fs: Path, tmp_path: Path
+) -> None:
+    data = tiny_fs / "data"
+    w = WorkerProcess(feed, data, log_dir=tmp_path).start()
+    c = Client(w.endpoint)
+    try:
+        feed.add_topic("full", configs={"segment.index.bytes": "4096"})
+        c.wait_ready("full", 0)
+        acked: list[bytes] = []
+        code = 0
+        for i in range(200):  # ~1.6 MB into a 1 MB filesystem
+            v = b"%04d" % i + b"x" * 8000
+            p = c.produce("full", 0, make_batch([v]))
+            code = p["error"]
+            if code:
+                break
+            acked.append(v)
+        assert code == ErrorCode.KAFKA_STORAGE_ERROR and acked
+        assert c.call(ApiKey.API_VERSIONS, {}).body["error"] == 0  # the worker lives on
+        part, got = c.fetch("full", 0, 0, max_bytes=8 << 20)
+        assert part["error"] == 0 and part["high_watermark"] == len(acked)
+        assert [r.value for b in read_batches(got) for r in b] == acked
+        # space comes back (the topic is deleted): the worker writes again
+        end = feed.append(rec.remove_topic("full"))
+        feed.wait_applied(0, end)
+        feed.add_topic("after", configs={"segment.index.bytes": "4096"})
+        c.wait_ready("after", 0)
+        assert c.produce("after", 0, make_batch([b"ok"]))["error"] == 0
+    finally:
+        c.close()
+        assert w.stop() == 0
+        w.kill()
+
+
+def test_sigterm_on_a_full_disk_exits_1_with_one_clear_line(
+    feed: MetadataFeed, tiny_fs: Path, tmp_path: Path
+) -> None:
+    w = WorkerProcess(feed, tiny_fs / "data", log_dir=tmp_path).start()
+    c = Client(w.endpoint)
+    try:
+        feed.add_topic("full", configs={"segment.index.bytes": "4096"})
+        c.wait_ready("full", 0)
+        for _ in range(200):
+            if c.produce("full", 0, make_batch([b"x" * 8000]))["error"]:
+                break
+        else:
+            raise AssertionError("the 1 MB filesystem never filled up")
+        assert w.stop() == 1  # checkpoints could not be written: not a clean stop
+        out = w.output()
+        assert "not closed cleanly" in out and "Traceback" not in out
+        assert not Path("/dev/shm" + w.shm_name).exists()
+    finally:
+        c.close()
         w.kill()

@@ -147,7 +147,12 @@ class WorkerProcess:
     """A real worker child process (`python -m qnode.node.worker <json>`)."""
 
     def __init__(
-        self, feed: MetadataFeed, data_dir: Path, worker_id: int = 0, **overrides: Any
+        self,
+        feed: MetadataFeed,
+        data_dir: Path,
+        worker_id: int = 0,
+        log_dir: Path | None = None,
+        **overrides: Any,
     ) -> None:
         self.config = WorkerConfig(
             node_id=0,
@@ -158,7 +163,8 @@ class WorkerProcess:
             **overrides,
         )
         self.feed = feed
-        self.log_path = data_dir.parent / f"worker-{worker_id}-{uuid.uuid4().hex[:6]}.log"
+        name = f"worker-{worker_id}-{uuid.uuid4().hex[:6]}.log"
+        self.log_path = (log_dir or data_dir.parent) / name
         self.proc: subprocess.Popen[bytes] | None = None
         self.endpoint = ""
 
