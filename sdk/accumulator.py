@@ -139,8 +139,7 @@ class Accumulator:
             q = self.queues[key] = deque()
         q.append(batch)
         self.ready[key] = None
-        if self.sender_waiting:
-            self.wake()
+        # The caller wakes the sender once it has released the lock (see Producer.send).
 
     # ------------------------------------------------------------------ sender thread
     def seal_due(self, now: float) -> None:

@@ -174,9 +174,15 @@ class Producer:
                         batch.size += rs
                         if timestamp_ms > batch.max_ts:
                             batch.max_ts = timestamp_ms
-                        if self._linger_zero and self._acc.sender_waiting:
-                            self._acc.wake()
-                        return RecordFuture(batch.result, od, timestamp_ms)
+                        wake = self._linger_zero and self._acc.sender_waiting
+                    else:
+                        batch = None
+                else:
+                    batch = None
+            if batch is not None:
+                if wake:  # outside the lock: the woken sender's first step is to take it
+                    self._acc.wake()
+                return RecordFuture(batch.result, od, timestamp_ms)
         return self._send_slow(topic, value, key, partition, headers, timestamp_ms)
 
     def _send_slow(self, topic: str, value: Any, key: Any, partition: int | None,
@@ -204,6 +210,7 @@ class Producer:
                 f"MESSAGE_TOO_LARGE: record of ~{rs} bytes is over max_request_size "
                 f"({self.max_request_size})")
         acc = self._acc
+        news = self._linger_zero  # linger 0: every record is news for the sender
         with self._lock:
             if partition is None:
                 batch = self._sticky.get(topic)
@@ -215,10 +222,12 @@ class Producer:
                     if batch is None or (batch.size + rs > self._limit and batch.count):
                         batch = acc.new_batch(topic, partition, rs + 61)
                     self._sticky[topic] = batch
+                    news = True
             else:
                 batch = acc.open.get((topic, partition))
                 if batch is None or (batch.size + rs > self._limit and batch.count):
                     batch = acc.new_batch(topic, partition, rs + 61)
+                    news = True
             assert not batch.sealed
             od = batch.count
             if od == 0:
@@ -230,8 +239,11 @@ class Producer:
             batch.size += rs
             if batch.size >= self._limit:
                 acc.seal(batch)
-            elif acc.sender_waiting:
-                acc.wake()  # a new open batch moves the sender's linger deadline
+                news = True
+            # a sealed batch, or a new open one (it moves the linger deadline), is news
+            wake = news and acc.sender_waiting
+        if wake:
+            acc.wake()
         return RecordFuture(batch.result, od, timestamp_ms)
 
     def _partitions(self, topic: str) -> int:
