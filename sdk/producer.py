@@ -217,7 +217,7 @@ class Producer:
                 if batch is None or batch.size + rs > self._limit:
                     if batch is not None:
                         acc.seal(batch)
-                    partition = self._partitioner.next_partition(topic, n)
+                    partition = self._next_sticky(topic, n)
                     batch = acc.open.get((topic, partition))
                     if batch is None or (batch.size + rs > self._limit and batch.count):
                         batch = acc.new_batch(topic, partition, rs + 61)
@@ -245,6 +245,18 @@ class Producer:
         if wake:
             acc.wake()
         return RecordFuture(batch.result, od, timestamp_ms)
+
+    def _next_sticky(self, topic: str, n: int) -> int:
+        """The next partition round-robin, skipping those without a leader (if any has one)."""
+        md = self._metadata
+        first = self._partitioner.next_partition(topic, n)
+        p = first
+        for _ in range(n):
+            info = md.partition(topic, p)
+            if info is not None and info.leader >= 0 and info.endpoint and not info.error:
+                return p
+            p = self._partitioner.next_partition(topic, n)
+        return first
 
     def _partitions(self, topic: str) -> int:
         """The topic's partition count, fetching metadata (up to max.block.ms) if needed."""
