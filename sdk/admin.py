@@ -1,6 +1,7 @@
 """`Admin`: topics, configs and cluster state, through the bootstrap endpoint's coordinator.
 
-Calls are synchronous and thread-safe (one lock around the admin's own sockets). Topic
+Calls are synchronous and thread-safe: one lock serialises every use of the admin's own
+sockets (ZeroMQ lets a socket move between threads behind such a full memory barrier). Topic
 creation waits, by default, until every new partition has a leader a client can reach, so
 `create_topic(); Producer().send()` works without a sleep. Consumer-group operations are
 delegated to `qnode.sdk.group_admin.GroupAdmin(admin)` (the consumer-groups feature), which
