@@ -25,6 +25,7 @@ This module is the child's side; it imports plain pyzmq only (never gevent or Lo
 from __future__ import annotations
 
 import os
+import signal
 import time
 from typing import Any
 
@@ -46,6 +47,14 @@ class ChildChannel:
         self._events: list[list[Any]] = []
         self._last_flush = time.monotonic()
         self._parent = os.getppid()
+        self._terminated = False
+        # A Ctrl-C reaches the whole process group; the runner then stops us in order (so
+        # that every id we logged is flushed). SIGTERM asks for the same clean stop.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self._terminated = True
 
     def send(self, msg: dict[str, Any]) -> None:
         self._sock.send(msgpack.packb(msg))
@@ -67,8 +76,8 @@ class ChildChannel:
 
     def poll_control(self, timeout_s: float = 0.0) -> list[dict[str, Any]]:
         """Control messages waiting (up to `timeout_s` for the first one)."""
-        out = []
-        if self._sock.poll(int(timeout_s * 1000)):
+        out = [{"op": "stop"}] if self._terminated else []
+        if not out and self._sock.poll(int(timeout_s * 1000)):
             while True:
                 try:
                     out.append(msgpack.unpackb(self._sock.recv(zmq.NOBLOCK), raw=False))

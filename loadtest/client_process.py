@@ -82,6 +82,12 @@ class ClientProcess:
             self.fatal = msg.get("msg", "?")
         self.on_message(msg)
 
+    def settle(self, timeout_s: float = 2.0) -> None:
+        """After the child exited: handle its last messages, which may still be in flight."""
+        deadline = time.monotonic() + timeout_s
+        while self.stats is None and self.fatal is None and time.monotonic() < deadline:
+            self.pump(0.05)
+
     def wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while not self.ready:
@@ -91,7 +97,9 @@ class ClientProcess:
             if self.fatal:
                 raise ClientProcessError(f"{self.name} failed:\n{self.fatal}")
             if self.proc.poll() is not None:
-                self.pump(0)
+                self.settle()
+                if self.fatal:
+                    raise ClientProcessError(f"{self.name} failed:\n{self.fatal}")
                 raise ClientProcessError(
                     f"{self.name} exited with {self.proc.returncode} before it was ready "
                     f"(log: {self.log_path})")
@@ -106,7 +114,7 @@ class ClientProcess:
         while self.stats is None and self.fatal is None:
             self.pump(0.1)
             if self.proc.poll() is not None:
-                self.pump(0.05)
+                self.settle()
                 break
             if time.monotonic() > deadline:
                 break

@@ -7,6 +7,8 @@ expected to restart it. Works under gevent (subprocess is patched; psutil only r
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import os
 import shutil
 import signal
@@ -20,6 +22,9 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import psutil
+
+DATA_PREFIX = "qnode-loadtest-"
+PR_SET_PDEATHSIG = 1
 
 
 class NodeError(RuntimeError):
@@ -42,6 +47,43 @@ def qnode_command() -> list[str]:
     return [sys.executable, "-c", "from qnode.node.cli import main; main()"]
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM us when the runner dies, even by SIGKILL (Linux)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def sweep_stale_data_dirs(root: Path | None = None) -> list[Path]:
+    """Remove temporary data dirs of earlier runs whose node is gone (its lock is free).
+
+    A runner killed outright cannot clean up after itself; a backlog run leaves gigabytes.
+    The node holds an exclusive flock on `<data_dir>/.lock` for as long as it runs, so a
+    lock we can take ourselves belongs to nobody and the directory is safe to delete.
+    """
+    removed = []
+    for d in Path(root or tempfile.gettempdir()).glob(f"{DATA_PREFIX}*"):
+        lock = d / ".lock"
+        try:
+            if time.time() - d.stat().st_mtime < 60:
+                continue  # a run starting right now may not hold its lock yet
+            fd = os.open(lock, os.O_RDONLY) if lock.exists() else None
+        except OSError:
+            continue
+        try:
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a live node
+        finally:
+            if fd is not None:
+                os.close(fd)
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    return removed
+
+
 def port_of(endpoint: str) -> int:
     port = urlparse(endpoint).port
     if port is None:
@@ -62,7 +104,7 @@ class LocalNode:
               data_dir: Path | None = None, extra_args: list[str] | None = None) -> LocalNode:
         """Start `qnode start` in the background; readiness is checked by its first client."""
         remove = data_dir is None
-        data = data_dir or Path(tempfile.mkdtemp(prefix="qnode-loadtest-"))
+        data = data_dir or Path(tempfile.mkdtemp(prefix=DATA_PREFIX))
         bootstrap = f"tcp://127.0.0.1:{free_port()}"
         args = [*qnode_command(), "start", "--data-dir", str(data), "--listen", bootstrap]
         if config is not None:
@@ -74,7 +116,8 @@ class LocalNode:
         log_path = log_dir / "node.log"
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+                                    stdin=subprocess.DEVNULL, start_new_session=True,
+                                    preexec_fn=_die_with_parent)
         time.sleep(0.05)
         if proc.poll() is not None:
             raise NodeError(f"qnode start exited with {proc.returncode}: {log_path.read_text()}")

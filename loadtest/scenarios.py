@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from locust.stats import CSV_STATS_INTERVAL_SEC, PERCENTILES_TO_REPORT, StatsCSV
 from qnode.loadtest import chart
 from qnode.loadtest.client_process import ClientProcess, ClientProcessError
 from qnode.loadtest.context import ScenarioContext, WorkloadConfig
-from qnode.loadtest.local_node import LocalNode, NodeError
+from qnode.loadtest.local_node import LocalNode, NodeError, sweep_stale_data_dirs
 from qnode.loadtest.schedule import Plan
 from qnode.loadtest.shapes import ExactDispatcher, ScenarioShape
 from qnode.loadtest.timeline import load, rate_trend, summarize
@@ -80,6 +81,13 @@ class _Run:
         self.ctx = ScenarioContext(workload, opts.results_dir, time.time())
         self.node_exit: int | None = None
         self.client_stats: dict[str, Any] = {}
+        self.aborted = Event()
+
+    def on_sigterm(self) -> None:
+        """SIGTERM (e.g. a test runner's timeout): stop like a failed run, cleaning up."""
+        if not self.aborted.is_set():
+            self.ctx.fail("terminated by SIGTERM")
+            self.aborted.set()
 
     def on_monitor(self, msg: dict[str, Any]) -> None:
         op = msg.get("op")
@@ -95,6 +103,8 @@ class _Run:
 
     def start_node_and_topic(self) -> None:
         if self.opts.bootstrap is None:
+            for d in sweep_stale_data_dirs():
+                self.ctx.note(f"removed the data dir of an earlier, killed run: {d}")
             self.node = LocalNode.start(self.ctx.logs_dir, self.opts.workers, self.opts.node_config)
             self.workload.bootstrap = self.node.bootstrap
             self.ctx.note(f"node started: {self.node.bootstrap}, data {self.node.data_dir}")
@@ -170,8 +180,10 @@ class _Run:
         if self.opts.kill_worker_after_s is not None:
             self.greenlets.append(gevent.spawn(self._kill_worker, self.opts.kill_worker_after_s))
         runner.start_shape()
-        if not stopped.wait(timeout=self.opts.max_duration_s):
-            self.ctx.fail(f"scenario did not finish within {self.opts.max_duration_s:g} s")
+        gevent.wait([stopped, self.aborted], timeout=self.opts.max_duration_s, count=1)
+        if not stopped.is_set():
+            if not self.aborted.is_set():
+                self.ctx.fail(f"scenario did not finish within {self.opts.max_duration_s:g} s")
             runner.stop()
         runner.quit()
         # One more turn of the CSV writer, so the files hold the final totals.
@@ -210,13 +222,17 @@ def run_scenario(opts: RunOptions, workload: WorkloadConfig, plan: Plan,
     """Run it, write everything under `opts.results_dir`, return the figures."""
     opts.results_dir.mkdir(parents=True, exist_ok=True)
     run = _Run(opts, workload)
+    handler = gevent.signal_handler(signal.SIGTERM, run.on_sigterm)
     try:
         run.start_node_and_topic()
         run.run_locust(plan, shape_cls)
     except (ClientProcessError, NodeError) as e:
         run.ctx.fail(str(e))
+    except KeyboardInterrupt:
+        run.ctx.fail("interrupted (SIGINT)")
     finally:
         run.finish()
+        handler.cancel()
     ctx = run.ctx
     ctx.timeline.write(opts.results_dir)
     data = load(opts.results_dir)

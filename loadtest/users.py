@@ -86,8 +86,8 @@ class QnodeUser(User):
         self.before_pump()
         self.client.pump(PUMP_WAIT_S)
         if self.client.finished:
-            self.client.pump(0)
-            if self.client.stats is None:
+            self.client.settle()
+            if self.client.stats is None and self.client.fatal is None:
                 self.ctx.fail(f"{self.client.name} stopped unasked (log: {self.client.log_path})")
             raise StopUser()
 
