@@ -97,3 +97,35 @@ def test_idempotent_producer_writes_each_record_once_across_a_worker_kill9(
                     break
                 seen += [r.value for r in batch]
             assert seen == sorted(seen)
+
+
+def test_consumer_keeps_its_position_across_a_worker_kill9(
+        node_factory: Callable[..., NodeProcess]) -> None:
+    node = node_factory(workers=1)
+    with Admin(node.bootstrap) as admin:
+        admin.create_topic("follow", partitions=1)
+    tp = TopicPartition("follow", 0)
+    with Producer(node.bootstrap, acks=1, linger_ms=0, request_timeout_ms=5000,
+                  retry_backoff_ms=50) as p, \
+            Consumer(bootstrap=node.bootstrap, auto_offset_reset="earliest",
+                     request_timeout_ms=5000, retry_backoff_ms=50) as c:
+        c.assign([tp])
+        for i in range(100):
+            p.send("follow", b"%03d" % i)
+        p.flush(10)
+        got: list[bytes] = []
+        deadline = time.monotonic() + 10
+        while len(got) < 100 and time.monotonic() < deadline:
+            got += [r.value for r in c.poll(0.3)]
+        assert len(got) == 100
+        c.poll(0.2)  # a long-poll fetch is now parked at the worker we kill
+        killed = node.kill_child("worker", 0)
+        node.wait_child_restarted("worker", killed, worker_id=0)
+        for i in range(100, 200):
+            p.send("follow", b"%03d" % i)
+        p.flush(30)
+        deadline = time.monotonic() + 30
+        while len(got) < 200 and time.monotonic() < deadline:
+            got += [r.value for r in c.poll(0.3)]
+        assert got == [b"%03d" % i for i in range(200)]  # no gap, no repeat
+        assert c.position(tp) == 200
