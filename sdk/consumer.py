@@ -36,7 +36,6 @@ from qnode.sdk.metadata import Metadata
 from qnode.sdk.subscription import EARLIEST, LATEST, SubscriptionState
 from qnode.sdk.types import OffsetAndTimestamp, Record, TopicPartition
 from qnode.transport.api import ApiKey
-from qnode.transport.errors import ErrorCode
 
 PartitionsCallback = Callable[[list[TopicPartition]], Any]
 
@@ -481,4 +480,4 @@ class Consumer:
         self.close()
 
 
-__all__ = ["Consumer", "ErrorCode"]
+__all__ = ["Consumer"]

@@ -17,7 +17,6 @@ from qnode.sdk.accumulator import Accumulator
 from qnode.sdk.errors import (
     InvalidConfigError,
     ProducerClosedError,
-    QnodeError,
     RecordTooLargeError,
     RequestTimeoutError,
     TransactionError,
@@ -368,4 +367,4 @@ class Producer:
             pass
 
 
-__all__ = ["Producer", "parse_acks", "QnodeError"]
+__all__ = ["Producer", "parse_acks"]
