@@ -273,6 +273,20 @@ def _log_epochs(log: Log) -> Iterator[tuple[int, int]]:
             yield seg.header_at(pos)[2], base
 
 
+def _last_batch_epoch(log: Log) -> int:
+    """Leader epoch of the log's last batch (-1 when empty), via the index: a short walk."""
+    for seg in reversed(log.segments):
+        if not seg.size:
+            continue
+        _, pos = seg.index.last_entry()
+        last = -1
+        for p, _size, _base, _last, _ts in seg.walk(pos):
+            last = p
+        if last >= 0:
+            return seg.header_at(last)[2]
+    return UNDEFINED_EPOCH
+
+
 def attach(log: Log) -> LeaderEpochCache:
     """Load (or rebuild) the cache of `log`, keep it in step with the log, return it.
 
@@ -286,8 +300,10 @@ def attach(log: Log) -> LeaderEpochCache:
         cache = LeaderEpochCache.open(directory, rebuild=lambda: _log_epochs(log))
     else:
         cache = LeaderEpochCache(directory)
-        if log.log_end_offset > log.log_start_offset:
-            cache.rebuild_from(_log_epochs(log))
+    if log.log_end_offset > log.log_start_offset and \
+            _last_batch_epoch(log) > cache.latest_epoch:
+        # No checkpoint, or one that missed the newest epoch (its write failed): rebuild.
+        cache.rebuild_from(_log_epochs(log))
     cache.truncate_from_end(log.log_end_offset)
     cache.truncate_from_start(log.log_start_offset)
 
@@ -298,13 +314,18 @@ def attach(log: Log) -> LeaderEpochCache:
         first, last = info.batches[0], info.batches[-1]
         replicated = first.base_offset == result.base_offset and \
             last.last_offset == result.last_offset and first.leader_epoch >= 0
-        if not replicated:
-            if leader_epoch > cache.latest_epoch:
-                cache.assign(leader_epoch, result.base_offset)
-            return
-        for h in info.batches:
-            if h.leader_epoch > cache.latest_epoch:
-                cache.assign(h.leader_epoch, h.base_offset)
+        try:
+            if not replicated:
+                if leader_epoch > cache.latest_epoch:
+                    cache.assign(leader_epoch, result.base_offset)
+                return
+            for h in info.batches:
+                if h.leader_epoch > cache.latest_epoch:
+                    cache.assign(h.leader_epoch, h.base_offset)
+        except OSError:
+            # The append is written and the entry is in memory; the file catches up on the
+            # next write, and `attach` rebuilds a checkpoint that missed the newest epoch.
+            pass
 
     log.hooks.on_append.append(on_append)
     log.hooks.on_truncate.append(cache.truncate_from_end)

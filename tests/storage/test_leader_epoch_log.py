@@ -107,3 +107,18 @@ def test_follower_truncates_by_leader_epoch_not_high_watermark(tmp_path):
     finally:
         a.close()
         b.close()
+
+
+def test_checkpoint_that_missed_the_newest_epoch_is_rebuilt(tmp_path):
+    log = Log.open(tmp_path / "t-0", CFG)
+    attach(log)
+    log.append(batch(), leader_epoch=1)
+    stale = (tmp_path / "t-0" / CHECKPOINT_NAME).read_bytes()
+    log.append(batch(), leader_epoch=4)
+    log.close()
+    (tmp_path / "t-0" / CHECKPOINT_NAME).write_bytes(stale)  # as if its last write failed
+    log = Log.open(tmp_path / "t-0", CFG)
+    try:
+        assert attach(log).entries == [EpochEntry(1, 0), EpochEntry(4, 3)]
+    finally:
+        log.close()
