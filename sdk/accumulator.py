@@ -91,7 +91,8 @@ class Accumulator:
         self.queues: dict[PartitionKey, deque[ProducerBatch]] = {}
         self.ready: dict[PartitionKey, None] = {}  # partitions with sealed batches (ordered)
         self.buffered = 0
-        self.incomplete = 0  # batches created and not yet completed (flush waits on it)
+        self.incomplete = 0  # batches created and not yet completed (close waits on it)
+        self.unfinished: set[ProducerBatch] = set()  # the same batches: what flush() waits for
         self.all_done = threading.Condition(self.lock)
         self.flushing = 0
         self.closed = False
@@ -117,6 +118,7 @@ class Accumulator:
         batch = ProducerBatch(topic, partition, reserve, time.monotonic(), self.delivery_timeout)
         self.buffered += reserve
         self.incomplete += 1
+        self.unfinished.add(batch)
         self.open[key] = batch
         return batch
 
@@ -189,6 +191,7 @@ class Accumulator:
             self.memory_freed.notify_all()
         if batch.counted:
             batch.counted = False
+            self.unfinished.discard(batch)
             self.incomplete -= 1
             if self.incomplete == 0:
                 self.all_done.notify_all()

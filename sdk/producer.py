@@ -299,23 +299,27 @@ class Producer:
 
     # ------------------------------------------------------------------ flushing, closing
     def flush(self, timeout: float | None = None) -> None:
-        """Send everything buffered now (ignoring linger.ms) and wait until it is answered."""
+        """Send everything buffered now (ignoring linger.ms); wait until it is answered.
+
+        Waits for the records sent before the call (records other threads send meanwhile
+        are sent at once too, but not waited for, so a busy producer cannot stall a flush).
+        """
         acc = self._acc
         deadline = None if timeout is None else time.monotonic() + timeout
         with acc.lock:
             acc.flushing += 1
+            waiting = [b.result for b in acc.unfinished]
         try:
             self._sender.wake()
-            with acc.lock:
-                while acc.incomplete > 0:
+            for result in waiting:
+                while not result.wait(0.1 if deadline is None
+                                      else max(0.0, min(0.1, deadline - time.monotonic()))):
                     if not self._sender.is_alive():
-                        break
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
+                        return  # closed or failed: nothing will complete any more
+                    if deadline is not None and time.monotonic() >= deadline:
+                        left = sum(1 for r in waiting if not r.done)
                         raise RequestTimeoutError(
-                            f"flush: {acc.incomplete} batches still unacknowledged after "
-                            f"{timeout} s")
-                    acc.all_done.wait(0.1 if left is None else min(left, 0.1))
+                            f"flush: {left} batches still unacknowledged after {timeout} s")
         finally:
             with acc.lock:
                 acc.flushing -= 1

@@ -269,3 +269,26 @@ def test_callbacks_and_flush(bootstrap: str, admin: Admin) -> None:
             p.send("cb", b"%d" % i).add_callback(lambda md: seen.append(md.offset))
         p.flush(10)
         assert len(seen) == 100  # flush returns only once every record is acknowledged
+
+
+def test_flush_waits_for_earlier_records_only(bootstrap: str, admin: Admin) -> None:
+    import threading
+
+    admin.create_topic("busy", partitions=2)
+    stop = threading.Event()
+    with Producer(bootstrap, linger_ms=20) as p:
+        def hammer() -> None:
+            while not stop.is_set():
+                p.send("busy", b"other-thread")
+
+        t = threading.Thread(target=hammer, daemon=True)
+        t.start()
+        try:
+            mine = [p.send("busy", b"mine-%d" % i) for i in range(100)]
+            started = time.monotonic()
+            p.flush(20)  # must not wait for the other thread's endless stream
+            assert time.monotonic() - started < 10
+            assert all(f.done() and f.succeeded() for f in mine)
+        finally:
+            stop.set()
+            t.join(10)
