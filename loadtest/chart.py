@@ -29,7 +29,7 @@ def _shade_phases(ax: plt.Axes, data: TimelineData, label: bool) -> None:
         end = phases[i + 1].t if i + 1 < len(phases) else end_all
         ax.axvspan(m.t, end, color=PHASE_COLOURS[i % len(PHASE_COLOURS)], zorder=0)
         if label:
-            ax.text(m.t, 1.0, f" {m.label}", transform=ax.get_xaxis_transform(),
+            ax.text(m.t, 1.0 - 0.05 * (i % 2), f" {m.label}", transform=ax.get_xaxis_transform(),
                     va="top", ha="left", fontsize=8, color="#555555")
     events = [m for m in data.marks if m.kind == "event"]
     for i, m in enumerate(events):

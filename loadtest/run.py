@@ -182,8 +182,9 @@ def report(summary: dict) -> str:
     lines = [
         f"scenario        {summary['scenario']}   ({'OK' if summary['ok'] else 'FAILED'})",
         f"chart           {summary['chart']}",
-        f"peak produce    {summary['peak_produce_rps']} records/s "
-        f"({summary['peak_produce_mbps']:.1f} MB/s)",
+        f"peak produce    {summary['peak_produce_rps']:.0f} records/s "
+        f"({summary['peak_produce_mbps']:.1f} MB/s; best 5 s; best 1 s "
+        f"{summary['max_1s_produce_rps']})",
         f"steady consume  {summary['steady_consume_rps']:.0f} records/s",
         f"max lag         {summary['max_lag']} records",
         f"time to drain   {summary.get('time_to_drain_s')} s "

@@ -37,7 +37,8 @@ def test_counts_figures_and_latency(tmp_path: Path) -> None:
     assert list(data.produced[:6]) == [10, 10, 10, 10, 100, 100]
     assert data.phase[5] == "burst"
     summary = summarize(data, drain_from="burst", drain_threshold=0)
-    assert summary["peak_produce_rps"] == 100
+    assert summary["max_1s_produce_rps"] == 100
+    assert summary["peak_produce_rps"] == (10 + 10 + 100 + 100 + 10) / 5
     assert summary["max_lag"] == 120
     # Burst ends at 6 s; lag reads 0 at 9.5 s.
     assert summary["time_to_drain_s"] == 3.5
