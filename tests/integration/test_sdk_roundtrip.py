@@ -276,7 +276,7 @@ def test_flush_waits_for_earlier_records_only(bootstrap: str, admin: Admin) -> N
 
     admin.create_topic("busy", partitions=2)
     stop = threading.Event()
-    with Producer(bootstrap, linger_ms=20) as p:
+    with Producer(bootstrap, linger_ms=20, buffer_memory=1_000_000) as p:
         def hammer() -> None:
             while not stop.is_set():
                 p.send("busy", b"other-thread")
