@@ -194,6 +194,9 @@ def report(summary: dict) -> str:
         f"acked/consumed  {summary['produced']} / {summary['consumed']}, "
         f"produce errors {summary['produce_errors']}",
     ]
+    for phase, r in summary.get("phase_rates", {}).items():
+        lines.append(f"phase {phase:9} {r['seconds']:4d} s: produce {r['produce_rps']:.0f}/s, "
+                     f"consume {r['consume_rps']:.0f}/s")
     for key in ("fill_produce_trend", "catchup_trend"):
         if key in summary:
             lines.append(f"{key:15} {summary[key]}")

@@ -222,6 +222,18 @@ def load(out_dir: Path) -> TimelineData:
     )
 
 
+def phase_rates(data: TimelineData) -> dict[str, dict[str, float]]:
+    """Mean produce/consume records/s of each phase over its whole seconds."""
+    out = {}
+    for label in dict.fromkeys(p for p in data.phase if p):
+        idx = [i for i, p in enumerate(data.phase) if p == label]
+        whole = idx[1:-1] if len(idx) > 2 else idx  # the edge seconds are shared
+        out[label] = {"seconds": len(idx),
+                      "produce_rps": round(float(data.produced[whole].mean()), 1),
+                      "consume_rps": round(float(data.consumed[whole].mean()), 1)}
+    return out
+
+
 def _peak_mean(values: np.ndarray, window: int) -> float:
     """Highest mean of `window` consecutive seconds (of all of them if fewer)."""
     if values.size == 0:
@@ -264,10 +276,13 @@ def summarize(data: TimelineData, drain_from: str | None, drain_threshold: float
             backlog_secs.add(int(t))
     inner = [s for s in sorted(backlog_secs) if s + 1 in backlog_secs and s - 1 in backlog_secs]
     secs = inner or (list(active[1:-1]) if active.size > 2 else list(active))
-    rates = [int(data.consumed[s]) for s in secs if s < data.consumed.size]
+    consuming = np.nonzero(data.consumed)[0]
+    first_consume = int(consuming[0]) if consuming.size else data.consumed.size
+    rates = [int(data.consumed[s]) for s in secs if first_consume <= s < data.consumed.size]
     working = [r for r in rates if r > 0]
     summary["steady_consume_rps"] = float(np.median(working)) if working else 0.0
     summary["consume_stalled_s"] = len(rates) - len(working)
+    summary["phase_rates"] = phase_rates(data)
     if drain_from is not None:
         span = data.phase_span(drain_from)
         if span is not None:

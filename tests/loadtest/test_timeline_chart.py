@@ -43,6 +43,8 @@ def test_counts_figures_and_latency(tmp_path: Path) -> None:
     # Burst ends at 6 s; lag reads 0 at 9.5 s.
     assert summary["time_to_drain_s"] == 3.5
     assert summary["steady_consume_rps"] == 40
+    assert summary["phase_rates"]["burst"] == {"seconds": 2, "produce_rps": 100.0,
+                                              "consume_rps": 40.0}
     lat = tl.latency_percentiles()
     assert lat["produce"]["p50"] == 2.0 and lat["produce"]["count"] == 300
     assert lat["consume/burst"]["count"] == 80
