@@ -65,11 +65,13 @@ class CompletedFetch:
                  "aborted_pids", "check_crcs", "done")
 
     def __init__(self, tp: TopicPartition, epoch: int, data: Any,
-                 aborted: list[list[int]] | None, check_crcs: bool) -> None:
+                 aborted: list[list[int]] | None, check_crcs: bool,
+                 headers: list[BatchHeader] | None = None) -> None:
         self.tp = tp
         self.epoch = epoch
         self.data = data
-        self.headers: Iterator[BatchHeader] = iter_batches(data, allow_partial_tail=True)
+        self.headers: Iterator[BatchHeader] = iter(headers) if headers is not None \
+            else iter_batches(data, allow_partial_tail=True)
         self.pending: list[Record] = []
         self.index = 0
         self.aborted = deque(sorted(aborted, key=lambda a: a[1])) if aborted else None
@@ -253,12 +255,17 @@ class Fetcher:
                     data: Any = frames[idx[0]].buffer
                 else:
                     data = b"".join(frames[k].buffer for k in idx)
-                end = _end_of_batches(data)
-                if end is None or end <= offset:
+                headers = list(iter_batches(data, allow_partial_tail=True))
+                if not headers:
+                    continue
+                last = headers[-1]
+                end = last.base_offset + last.last_offset_delta + 1
+                if end <= offset:
                     continue
                 st.next_fetch_offset = end
                 self.completed.append(CompletedFetch(
-                    tp, epoch, data, p.get("aborted_transactions"), self.cfg.check_crcs))
+                    tp, epoch, data, p.get("aborted_transactions"), self.cfg.check_crcs,
+                    headers))
                 self.buffered[tp] = self.buffered.get(tp, 0) + 1
 
     def _partition_error(self, tp: TopicPartition, st: PartitionState, code: int,
@@ -315,13 +322,3 @@ class Fetcher:
 
 
 _PAUSED = PartitionState(paused=True)
-
-
-def _end_of_batches(data: Any) -> int | None:
-    """The offset after the last whole batch of a fetch's data (None if there is none)."""
-    last = None
-    for hdr in iter_batches(data, allow_partial_tail=True):
-        last = hdr
-    if last is None:
-        return None
-    return last.base_offset + last.last_offset_delta + 1
