@@ -63,6 +63,10 @@ def friendly_errors(fn: F) -> F:
             fail(_with_hint(str(exc)))
         except (ValueError, TypeError, OSError) as exc:
             fail(str(exc) or type(exc).__name__)
+        except Exception as exc:
+            if os.environ.get("QNODE_DEBUG"):
+                raise  # a developer asked for the traceback
+            fail(f"{type(exc).__name__}: {exc} (set QNODE_DEBUG=1 for the traceback)")
 
     return wrapper  # type: ignore[return-value]
 
