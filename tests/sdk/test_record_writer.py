@@ -66,6 +66,7 @@ def test_round_trip_through_storage_reader(records: list, codec: Compression) ->
         assert list(rec.headers) == [(k, v) for k, v in headers]
 
 
+@settings(deadline=None)
 @given(st.lists(st.binary(max_size=200), min_size=1, max_size=50),
        st.lists(st.integers(min_value=0, max_value=300), min_size=50, max_size=50))
 def test_keyless_fast_path_writes_the_builders_bytes(values: list[bytes], deltas: list[int]
