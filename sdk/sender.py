@@ -170,7 +170,7 @@ class Sender(threading.Thread):
             t = min(t, max(0.0, d - now))
         if self.acc.ready:  # batches held back by a retry backoff or a missing leader
             t = min(t, self.cfg.retry_backoff_ms / 1000.0)
-        if self.metadata.stale or self.wanted_topics:
+        if (self.metadata.stale or self.wanted_topics) and not self._meta_in_flight:
             t = min(t, max(0.0, self.metadata.last_attempt + self.metadata.retry_backoff - now))
         return t
 
