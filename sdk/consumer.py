@@ -274,12 +274,16 @@ class Consumer:
             client.poll(min(left, self._wait_cap()) * 1000.0)
 
     def _wait_cap(self) -> float:
+        """How long poll() may sleep in zmq before it must look at its state again."""
         if self._coordinator is not None:
             return 0.1  # let the group code run on time (heartbeats are its own thread)
         if self._metadata.stale or any(st.position is None
                                        for st in self._subs.assignment.values()):
             return self.retry_backoff
-        return 1.0
+        now = time.monotonic()
+        backoffs = [st.retry_at - now for st in self._subs.assignment.values()
+                    if st.retry_at > now]
+        return max(0.001, min(backoffs)) if backoffs else 1.0
 
     def __iter__(self) -> Iterator[Record]:
         """Blocking iterator over records, until close()."""
