@@ -29,13 +29,12 @@ from qnode.sdk.errors import (
     QnodeError,
     RequestTimeoutError,
     UnknownTopicError,
-    error_for,
 )
 from qnode.sdk.fetcher import FetchConfig, Fetcher
 from qnode.sdk.metadata import Metadata
+from qnode.sdk.offset_lookup import list_offsets
 from qnode.sdk.subscription import EARLIEST, LATEST, SubscriptionState
 from qnode.sdk.types import OffsetAndTimestamp, Record, TopicPartition
-from qnode.transport.api import ApiKey
 
 PartitionsCallback = Callable[[list[TopicPartition]], Any]
 
@@ -357,75 +356,9 @@ class Consumer:
     def _list_offsets(self, targets: Mapping[TopicPartition, int],
                       timeout: float | None = None) -> dict[TopicPartition, tuple[int, int]]:
         """{tp: (offset, timestamp)} for ListOffsets timestamps (-2 earliest, -1 latest)."""
-        deadline = time.monotonic() + (self.default_api_timeout if timeout is None else timeout)
-        remaining = dict(targets)
-        result: dict[TopicPartition, tuple[int, int]] = {}
-        md = self._metadata
-        last_error: QnodeError | None = None
-        while remaining:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise last_error or RequestTimeoutError("ListOffsets timed out")
-            missing = [tp for tp in remaining if md.leader_endpoint(tp) is None]
-            if missing or md.stale:
-                try:
-                    md.fetch(self._client, {tp.topic for tp in remaining},
-                             timeout_ms=int(left * 1000))
-                except QnodeError as exc:
-                    if not exc.retriable:
-                        raise
-                    last_error = exc
-                    time.sleep(min(self.retry_backoff, max(0.0, left)))
-                    continue
-                for tp in remaining:
-                    if tp.topic in md.unknown:
-                        raise UnknownTopicError(
-                            f"UNKNOWN_TOPIC_OR_PARTITION: topic {tp.topic!r} does not exist",
-                            retriable=False)
-                    info = md.topics.get(tp.topic)
-                    if info is not None and tp.partition >= len(info.partitions):
-                        raise UnknownTopicError(
-                            f"UNKNOWN_TOPIC_OR_PARTITION: {tp.topic}-{tp.partition} does not "
-                            "exist", retriable=False)
-            by_ep: dict[str, dict[str, list[dict[str, int]]]] = {}
-            for tp, ts in remaining.items():
-                ep = md.leader_endpoint(tp)
-                if ep is None:
-                    continue
-                by_ep.setdefault(ep, {}).setdefault(tp.topic, []).append(
-                    {"partition": tp.partition, "timestamp": ts})
-            if not by_ep:
-                md.stale = True
-                time.sleep(min(self.retry_backoff, max(0.0, left)))
-                continue
-            for ep, topics in by_ep.items():
-                body = {"isolation_level": self.isolation_level,
-                        "topics": [{"name": t, "partitions": p} for t, p in topics.items()]}
-                try:
-                    resp = self._client.request(ep, ApiKey.LIST_OFFSETS, body,
-                                                timeout_ms=int(max(0.05, left) * 1000))
-                except QnodeError as exc:
-                    if not exc.retriable:
-                        raise
-                    last_error = exc
-                    md.stale = True
-                    continue
-                for t in resp.body.get("topics") or []:
-                    for p in t.get("partitions") or []:
-                        tp = TopicPartition(t["name"], p["partition"])
-                        code = p.get("error", 0)
-                        if code:
-                            err = error_for(code, p.get("message"))
-                            if not err.retriable:
-                                raise err
-                            last_error = err
-                            md.stale = True
-                            continue
-                        result[tp] = (p.get("offset", -1), p.get("timestamp", -1))
-                        remaining.pop(tp, None)
-            if remaining:
-                time.sleep(min(self.retry_backoff, max(0.0, deadline - time.monotonic())))
-        return result
+        return list_offsets(self._client, self._metadata, targets, self.isolation_level,
+                            self.default_api_timeout if timeout is None else timeout,
+                            self.retry_backoff)
 
     def offsets_for_times(self, timestamps: Mapping[TopicPartition, int],
                           timeout: float | None = None
