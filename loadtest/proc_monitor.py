@@ -43,16 +43,25 @@ def _first(obj: Any, *names: str) -> Any:
     return None
 
 
+class OffsetsUnknown(RuntimeError):
+    """A partition's offsets are not known right now (e.g. its worker is restarting)."""
+
+
 def topic_offsets(admin: Any, topic: str) -> tuple[dict[int, tuple[int, int]], list[str]]:
-    """({partition: (log start, high watermark)}, the leaders' worker endpoints)."""
+    """({partition: (log start, high watermark)}, the leaders' worker endpoints).
+
+    Raises OffsetsUnknown rather than count a partition whose high watermark is unknown as
+    empty: that would show a fake drop of the lag while a worker restarts.
+    """
     desc = admin.describe_topic(topic)
     out, endpoints = {}, []
     for p in _first(desc, "partitions") or []:
         pid = int(_first(p, "id", "partition"))
         start = _first(p, "log_start_offset") or 0
         hw = _first(p, "high_watermark")
-        if hw is None or hw < 0:
-            hw = _first(p, "log_end_offset") or 0
+        if _first(p, "error") or hw is None or hw < 0:
+            raise OffsetsUnknown(f"{topic}-{pid}: high watermark unknown "
+                                 f"(error {_first(p, 'error')})")
         out[pid] = (max(int(start), 0), int(hw))
         endpoint = _first(p, "endpoint")
         if endpoint and endpoint not in endpoints:
@@ -66,12 +75,17 @@ def group_lags(admin: Any, group: str, topic: str) -> dict[int, int]:
         desc = admin.describe_group(group)
     except Exception:  # noqa: BLE001 - an unknown/empty group has committed nothing yet
         return {}
+    if desc is None:
+        return {}
     out = {}
     for p in _first(desc, "offsets", "partitions") or []:
         if _first(p, "topic") not in (None, topic):
             continue
         committed = _first(p, "committed", "committed_offset", "offset")
         lag = _first(p, "lag")
+        end = _first(p, "log_end_offset")
+        if end is not None and end < 0:
+            raise OffsetsUnknown(f"{topic}-{_first(p, 'partition')}: log end unknown")
         if committed is not None and committed >= 0 and lag is not None and lag >= 0:
             out[int(_first(p, "partition", "id"))] = int(lag)
     return out
