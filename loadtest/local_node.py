@@ -123,14 +123,14 @@ class LocalNode:
             raise NodeError(f"qnode start exited with {proc.returncode}: {log_path.read_text()}")
         return cls(bootstrap, data, proc, log_path, remove)
 
-    def _descendants(self) -> list[psutil.Process]:
+    def descendants(self) -> list[psutil.Process]:
         try:
             return psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return []
 
     def pid_listening_on(self, port: int) -> int | None:
-        for child in self._descendants():
+        for child in self.descendants():
             try:
                 conns = child.net_connections(kind="tcp")
             except (psutil.NoSuchProcess, psutil.AccessDenied):

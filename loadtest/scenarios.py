@@ -125,7 +125,7 @@ class _Run:
         while not self.monitor.finished:
             self.monitor.pump(0.5)
 
-    def _progress(self, shape: ScenarioShape) -> None:
+    def _progress(self) -> None:
         last = dict(self.ctx.timeline.totals)
         while True:
             gevent.sleep(PROGRESS_EVERY_S)
@@ -146,7 +146,7 @@ class _Run:
                 break
             gevent.sleep(0.1)
         assert self.node is not None
-        before = len(self.node._descendants())
+        before = len(self.node.descendants())
         try:
             pid = self.node.kill9_worker(self.endpoints)
         except NodeError as e:
@@ -156,7 +156,7 @@ class _Run:
         deadline = time.time() + 60
         while time.time() < deadline:
             gevent.sleep(0.1)
-            alive = [p for p in self.node._descendants() if p.pid != pid and p.is_running()]
+            alive = [p for p in self.node.descendants() if p.pid != pid and p.is_running()]
             if len(alive) >= before:
                 self.ctx.mark_event("worker restarted")
                 return
@@ -176,7 +176,7 @@ class _Run:
         stopped = Event()
         env.events.test_stop.add_listener(lambda **_: stopped.set())
         writer_greenlet = gevent.spawn(writer)
-        self.greenlets.append(gevent.spawn(self._progress, shape))
+        self.greenlets.append(gevent.spawn(self._progress))
         if self.opts.kill_worker_after_s is not None:
             self.greenlets.append(gevent.spawn(self._kill_worker, self.opts.kill_worker_after_s))
         runner.start_shape()
