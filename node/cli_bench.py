@@ -161,7 +161,8 @@ def run_produce(
         elapsed = clock() - start
     progress.update(records, force=True)
     progress.close()
-    return Summary(label, records, records * record_size, elapsed, latencies, "send → ack")
+    return Summary(label, records, records * record_size, elapsed, latencies,
+                   "send → ack at full speed, queueing in buffer.memory included")
 
 
 # ---------------------------------------------------------------------------------- consume
