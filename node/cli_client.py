@@ -314,7 +314,10 @@ def consume(
             consumer.subscribe([topic])
         elif partition is not None:
             tp = TopicPartition(topic, partition)
-            consumer.partitions_for_topic(topic)  # unknown topic: one clear error now
+            count = len(consumer.partitions_for_topic(topic))  # unknown topic: error now
+            if not 0 <= partition < count:
+                raise ValueError(f"topic {topic!r} has no partition {partition} "
+                                 f"(it has {count})")
             consumer.assign([tp])
             if offset is not None:
                 consumer.seek(tp, offset)

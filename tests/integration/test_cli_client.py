@@ -114,6 +114,9 @@ def test_client_errors_are_one_line(bootstrap: str) -> None:
                           "missing-topic")
     assert_one_line_error(qnode("consume", "x", "--offset", "3", bootstrap=bootstrap),
                           "--partition")
+    assert qnode("topic", "create", "onepart", bootstrap=bootstrap).returncode == 0
+    assert_one_line_error(qnode("consume", "onepart", "--partition", "7", "-n", "1",
+                                bootstrap=bootstrap), "no partition 7")
     dead = free_endpoint()
     res = qnode("topic", "list", "--bootstrap", dead, timeout=60)
     assert_one_line_error(res, dead)
