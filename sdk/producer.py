@@ -1,7 +1,7 @@
 """`Producer`: asynchronous, batching, retrying record producer (Kafka's KafkaProducer model).
 
 `send()` does the minimum per record on the caller's thread: pick the partition, encode the
-record into its partition's open batch, hand back a two-slot future. A background `Sender`
+record into its partition's open batch, hand back a three-slot future. A background `Sender`
 turns sealed batches into Produce requests. Config keywords keep Kafka's names
 (`linger.ms` → `linger_ms`).
 """
