@@ -310,15 +310,9 @@ class Fetcher:
         else:
             self.buffered.pop(tp, None)
 
-    def has_buffered(self) -> bool:
-        return any(not self.subs.assignment.get(cf.tp, _PAUSED).paused for cf in self.completed)
-
     def drop(self, tp: TopicPartition) -> None:
         """Forget buffered data of a partition (seek, reset, unassign)."""
         keep = deque(cf for cf in self.completed if cf.tp != tp)
         if len(keep) != len(self.completed):
             self.completed = keep
             self.buffered.pop(tp, None)
-
-
-_PAUSED = PartitionState(paused=True)

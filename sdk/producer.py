@@ -25,8 +25,13 @@ from qnode.sdk.errors import (
 from qnode.sdk.futures import RecordFuture
 from qnode.sdk.metadata import Metadata
 from qnode.sdk.partitioner import StickyPartitioner, partition_for_key
-from qnode.sdk.record_writer import PREFIXES as _PREFIXES
-from qnode.sdk.record_writer import ZERO, encode_headers_section, encode_record, keyless_prefix
+from qnode.sdk.record_writer import (
+    ZERO,
+    PrefixCache,
+    encode_headers_section,
+    encode_record,
+    keyless_prefix,
+)
 from qnode.sdk.sender import Sender, SenderConfig
 from qnode.sdk.types import Headers, TopicPartition
 from qnode.storage.compression import Compression, UnsupportedCompressionError
@@ -131,6 +136,7 @@ class Producer:
         self._lock = self._acc.lock
         self._sticky = self._acc.sticky
         self._partitioner = StickyPartitioner()
+        self._prefixes: PrefixCache = {}
         self._limit = batch_size
         self._linger_zero = linger_ms == 0
         self._closed = False
@@ -164,7 +170,7 @@ class Producer:
                     tsd = timestamp_ms - batch.base_ts
                     if tsd >= 0:
                         k = (tsd, od, vl)
-                        prefix = _PREFIXES.get(k) or keyless_prefix(k)
+                        prefix = self._prefixes.get(k) or keyless_prefix(self._prefixes, k)
                         parts = batch.parts
                         parts.append(prefix)
                         parts.append(value)  # type: ignore[arg-type]

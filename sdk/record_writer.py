@@ -43,24 +43,21 @@ def _zz(n: int) -> bytes:
     return _Z[n] if 0 <= n < TABLE_SIZE else zigzag_encode(n)
 
 
-_PREFIXES: dict[tuple[int, int, int], bytes] = {}
+PrefixCache = dict[tuple[int, int, int], bytes]  # one per producer: no shared mutable state
 
 
-def keyless_prefix(key: tuple[int, int, int]) -> bytes:
+def keyless_prefix(cache: PrefixCache, key: tuple[int, int, int]) -> bytes:
     """The bytes before the value of a keyless record; `key` = (ts delta, offset delta, len).
 
-    Cached: callers look in `PREFIXES` first and call this only on a miss.
+    Callers look in `cache` first and call this only on a miss; it fills the cache.
     """
     tsd, od, vl = key
     head = b"\x00" + _zz(tsd) + _zz(od) + ZIGZAG_MINUS_ONE + _zz(vl)
     prefix = _zz(len(head) + vl + 1) + head
-    if len(_PREFIXES) >= _MAX_CACHED:
-        _PREFIXES.clear()  # odd value sizes or timestamps: keep the cache bounded
-    _PREFIXES[key] = prefix
+    if len(cache) >= _MAX_CACHED:
+        cache.clear()  # odd value sizes or timestamps: keep the cache bounded
+    cache[key] = prefix
     return prefix
-
-
-PREFIXES = _PREFIXES
 
 
 def encode_headers_section(headers: Sequence[tuple[str, bytes | None]] | None) -> bytes:

@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qnode.sdk.record_writer import (
-    PREFIXES,
     ZERO,
+    PrefixCache,
     build_batch,
     encode_headers_section,
     encode_record,
@@ -32,13 +32,14 @@ def _write(records: list, base_ts: int) -> tuple[list[bytes], int]:
     """Encode like Producer.send: the keyless fast path where it applies."""
     parts: list[bytes] = []
     max_ts = -1
+    cache: PrefixCache = {}
     for od, (key, value, headers, tsd) in enumerate(records):
         ts = base_ts + tsd if od else base_ts
         max_ts = max(max_ts, ts)
         d = ts - base_ts
         if key is None and not headers and value is not None and d >= 0:
             k = (d, od, len(value))
-            parts += [PREFIXES.get(k) or keyless_prefix(k), value, ZERO]
+            parts += [cache.get(k) or keyless_prefix(cache, k), value, ZERO]
         else:
             parts.append(encode_record(od, d, key, value, encode_headers_section(headers)))
     return parts, max_ts
@@ -75,15 +76,17 @@ def test_keyless_fast_path_writes_the_builders_bytes(values: list[bytes], deltas
     stamps = sorted(base_ts + d for d in deltas[:len(values)])
     stamps[0] = base_ts
     builder = BatchBuilder(batch_size=1 << 30)
+    cache: PrefixCache = {}
     parts: list[bytes] = []
     for od, (v, ts) in enumerate(zip(values, stamps, strict=False)):
         builder.append(None, v, None, ts)
         k = (ts - base_ts, od, len(v))
-        parts += [PREFIXES.get(k) or keyless_prefix(k), v, ZERO]
+        parts += [cache.get(k) or keyless_prefix(cache, k), v, ZERO]
     assert build_batch(parts, len(values), base_ts, max(stamps)) == builder.build()
 
 
 def test_prefix_cache_stays_bounded() -> None:
+    cache: PrefixCache = {}
     for i in range(70000):
-        keyless_prefix((0, 1, i))
-    assert len(PREFIXES) <= 1 << 16
+        keyless_prefix(cache, (0, 1, i))
+    assert len(cache) <= 1 << 16
