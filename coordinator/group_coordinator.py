@@ -690,6 +690,14 @@ class GroupCoordinator:
         for group in list(self._groups.values()):
             if group.state is not S.EMPTY:
                 continue
+            if not group.offsets and not group.pending_members:
+                # An empty group with nothing committed (a consumer that joined and left, or
+                # a first join that never came back) is forgotten, as Kafka does.
+                self._set_state(group, S.DEAD)
+                del self._groups[group.group_id]
+                self._writer.append(self.partition_of(group.group_id),
+                                    [(gm.group_key(group.group_id), None)], lambda _err: None)
+                continue
             expired = [tp for tp, e in group.offsets.items()
                        if max(e.commit_ts, group.state_ts) + retention <= now]
             if not expired:

@@ -379,3 +379,16 @@ def test_partition_for_is_stable():
     assert gm.partition_for("orders-app", 50) == gm.partition_for("orders-app", 50)
     spread = {gm.partition_for(f"g{i}", 50) for i in range(500)}
     assert len(spread) > 40
+
+
+def test_empty_group_without_offsets_is_forgotten(clock, writer):
+    gc = GroupCoordinator(GroupConfig(num_partitions=4, retention_check_interval_ms=1000),
+                          writer, clock)
+    a = new_member(gc).value
+    sync(gc, a, {})
+    gc.leave_group("g", [(a.member_id, None)])
+    assert gc.group("g").state is S.EMPTY
+    clock.now += 1000
+    gc.tick()
+    assert gc.group("g") is None
+    assert writer.records[-1][1:] == (gm.group_key("g"), None)
