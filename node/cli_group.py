@@ -17,8 +17,9 @@ from qnode.sdk.errors import QnodeError
 
 DEFAULT_BOOTSTRAP = "tcp://127.0.0.1:9700"
 
-BootstrapOpt = typer.Option(None, "--bootstrap", help="node endpoint "
-                            "(default: $QNODE_BOOTSTRAP, else tcp://127.0.0.1:9700)")
+BootstrapOpt = typer.Option(
+    None, "--bootstrap", help="node endpoint (default: $QNODE_BOOTSTRAP, else tcp://127.0.0.1:9700)"
+)
 
 
 def _bootstrap(value: str | None) -> str:
@@ -39,8 +40,9 @@ def _admin(bootstrap: str | None) -> Any:
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     cells = [header] + [[("-" if c is None else str(c)) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in cells)
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells
+    )
 
 
 def group_list(bootstrap: str | None = BootstrapOpt) -> None:
@@ -55,8 +57,9 @@ def group_list(bootstrap: str | None = BootstrapOpt) -> None:
         admin.close()
 
 
-def group_describe(group: str = typer.Argument(..., help="group id"),
-                   bootstrap: str | None = BootstrapOpt) -> None:
+def group_describe(
+    group: str = typer.Argument(..., help="group id"), bootstrap: str | None = BootstrapOpt
+) -> None:
     """Show state, members, and per partition committed offset, log end and LAG."""
     admin = _admin(bootstrap)
     try:
@@ -66,15 +69,39 @@ def group_describe(group: str = typer.Argument(..., help="group id"),
         return
     finally:
         admin.close()
-    print(f"Group {d.group_id}: state {d.state}, protocol {d.protocol or '-'}, "
-          f"{len(d.members)} member(s)")
+    print(
+        f"Group {d.group_id}: state {d.state}, protocol {d.protocol or '-'}, "
+        f"{len(d.members)} member(s)"
+    )
     clients = {m.member_id: m.client_id for m in d.members}
-    rows = [[d.group_id, o.topic, o.partition, o.committed if o.committed >= 0 else None,
-             o.log_end_offset if o.log_end_offset >= 0 else None,
-             o.lag if o.lag >= 0 else None, o.member_id, clients.get(o.member_id or "")]
-            for o in d.offsets]
-    print(_table(["GROUP", "TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG",
-                  "CONSUMER-ID", "CLIENT-ID"], rows))
+    rows = [
+        [
+            d.group_id,
+            o.topic,
+            o.partition,
+            o.committed if o.committed >= 0 else None,
+            o.log_end_offset if o.log_end_offset >= 0 else None,
+            o.lag if o.lag >= 0 else None,
+            o.member_id,
+            clients.get(o.member_id or ""),
+        ]
+        for o in d.offsets
+    ]
+    print(
+        _table(
+            [
+                "GROUP",
+                "TOPIC",
+                "PARTITION",
+                "CURRENT-OFFSET",
+                "LOG-END-OFFSET",
+                "LAG",
+                "CONSUMER-ID",
+                "CLIENT-ID",
+            ],
+            rows,
+        )
+    )
 
 
 def group_reset_offsets(
@@ -83,13 +110,15 @@ def group_reset_offsets(
     to_earliest: bool = typer.Option(False, "--to-earliest"),
     to_latest: bool = typer.Option(False, "--to-latest"),
     to_offset: int | None = typer.Option(None, "--to-offset"),
-    to_datetime: str | None = typer.Option(None, "--to-datetime",
-                                           help="ISO 8601, e.g. 2024-05-01T12:00:00+00:00"),
+    to_datetime: str | None = typer.Option(
+        None, "--to-datetime", help="ISO 8601, e.g. 2024-05-01T12:00:00+00:00"
+    ),
     bootstrap: str | None = BootstrapOpt,
 ) -> None:
     """Move a group's committed offsets (the group must have no active member)."""
-    chosen = [x for x in (to_earliest, to_latest, to_offset is not None,
-                          to_datetime is not None) if x]
+    chosen = [
+        x for x in (to_earliest, to_latest, to_offset is not None, to_datetime is not None) if x
+    ]
     if len(chosen) != 1:
         _fail("give exactly one of --to-earliest, --to-latest, --to-offset N, --to-datetime ISO")
     to: Any
@@ -115,12 +144,17 @@ def group_reset_offsets(
         return
     finally:
         admin.close()
-    print(_table(["GROUP", "TOPIC", "PARTITION", "NEW-OFFSET"],
-                 [[group, tp.topic, tp.partition, off] for tp, off in sorted(result.items())]))
+    print(
+        _table(
+            ["GROUP", "TOPIC", "PARTITION", "NEW-OFFSET"],
+            [[group, tp.topic, tp.partition, off] for tp, off in sorted(result.items())],
+        )
+    )
 
 
-def group_delete(group: str = typer.Argument(..., help="group id"),
-                 bootstrap: str | None = BootstrapOpt) -> None:
+def group_delete(
+    group: str = typer.Argument(..., help="group id"), bootstrap: str | None = BootstrapOpt
+) -> None:
     """Delete a group with no active member, and its committed offsets."""
     admin = _admin(bootstrap)
     try:
@@ -134,8 +168,9 @@ def group_delete(group: str = typer.Argument(..., help="group id"),
 
 def register(app: typer.Typer) -> None:
     """Add `qnode group ...` to the CLI."""
-    group_app = typer.Typer(help="Consumer groups: list, describe (with LAG), reset offsets.",
-                            no_args_is_help=True)
+    group_app = typer.Typer(
+        help="Consumer groups: list, describe (with LAG), reset offsets.", no_args_is_help=True
+    )
     group_app.command("list")(group_list)
     group_app.command("describe")(group_describe)
     group_app.command("reset-offsets")(group_reset_offsets)
