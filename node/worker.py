@@ -31,6 +31,7 @@ from qnode.node.metadata_follower import MetadataFollower
 from qnode.node.partition_server import PartitionServer
 from qnode.node.replica_set import ReplicaSet
 from qnode.node.shm_table import DEFAULT_CAPACITY, ShmTable, shm_name
+from qnode.storage.cleaner import Cleaner, CleanerConfig
 from qnode.storage.log_manager import LogManager
 from qnode.transport.api import WORKER_APIS, ApiKey, api_versions_body
 from qnode.transport.errors import ErrorCode
@@ -118,6 +119,9 @@ class Worker:
         )
         self.follower = MetadataFollower(config.node_id, config.worker_id)
         self.logs = LogManager(config.data_dir, f"worker-{config.worker_id}")
+        # Compacted topics (cleanup.policy=compact, e.g. __consumer_offsets) are cleaned on the
+        # LogManager tick; the offset map is allocated on first clean and bounded per worker.
+        self.logs.cleaners.append(Cleaner(CleanerConfig(dedupe_buffer_size=32 * 1024 * 1024)))
         self.replicas = ReplicaSet(
             config.node_id, self.logs, self.shm, self.follower, config.topic_defaults
         )
