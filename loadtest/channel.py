@@ -27,6 +27,8 @@ from __future__ import annotations
 import os
 import signal
 import time
+import traceback
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -93,3 +95,22 @@ class ChildChannel:
         self.flush()
         self._sock.close()
         self._ctx.term()
+
+
+def report_child_run(ch: ChildChannel, work: Callable[[], dict[str, Any]]) -> int:
+    """Run a client process's work and always tell the runner how it ended.
+
+    Whatever happens — even KeyboardInterrupt — the runner gets a `done` or a `fatal`
+    message, so it never waits on a child that died silently. Returns the exit status.
+    """
+    try:
+        stats = work()
+    except BaseException:  # noqa: BLE001 - anything at all must reach the runner
+        ch.flush()
+        ch.send({"op": "fatal", "msg": traceback.format_exc()})
+        ch.close()
+        return 1
+    ch.flush()
+    ch.send({"op": "done", "stats": stats})
+    ch.close()
+    return 0

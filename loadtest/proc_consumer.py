@@ -14,12 +14,11 @@ import json
 import os
 import sys
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qnode.loadtest.channel import ChildChannel
+from qnode.loadtest.channel import ChildChannel, report_child_run
 from qnode.loadtest.payload import decode
 from qnode.loadtest.verify import consumed_log
 
@@ -115,17 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     cfg = ConsumerConfig(**json.loads(args[0]))
     ch = ChildChannel(cfg.endpoint)
-    try:
-        counts = run(cfg, ch)
-    except BaseException:  # noqa: BLE001 - anything at all must reach the runner
-        ch.flush()
-        ch.send({"op": "fatal", "msg": traceback.format_exc()})
-        ch.close()
-        return 1
-    ch.flush()
-    ch.send({"op": "done", "stats": counts})
-    ch.close()
-    return 0
+    return report_child_run(ch, lambda: run(cfg, ch))
 
 
 if __name__ == "__main__":

@@ -13,12 +13,11 @@ import json
 import os
 import sys
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qnode.loadtest.channel import ChildChannel
+from qnode.loadtest.channel import ChildChannel, report_child_run
 from qnode.loadtest.payload import PayloadFactory, make_id
 from qnode.loadtest.verify import IdLog, acked_log
 
@@ -133,17 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     cfg = ProducerConfig(**json.loads(args[0]))
     ch = ChildChannel(cfg.endpoint)
-    try:
-        counts = run(cfg, ch)
-    except BaseException:  # noqa: BLE001 - anything at all must reach the runner
-        ch.flush()
-        ch.send({"op": "fatal", "msg": traceback.format_exc()})
-        ch.close()
-        return 1
-    ch.flush()
-    ch.send({"op": "done", "stats": counts})
-    ch.close()
-    return 0
+    return report_child_run(ch, lambda: run(cfg, ch))
 
 
 if __name__ == "__main__":
