@@ -24,12 +24,13 @@ This module is the child's side; it imports plain pyzmq only (never gevent or Lo
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import msgpack
 import zmq
@@ -95,6 +96,25 @@ class ChildChannel:
         self.flush()
         self._sock.close()
         self._ctx.term()
+
+
+class _ChildConfig(Protocol):
+    endpoint: str
+
+
+C = TypeVar("C", bound=_ChildConfig)
+
+
+def child_main(argv: list[str], config_cls: Callable[..., C],
+               work: Callable[[C, ChildChannel], dict[str, Any]]) -> int:
+    """Entry point of every child process: config from argv[0] (JSON), run, report the end.
+
+    The producer, consumer and lag-monitor processes all start this way, so all of them
+    end with exactly one `done` or `fatal` message (see report_child_run).
+    """
+    cfg = config_cls(**json.loads(argv[0]))
+    ch = ChildChannel(cfg.endpoint)
+    return report_child_run(ch, lambda: work(cfg, ch))
 
 
 def report_child_run(ch: ChildChannel, work: Callable[[], dict[str, Any]]) -> int:

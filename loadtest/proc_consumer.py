@@ -10,7 +10,6 @@ batch, so that the lag the broker reports is exactly what is left to process.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qnode.loadtest.channel import ChildChannel, report_child_run
+from qnode.loadtest.channel import ChildChannel, child_main
 from qnode.loadtest.payload import decode
 from qnode.loadtest.verify import consumed_log
 
@@ -111,10 +110,7 @@ def _names(partitions: Any) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    cfg = ConsumerConfig(**json.loads(args[0]))
-    ch = ChildChannel(cfg.endpoint)
-    return report_child_run(ch, lambda: run(cfg, ch))
+    return child_main(sys.argv[1:] if argv is None else argv, ConsumerConfig, run)
 
 
 if __name__ == "__main__":

@@ -10,14 +10,12 @@ committed offset for count from the log start (the consumers start at the earlie
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-from qnode.loadtest.channel import ChildChannel
+from qnode.loadtest.channel import ChildChannel, child_main
 
 
 @dataclass
@@ -123,10 +121,11 @@ def _wait_ready(admin: Any, cfg: MonitorConfig) -> None:
                        f"{last!r}")
 
 
-def run(cfg: MonitorConfig, ch: ChildChannel) -> None:
+def run(cfg: MonitorConfig, ch: ChildChannel) -> dict[str, int]:
     from qnode.sdk import Admin  # here, so a broken SDK is reported over the channel
 
     admin = Admin(bootstrap=cfg.bootstrap)
+    counts = {"samples": 0, "failed_samples": 0}
     try:
         _wait_ready(admin, cfg)
         ch.send({"op": "ready", "pid": 0})
@@ -134,14 +133,16 @@ def run(cfg: MonitorConfig, ch: ChildChannel) -> None:
         while True:
             if any(m["op"] == "stop" for m in ch.poll_control(
                     max(0.0, next_at - time.monotonic()))) or ch.orphaned():
-                return
+                return counts
             next_at += cfg.interval_s
             t = time.time()
             try:
                 msg = sample(admin, cfg.group, cfg.topic)
             except Exception as e:  # noqa: BLE001 - e.g. a worker restarting: say so, go on
+                counts["failed_samples"] += 1
                 ch.send({"op": "log", "msg": f"lag sample failed: {type(e).__name__}: {e}"})
                 continue
+            counts["samples"] += 1
             ch.send({"op": "lag", "t": t, **msg})
     finally:
         close = getattr(admin, "close", None)
@@ -150,18 +151,7 @@ def run(cfg: MonitorConfig, ch: ChildChannel) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    cfg = MonitorConfig(**json.loads(args[0]))
-    ch = ChildChannel(cfg.endpoint)
-    try:
-        run(cfg, ch)
-    except BaseException:  # noqa: BLE001 - anything at all must reach the runner
-        ch.send({"op": "fatal", "msg": traceback.format_exc()})
-        ch.close()
-        return 1
-    ch.send({"op": "done", "stats": {}})
-    ch.close()
-    return 0
+    return child_main(sys.argv[1:] if argv is None else argv, MonitorConfig, run)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ verify.py) and a produce event (send -> ack latency, size, error) goes to Locust
 from __future__ import annotations
 
 import collections
-import json
 import os
 import sys
 import time
@@ -17,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qnode.loadtest.channel import ChildChannel, report_child_run
+from qnode.loadtest.channel import ChildChannel, child_main
 from qnode.loadtest.payload import PayloadFactory, make_id
 from qnode.loadtest.verify import IdLog, acked_log
 
@@ -129,10 +128,7 @@ def run(cfg: ProducerConfig, ch: ChildChannel) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    cfg = ProducerConfig(**json.loads(args[0]))
-    ch = ChildChannel(cfg.endpoint)
-    return report_child_run(ch, lambda: run(cfg, ch))
+    return child_main(sys.argv[1:] if argv is None else argv, ProducerConfig, run)
 
 
 if __name__ == "__main__":

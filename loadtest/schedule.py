@@ -69,8 +69,11 @@ class Plan:
         self.phase = "failed"
 
     def _warmup(self, now: float, progress: Progress, need_consumers: bool,
-                first_phase: str) -> bool:
-        """True once every user that must be ready is; enters `first_phase` then."""
+                first_phase: str) -> tuple[bool, Step | None]:
+        """(True, None) once every user that must be ready is (entering `first_phase`), else
+        (False, the warmup step to run meanwhile, or None when the warmup timed out)."""
+        if self.phase != "warmup":
+            return True, None
         if self.started is None:
             self.started = now
             self._enter("warmup", now)
@@ -78,12 +81,14 @@ class Plan:
             not need_consumers or progress.ready_consumers >= self.consumers)
         if ready:
             self._enter(first_phase, now)
-            return True
+            return True, None
         if now - self.started > self.warmup_timeout_s:
             self._fail(f"users not ready after {self.warmup_timeout_s:g} s "
                        f"(producers {progress.ready_producers}/{self.producers}, "
                        f"consumers {progress.ready_consumers}/{self.consumers})")
-        return False
+            return False, None
+        return False, Step("warmup", self.producers, self.consumers if need_consumers else 0,
+                           0.0)
 
     def _drain(self, now: float, progress: Progress) -> Step | None:
         """Producers stopped; consumers run until a post-producer lag sample reads zero."""
@@ -123,10 +128,9 @@ class PeakShavingPlan(Plan):
         return max(self.baseline_lag, 1)
 
     def step(self, now: float, progress: Progress) -> Step | None:
-        if self.phase == "warmup" and not self._warmup(now, progress, True, "steady"):
-            if self.failure:
-                return None
-            return Step("warmup", self.producers, self.consumers, 0.0)
+        ready, waiting = self._warmup(now, progress, True, "steady")
+        if not ready:
+            return waiting
         if self.phase == "steady":
             if progress.lag is not None and progress.lag_at > (self.phase_started or now) + 1:
                 self.baseline_lag = max(self.baseline_lag, progress.lag)
@@ -163,10 +167,9 @@ class BacklogPlan(Plan):
         self.fill_timeout_s = fill_timeout_s
 
     def step(self, now: float, progress: Progress) -> Step | None:
-        if self.phase == "warmup" and not self._warmup(now, progress, False, "fill"):
-            if self.failure:
-                return None
-            return Step("warmup", self.producers, 0, 0.0)
+        ready, waiting = self._warmup(now, progress, False, "fill")
+        if not ready:
+            return waiting
         if self.phase == "fill":
             if progress.acked_bytes >= self.backlog_bytes:
                 self._enter("drain", now)
@@ -191,10 +194,9 @@ class SteadyStatePlan(Plan):
         self.duration_s = duration_s
 
     def step(self, now: float, progress: Progress) -> Step | None:
-        if self.phase == "warmup" and not self._warmup(now, progress, True, "steady"):
-            if self.failure:
-                return None
-            return Step("warmup", self.producers, self.consumers, 0.0)
+        ready, waiting = self._warmup(now, progress, True, "steady")
+        if not ready:
+            return waiting
         if self.phase == "steady":
             if self._elapsed(now) < self.duration_s:
                 return Step("steady", self.producers, self.consumers, self.rate)
