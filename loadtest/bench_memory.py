@@ -11,11 +11,14 @@ segment/index files apart. The verdict is the growth of anonymous memory from th
 sample at or past 1 GiB to the last one.
 
     python -m qnode.loadtest.bench_memory [--backlog 5GiB] [--sample-every 512MiB]
-        [--partitions 8] [--segment-bytes N] [--workers W] [--sdk]
+        [--partitions 8] [--segment-bytes N] [--workers W] [--sdk] [--read-back]
 
 By default the records travel as ready-made RecordBatches of 100-byte records (`--batch-bytes`,
 through the SDK's `NetworkClient`, pipelined) so that 5 GiB take about a minute; `--sdk`
-sends them one by one through a `Producer` instead (several times slower). The node and its
+sends them one by one through a `Producer` instead (several times slower). `--read-back` then
+fetches the whole backlog from offset 0 (a consumer catching up), sampling again: that is
+when old segments get mapped, and their pages must show up as file-backed, not anonymous,
+memory. The node and its
 data dir are removed at the end, on Ctrl-C and on SIGTERM too.
 """
 
@@ -146,12 +149,13 @@ class Row:
     backlog: int
     by_process: dict[str, MemSample]
     pids: dict[str, int]
+    read: int = -1  # bytes of the backlog read back so far (-1: the write phase)
 
     def total(self, attr: str) -> int:
         return sum(getattr(s, attr) for s in self.by_process.values())
 
 
-def take_row(backlog: int, supervisor_pid: int) -> Row:
+def take_row(backlog: int, supervisor_pid: int, read: int = -1) -> Row:
     pids = node_processes(supervisor_pid)
     samples = {}
     for name, pid in sorted(pids.items(), key=lambda kv: _order(kv[0])):
@@ -159,7 +163,7 @@ def take_row(backlog: int, supervisor_pid: int) -> Row:
             samples[name] = sample(pid)
         except (FileNotFoundError, ProcessLookupError):
             pass  # a process restarting right now: missing from this row, visible in the table
-    return Row(backlog, samples, pids)
+    return Row(backlog, samples, pids, read)
 
 
 def _order(name: str) -> tuple[int, str]:
@@ -186,7 +190,9 @@ class Verdict:
 
 
 def verdict(rows: list[Row], start_at: int = GiB) -> Verdict:
-    """Growth of anonymous memory between the first row at/after `start_at` and the last."""
+    """Growth of anonymous memory between the first row at/after `start_at` and the last row
+    of the write phase (rows of a read-back are judged by `read_verdict`)."""
+    rows = [r for r in rows if r.read < 0]
     if not rows:
         raise ValueError("no samples")
     first = next((r for r in rows if r.backlog >= start_at), rows[0])
@@ -201,16 +207,30 @@ def verdict(rows: list[Row], start_at: int = GiB) -> Verdict:
                    worst, worst_growth, restarted)
 
 
+def read_verdict(rows: list[Row]) -> str:
+    """What reading the backlog back did: anonymous vs file-backed (page cache) growth."""
+    reads = [r for r in rows if r.read >= 0]
+    writes = [r for r in rows if r.read < 0]
+    if not reads or not writes:
+        return "read-back: not run"
+    a, b = writes[-1], reads[-1]
+    return (f"read-back of {b.read / GiB:.2f} GiB: anonymous "
+            f"{(b.total('anon') - a.total('anon')) / MiB:+.1f} MiB, file-backed PSS "
+            f"{(b.total('pss_file') - a.total('pss_file')) / MiB:+.1f} MiB (page cache of mapped "
+            f"segments), RSS {(b.total('rss') - a.total('rss')) / MiB:+.1f} MiB, segment files "
+            f"mapped {a.total('mapped_files')} -> {b.total('mapped_files')}")
+
+
 def render(rows: list[Row]) -> str:
     """Backlog → per-process anon/PSS (MiB), totals, and what the segments take."""
     names = sorted({n for r in rows for n in r.by_process}, key=_order)
     short = {n: n.replace("supervisor", "sup").replace("coordinator", "coord")
              .replace("worker-", "w") for n in names}
-    head = ["backlog GiB"] + [f"{short[n]} anon/PSS" for n in names] + [
+    head = ["backlog GiB", "read GiB"] + [f"{short[n]} anon/PSS" for n in names] + [
         "total anon", "total PSS", "total RSS", "file PSS", "seg maps", "seg VM GiB", "fds"]
     lines = [" | ".join(head)]
     for r in rows:
-        cells = [f"{r.backlog / GiB:11.2f}"]
+        cells = [f"{r.backlog / GiB:11.2f}", f"{r.read / GiB:8.2f}" if r.read >= 0 else " " * 8]
         for n in names:
             s = r.by_process.get(n)
             cells.append(f"{s.anon / MiB:6.1f}/{s.pss / MiB:6.1f}" if s else "-")
@@ -298,6 +318,58 @@ class PrebuiltFiller:
         self.client.close()
 
 
+class BacklogReader:
+    """Reads the topic from offset 0 with raw Fetch requests (no record decoding), the way a
+    consumer catching up on the backlog makes the workers map and send old segments."""
+
+    def __init__(self, bootstrap: str, topic: str, partition_max_bytes: int = 4 * MiB) -> None:
+        from qnode.sdk import Admin
+        from qnode.sdk.connection import NetworkClient
+
+        with Admin(bootstrap) as admin:
+            md = admin._fetch_metadata([topic], include_offsets=True)
+        self.topic = topic
+        self.todo = [(p["endpoint"], p["partition"], p["high_watermark"])
+                     for p in md["topics"][0]["partitions"]]
+        self.offsets = {p: 0 for _, p, _ in self.todo}
+        self.max_bytes = partition_max_bytes
+        self.client = NetworkClient("bench-memory-reader", 60000)
+
+    def read(self, nbytes: int) -> int:
+        """Fetch about `nbytes` (round-robin over unfinished partitions); bytes read, 0 at end."""
+        from qnode.storage.record_batch import iter_batches
+
+        got = 0
+        while got < nbytes:
+            live = [(ep, p, hw) for ep, p, hw in self.todo if self.offsets[p] < hw]
+            if not live:
+                break
+            for ep, p, _ in live:
+                body = {"replica_id": -1, "max_wait_ms": 0, "min_bytes": 1,
+                        "max_bytes": self.max_bytes, "isolation_level": 0,
+                        "topics": [{"name": self.topic, "partitions": [
+                            {"partition": p, "fetch_offset": self.offsets[p],
+                             "partition_max_bytes": self.max_bytes,
+                             "current_leader_epoch": -1}]}]}
+                resp = self.client.request(ep, 1, body)
+                entry = resp.body["topics"][0]["partitions"][0]
+                if entry.get("error"):
+                    raise BenchMemoryError(f"fetch {self.topic}-{p}: error {entry['error']} "
+                                           f"{entry.get('message', '')}")
+                data = b"".join(bytes(resp.data[k].buffer if hasattr(resp.data[k], "buffer")
+                                      else resp.data[k]) for k in entry.get("frames") or [])
+                if not data:
+                    raise BenchMemoryError(f"fetch {self.topic}-{p} at {self.offsets[p]}: "
+                                           "nothing below the high watermark")
+                *_, last = iter_batches(data)
+                self.offsets[p] = last.next_offset
+                got += len(data)
+        return got
+
+    def close(self) -> None:
+        self.client.close()
+
+
 class SdkFiller:
     """Records one by one through a Producer (the whole client path)."""
 
@@ -346,7 +418,7 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def run(backlog: int, sample_every: int, partitions: int, segment_bytes: int | None,
-        workers: int | None, batch_bytes: int, use_sdk: bool,
+        workers: int | None, batch_bytes: int, use_sdk: bool, read_back: bool = False,
         out: Callable[[str], None] = print) -> tuple[list[Row], Verdict]:
     tmp = Path(tempfile.gettempdir())
     sweep_stale_data_dirs(tmp)
@@ -378,10 +450,26 @@ def run(backlog: int, sample_every: int, partitions: int, segment_bytes: int | N
             out(f"  {r.backlog / GiB:.2f} GiB after {time.monotonic() - t0:.0f} s: "
                 f"anon {r.total('anon') / MiB:.1f} MiB, PSS {r.total('pss') / MiB:.1f} MiB, "
                 f"RSS {r.total('rss') / MiB:.1f} MiB")
+        if read_back:
+            reader = BacklogReader(node.bootstrap, TOPIC)
+            done = 0
+            try:
+                while True:
+                    n = reader.read(sample_every)
+                    if not n:
+                        break
+                    done += n
+                    rows.append(take_row(rows[-1].backlog, node.proc.pid, read=done))
+                    out(f"  read {done / GiB:.2f} GiB: anon {rows[-1].total('anon') / MiB:.1f} "
+                        f"MiB, file PSS {rows[-1].total('pss_file') / MiB:.1f} MiB")
+            finally:
+                reader.close()
         out("")
         out(render(rows))
         v = verdict(rows)
         out(v.line())
+        if read_back:
+            out(read_verdict(rows))
         return rows, v
     finally:
         if filler is not None:
@@ -402,11 +490,13 @@ def main(argv: Iterable[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--batch-bytes", type=parse_size, default=256 * 1024)
     ap.add_argument("--sdk", action="store_true", help="send records through a Producer")
+    ap.add_argument("--read-back", action="store_true",
+                    help="then fetch the whole backlog from offset 0, sampling as it goes")
     args = ap.parse_args(list(argv) if argv is not None else None)
     old = signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM cleans up like Ctrl-C
     try:
         _, v = run(args.backlog, args.sample_every, args.partitions, args.segment_bytes,
-                   args.workers, args.batch_bytes, args.sdk)
+                   args.workers, args.batch_bytes, args.sdk, args.read_back)
     except BenchMemoryError as exc:
         print(f"bench_memory: {exc}", file=sys.stderr)
         return 1
