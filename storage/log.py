@@ -182,6 +182,9 @@ class Log:
         self._dir_dirty = False
         self.segment_generation = 0
         self.hooks = LogHooks()
+        # How retention, DeleteRecords and the cleaner's swap remove a segment: at once by
+        # default; LogManager defers it by file.delete.delay.ms (storage/segment_deleter.py).
+        self.segment_remover: Callable[[Segment], None] = Segment.delete
         # Set by the owners of that state (storage/leader_epoch.py, producer_state.py).
         self.leader_epoch_cache: Any = None
         self.producer_state: Any = None
@@ -572,7 +575,7 @@ class Log:
     def _delete_oldest(self) -> None:
         seg = self._segments.pop(0)
         self._bases.pop(0)
-        seg.delete()
+        self.segment_remover(seg)
 
     # ------------------------------------------------------------------ cleaner support
     def replace_segments(self, old: list[Segment], new: list[Segment]) -> None:
@@ -600,7 +603,7 @@ class Log:
                 seg.change_suffix(SWAP)
             fsync_dir(self.directory)
             for seg in old:
-                seg.delete()
+                self.segment_remover(seg)
             for seg in new:
                 seg.change_suffix("")
             fsync_dir(self.directory)
