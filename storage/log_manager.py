@@ -6,7 +6,9 @@ its own checkpoint files, named after it (`recovery-point-offset-checkpoint.<nam
 The owner drives time: `tick(now_ms)` applies flush.ms, retention, the cleaner hook and writes
 the checkpoints on their intervals. Deleting a log renames its directory to
 `<topic>-<partition>.<uuid>.deleted` (atomic: a crash leaves an obvious leftover) and then
-removes it; leftovers are removed when any owner starts.
+removes it; leftovers are removed when any owner starts. A segment that retention,
+DeleteRecords or the cleaner removes is renamed `.deleted` at once and unlinked by the tick
+after `file.delete.delay.ms` (storage/segment_deleter.py); `Log.open` removes leftovers.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from qnode.storage.log import Log
 from qnode.storage.log_config import LogConfig
 from qnode.storage.recovery import fsync_dir
 from qnode.storage.retention import apply_retention
+from qnode.storage.segment_deleter import SegmentDeleter
 
 RECOVERY_POINT_CHECKPOINT = "recovery-point-offset-checkpoint"
 HIGH_WATERMARK_CHECKPOINT = "replication-offset-checkpoint"
@@ -113,6 +116,7 @@ class TickReport:
     deleted_segments: dict[TopicPartition, int] = field(default_factory=dict)
     cleaned: list[TopicPartition] = field(default_factory=list)
     checkpointed: bool = False
+    removed_files: int = 0  # `.deleted` segment files unlinked (file.delete.delay.ms passed)
     errors: dict[TopicPartition, Exception] = field(default_factory=dict)
 
 
@@ -143,6 +147,7 @@ class LogManager:
         self._offline: dict[TopicPartition, Exception] = {}
         self._lock = threading.RLock()
         self._flusher = Flusher(f"qnode-flush-{checkpoint_name}") if background_flush else None
+        self.segment_deleter = SegmentDeleter()
         os.makedirs(self.data_dir, exist_ok=True)
         self._remove_deleted_dirs()
         self._recovery = self._read(RECOVERY_POINT_CHECKPOINT)
@@ -207,6 +212,7 @@ class LogManager:
             )
             if not existed:
                 fsync_dir(self.data_dir)
+            self.segment_deleter.attach(log)
             self._logs[tp] = log
             self._offline.pop(tp, None)
             return log
@@ -314,6 +320,7 @@ class LogManager:
                 log.close_without_flush()
         if retention_due:
             self._last_retention = now_ms
+        report.removed_files = self.segment_deleter.run(now_ms)
         if clean_due:
             self._last_clean = now_ms
         if now_ms - self._last_checkpoint >= self.checkpoint_interval_ms \
@@ -347,3 +354,4 @@ class LogManager:
                     self._start[tp] = log.log_start_offset
             self._logs.clear()
             self.checkpoint()
+        self.segment_deleter.remove_all()
