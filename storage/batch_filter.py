@@ -152,3 +152,11 @@ def empty_batch(hdr: BatchHeader) -> bytes:
     group (so the cleaned segment ends where the old ones did). No records, no codec.
     """
     return _seal(hdr, hdr.attributes & ~COMPRESSION_MASK, 0, b"")
+
+
+def placeholder_batch(hdr: BatchHeader) -> bytes:
+    """A header-only batch spanning the offsets of `hdr` with no producer, not
+    transactional, not control: what stands in for a removed transaction marker that was
+    the last batch of a cleaned group (an empty control batch would carry no marker type, and
+    an empty transactional one would reopen a transaction when producer state is rebuilt)."""
+    return _seal(hdr._replace(producer_id=-1, producer_epoch=-1, base_sequence=-1), 0, 0, b"")

@@ -19,12 +19,18 @@ One round over a partition log, as Kafka's cleaner does it:
    tombstone old enough to drop: its segment's largest timestamp is older than
    `delete.retention.ms`, and this round's map covers it (so every older value of its key
    goes in the same round, in an earlier or the same swap). Kept records keep their offsets,
-   timestamps and batches' producer fields (`batch_filter`); control batches are kept whole.
+   timestamps and batches' producer fields (`batch_filter`).
    Transactions are settled by their producers' markers (`scan_transactions`): aborted
    batches are dropped whole, committed ones compete like any other, and a batch whose
    marker is not written yet is kept and hides nothing. A batch emptied of records survives
    as an empty batch when it is the last one of a live producer, or the last of its group
    (so the cleaned segment ends where the old run did: recovery relies on it).
+   Control batches (COMMIT/ABORT markers) are kept whole while needed, and removed, as
+   Kafka does, once no data batch of their transaction is left before them in the log
+   (the scan at the start of the clean sees it; so a marker goes one clean after its
+   aborted data) and their segment is past the delete horizon (`delete.retention.ms`, as
+   for tombstones), unless it is the last batch of a live producer (its state needs it).
+   A removed marker that ended its group leaves a producer-less empty batch in its place.
 4. Each group's output is written as a `.cleaned` segment and handed to
    `Log.replace_segments`, which seals and fsyncs it and swaps it in atomically
    (`.cleaned` → `.swap`, the log file's rename commits; old segments deleted; `.swap` →
@@ -45,6 +51,7 @@ from dataclasses import dataclass, field
 from qnode.storage.batch_filter import (
     RawRecord,
     empty_batch,
+    placeholder_batch,
     rebuild_batch,
     records_section,
     walk_records,
@@ -98,6 +105,7 @@ class CleanerStats:
     records_kept: int = 0
     records_superseded: int = 0
     tombstones_dropped: int = 0
+    markers_dropped: int = 0
     null_keys_dropped: int = 0
     aborted_records_dropped: int = 0
     batches_copied: int = 0
@@ -124,7 +132,7 @@ class CleanerStats:
                 f"{self.bytes_read / mb:.1f} MiB, wrote {self.bytes_written / mb:.1f} MiB, kept "
                 f"{self.records_kept} records, dropped {self.records_superseded} superseded, "
                 f"{self.tombstones_dropped} tombstones, {self.null_keys_dropped} null keys, "
-                f"{self.aborted_records_dropped} aborted")
+                f"{self.aborted_records_dropped} aborted, {self.markers_dropped} markers")
 
 
 def _decode(buf: memoryview, hdr: BatchHeader) -> tuple[bytes, list[RawRecord]]:
@@ -306,13 +314,16 @@ class Cleaner:
                     # A tombstone past the map may still hide an older value the map does not
                     # know to drop yet: it stays until a round's map covers it.
                     kept = _filter(buf, hdr, omap, drop_tombstones and hdr.last_offset < map_end,
-                                   producers, txns, stats)
+                                   drop_tombstones, producers, txns, stats)
                     if kept is not None:
                         writer.add(kept, hdr)
                         last_written = hdr.last_offset
                 del buf
             if last_hdr is not None and last_written != last_hdr.last_offset:
-                writer.add(empty_batch(last_hdr), last_hdr)  # end where the old run ended
+                # end where the old run ended
+                end = placeholder_batch(last_hdr) if last_hdr.is_control \
+                    else empty_batch(last_hdr)
+                writer.add(end, last_hdr)
                 stats.empty_batches_kept += 1
             writer.flush()
         except BaseException:
@@ -358,11 +369,16 @@ class _ChunkWriter:
 
 
 def _filter(buf: memoryview, hdr: BatchHeader, omap: OffsetMap, drop_tombstones: bool,
-            producers: Mapping[int, int], txns: TxnOutcomes,
+            past_horizon: bool, producers: Mapping[int, int], txns: TxnOutcomes,
             stats: CleanerStats) -> bytes | memoryview | None:
     """The batch as it survives cleaning: original bytes, rebuilt bytes, or None."""
     raw = buf[hdr.position: hdr.end]
     live_producer = hdr.producer_id >= 0 and producers.get(hdr.producer_id) == hdr.last_offset
+    if hdr.is_control and past_horizon and not live_producer \
+            and hdr.base_offset in txns.idle_markers:
+        stats.markers_dropped += 1
+        stats.batches_dropped += 1
+        return None
     if hdr.is_control or (hdr.record_count == 0 and live_producer):
         stats.batches_copied += 1
         return raw

@@ -7,7 +7,10 @@
 - The cleanable range: from the first dirty offset to the first segment the cleaner must
   not touch (the active one, one younger than `min.compaction.lag.ms`, one reaching past
   the stable bound: the high watermark, or the first offset of an open transaction).
-- Transaction outcomes: each transactional batch paired with its producer's next marker.
+- Transaction outcomes: each transactional batch paired with its producer's next marker,
+  and the markers no longer needed: no data batch of their transaction is left before them
+  (it was cleaned away, or there never was one), so once past the delete horizon they may
+  go (Kafka's rule: a marker outlives its transaction's data, not the other way round).
 """
 
 from __future__ import annotations
@@ -115,6 +118,9 @@ class TxnOutcomes:
 
     committed: set[int] = field(default_factory=set)
     aborted: set[int] = field(default_factory=set)
+    # Control batches (by base offset) whose transaction has no data batch left in the log,
+    # and empty control batches: removable once past delete.retention.ms.
+    idle_markers: set[int] = field(default_factory=set)
 
 
 def scan_transactions(segments: Sequence[Segment]) -> TxnOutcomes:
@@ -130,7 +136,8 @@ def scan_transactions(segments: Sequence[Segment]) -> TxnOutcomes:
                 open_batches.setdefault(hdr.producer_id, []).append(hdr.base_offset)
                 continue
             pending = open_batches.pop(hdr.producer_id, [])
-            if not pending:
+            if not pending or hdr.record_count == 0:
+                out.idle_markers.add(hdr.base_offset)
                 continue
             marker = Batch.from_header(buf, hdr).control_record()
             target = out.aborted if marker.type == ControlType.ABORT else out.committed
