@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 Headers = Sequence[tuple[str, bytes | None]]
 
@@ -16,9 +17,13 @@ class TopicPartition:
     partition: int
 
 
-@dataclass(slots=True)
-class Record:
-    """A record as a consumer sees it. `timestamp` is in ms since the epoch."""
+class Record(NamedTuple):
+    """A record as a consumer sees it. `timestamp` is in ms since the epoch.
+
+    A named tuple (as Kafka's Python clients have it): a consumer makes one per record, and
+    the decoder builds a whole batch of them with C-level `tuple.__new__` calls, several
+    times cheaper than running an `__init__` per record. Fields read like attributes.
+    """
 
     topic: str
     partition: int
