@@ -24,6 +24,7 @@ from zmq.utils.monitor import parse_monitor_message
 from qnode.sdk.errors import NetworkError, QnodeError, RequestTimeoutError, error_for
 from qnode.transport.api import api_name
 from qnode.transport.frame import FrameError, Response, decode_response, encode_request
+from qnode.transport.sockets import NOBLOCK, has_message, recv_frames, send_frames
 
 Callback = Callable[["InFlight"], None]
 
@@ -151,7 +152,7 @@ class NetworkClient:
                        context)
         frames = encode_request(api_key, 0, corr, body, data, self.client_id)
         try:
-            conn.socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            send_frames(conn.socket, frames, NOBLOCK)
         except zmq.ZMQError as exc:
             self._drop(conn, NetworkError(f"send to {endpoint} failed: {exc}"))
             self._finish(req, None, NetworkError(f"send to {endpoint} failed: {exc}"))
@@ -199,9 +200,13 @@ class NetworkClient:
 
     def _read(self, conn: _Connection) -> None:
         sock = conn.socket
-        while True:
+        first = True
+        # poll() said readable; after the first answer, ask before receiving again (cheaper
+        # than a receive that raises zmq.Again to end the loop)
+        while first or has_message(sock):
+            first = False
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = recv_frames(sock, NOBLOCK)
             except zmq.Again:
                 return
             try:

@@ -8,12 +8,22 @@ Clients reconnect with backoff on their own (zmq does it; we only bound the inte
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import zmq
 
 DEFAULT_MAX_MSG_BYTES = 104857600  # socket.request.max.bytes in node.toml
 DEFAULT_HWM = 100_000
+
+# Plain ints: pyzmq's flags are enum members, and `SNDMORE | flags` on them costs an enum
+# construction per frame, more than the send itself on small frames.
+SNDMORE = int(zmq.SNDMORE)
+NOBLOCK = int(zmq.NOBLOCK)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_BUFFER_TYPES = frozenset((bytes, memoryview, zmq.Frame))
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +35,43 @@ class SocketOptions:
     reconnect_ivl_ms: int = 50
     reconnect_ivl_max_ms: int = 2000
     tcp_keepalive: bool = True
+
+
+def send_frames(sock: zmq.Socket, frames: Sequence[Any], flags: int = 0) -> None:
+    """`send_multipart(frames, flags, copy=False)` for the hot paths, at half its cost.
+
+    Every frame is checked to be a buffer before the first is sent (as pyzmq does), so a bad
+    frame can never leave half a multipart message queued. zmq takes a multipart message
+    atomically: only the first frame can fail with EAGAIN (NOBLOCK, peer at its HWM).
+    Frames under pyzmq's copy threshold (64 KiB) are copied, larger ones sent zero-copy.
+    """
+    for f in frames:
+        if f.__class__ not in _BUFFER_TYPES:
+            memoryview(f)  # TypeError now, before anything is queued
+    send = sock.send
+    last = len(frames) - 1
+    more = flags | SNDMORE
+    for i in range(last):
+        send(frames[i], more, False)
+    send(frames[last], flags, False)
+
+
+def recv_frames(sock: zmq.Socket, flags: int = 0) -> list[zmq.Frame]:
+    """`recv_multipart(flags, copy=False)` without a getsockopt(RCVMORE) per frame: a
+    received Frame knows whether more follow. Raises zmq.Again (NOBLOCK, nothing queued)."""
+    recv = sock.recv
+    frame = recv(flags, False)
+    frames = [frame]
+    while frame.more:  # the rest of a multipart message is already there: never blocks
+        frame = recv(flags, False)
+        frames.append(frame)
+    return frames
+
+
+def has_message(sock: zmq.Socket) -> bool:
+    """True when a message is queued on `sock`: what a drain loop asks before each further
+    receive, as a NOBLOCK recv that raises zmq.Again costs five times more."""
+    return bool(sock.getsockopt(_EVENTS) & _POLLIN)
 
 
 def split_endpoint(endpoint: str) -> tuple[str, str, int | None]:

@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 import zmq
 
-from qnode.transport.sockets import SocketOptions, dealer_client, router_server, split_endpoint
+from qnode.transport.sockets import (
+    NOBLOCK,
+    SocketOptions,
+    dealer_client,
+    has_message,
+    recv_frames,
+    router_server,
+    send_frames,
+    split_endpoint,
+)
 
 
 def test_split_endpoint() -> None:
@@ -51,5 +60,46 @@ def test_oversized_message_is_dropped_and_server_keeps_serving() -> None:
     finally:
         big.close(0)
         small.close(0)
+        srv.close(0)
+        ctx.term()
+
+
+def test_send_frames_and_recv_frames_carry_every_kind_of_frame() -> None:
+    ctx = zmq.Context()
+    srv, ep = router_server(ctx, "tcp://127.0.0.1:0")
+    cli = dealer_client(ctx, ep)
+    try:
+        big = bytes(range(256)) * 400  # over pyzmq's copy threshold: sent zero-copy
+        send_frames(cli, [b"h", memoryview(b"body"), bytearray(b"ba"), zmq.Frame(b"f"), big])
+        assert srv.poll(5000)
+        ident, *rest = recv_frames(srv, NOBLOCK)
+        assert [f.bytes for f in rest] == [b"h", b"body", b"ba", b"f", big]
+        assert not has_message(srv)
+        send_frames(srv, [ident, b"one"])  # a single-frame message after the identity
+        assert cli.poll(5000)
+        assert has_message(cli)
+        assert [f.bytes for f in recv_frames(cli)] == [b"one"]
+        assert not has_message(cli)
+        with pytest.raises(zmq.Again):
+            recv_frames(cli, NOBLOCK)
+    finally:
+        cli.close(0)
+        srv.close(0)
+        ctx.term()
+
+
+def test_send_frames_refuses_a_non_buffer_before_sending_anything() -> None:
+    ctx = zmq.Context()
+    srv, ep = router_server(ctx, "tcp://127.0.0.1:0")
+    cli = dealer_client(ctx, ep)
+    try:
+        with pytest.raises(TypeError):
+            send_frames(cli, [b"h", "not bytes", b"x"])
+        send_frames(cli, [b"next"])  # nothing half-sent: the next message arrives whole
+        assert srv.poll(5000)
+        _, *rest = recv_frames(srv)
+        assert [f.bytes for f in rest] == [b"next"]
+    finally:
+        cli.close(0)
         srv.close(0)
         ctx.term()
