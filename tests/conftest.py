@@ -13,6 +13,9 @@
 Every node is torn down at the end of its test whatever happened: all its processes killed
 and every `/dev/shm` name of that node (shm tables, semaphores) unlinked. Timeouts are
 bounded; a node that does not get ready shows the tail of its log in the failure.
+
+Also here: `tmpfs(size)` mounts a tiny tmpfs for real ENOSPC (skips without root), and the
+worker tests' `feed` / `worker` fixtures come from tests/node/worker_harness.py (a plugin).
 """
 
 from __future__ import annotations
@@ -25,11 +28,17 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+# The worker harness (tests/node/worker_harness.py) is imported by name from node and fault
+# tests; as a plugin its `feed` and `worker` fixtures serve both.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "node"))
+pytest_plugins = ("worker_harness",)
 
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
@@ -420,16 +429,10 @@ class RawClient:
             pytest.fail("no response from the server in time")
         return decode_response(self.sock.recv_multipart())
 
-    def call(
-        self,
-        api_key: int,
-        body: dict[str, Any],
-        version: int = 0,
-        data: tuple[Any, ...] = (),
-        timeout_ms: int | None = None,
-    ) -> Any:
-        """Send one request and return its `Response` (fails the test on no answer)."""
-        resp = self.try_call(api_key, body, version, data, timeout_ms)
+    def call(self, api_key: int, body: dict[str, Any], **options: Any) -> Any:
+        """Send one request and return its `Response` (fails the test on no answer);
+        `options` as for `try_call`: version, data, timeout_ms."""
+        resp = self.try_call(api_key, body, **options)
         if resp is None:
             pytest.fail(f"no response to API {api_key} in time")
         return resp
@@ -462,56 +465,92 @@ class RawClient:
         self.ctx.term()
 
 
+class Made:
+    """What a factory fixture made, each torn down by `teardown` (a method name) at the end."""
+
+    def __init__(self, teardown: str) -> None:
+        self.teardown = teardown
+        self.items: list[Any] = []
+
+    def add(self, item: Any) -> Any:
+        self.items.append(item)
+        return item
+
+    def close(self) -> None:
+        for item in self.items:
+            getattr(item, self.teardown)()
+
+
+def _process_factory(
+    tmp_path: Path, prefix: str, cls: Callable[..., Any], teardown: str
+) -> Iterator[Callable[..., Any]]:
+    """Make processes of `cls` in numbered folders of the test's tmp dir (`start=False` to only
+    create one); all torn down at the end of the test."""
+    made = Made(teardown)
+
+    def make(start: bool = True, **kwargs: Any) -> Any:
+        base = tmp_path / f"{prefix}{len(made.items)}"
+        base.mkdir()
+        proc = made.add(cls(base, **kwargs))
+        return proc.start() if start else proc
+
+    yield make
+    made.close()
+
+
 @pytest.fixture
 def coordinator_factory(tmp_path: Path) -> Iterator[Callable[..., CoordinatorProcess]]:
     """Make and start lone coordinator processes; all killed at teardown."""
-    made: list[CoordinatorProcess] = []
-
-    def make(start: bool = True, **kwargs: Any) -> CoordinatorProcess:
-        base = tmp_path / f"coord{len(made)}"
-        base.mkdir()
-        c = CoordinatorProcess(base, **kwargs)
-        made.append(c)
-        return c.start() if start else c
-
-    yield make
-    for c in made:
-        c.kill()
+    yield from _process_factory(tmp_path, "coord", CoordinatorProcess, "kill")
 
 
 @pytest.fixture
 def raw_client_factory() -> Iterator[Callable[[str], RawClient]]:
     """`raw_client_factory(endpoint)` → RawClient; all closed at teardown."""
-    made: list[RawClient] = []
-
-    def make(endpoint: str) -> RawClient:
-        c = RawClient(endpoint)
-        made.append(c)
-        return c
-
-    yield make
-    for c in made:
-        c.close()
+    made = Made("close")
+    yield lambda endpoint: made.add(RawClient(endpoint))
+    made.close()
 
 
 @pytest.fixture
 def node_factory(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
     """Make and start nodes (kwargs of NodeProcess; `start=False` to only create one)."""
-    made: list[NodeProcess] = []
-
-    def make(start: bool = True, **kwargs: Any) -> NodeProcess:
-        base = tmp_path / f"node{len(made)}"
-        base.mkdir()
-        n = NodeProcess(base, **kwargs)
-        made.append(n)
-        return n.start() if start else n
-
-    yield make
-    for n in made:
-        n.cleanup()
+    yield from _process_factory(tmp_path, "node", NodeProcess, "cleanup")
 
 
 @pytest.fixture
 def node(node_factory: Callable[..., NodeProcess]) -> NodeProcess:
     """A started node: 2 workers, free port, fresh data dir; torn down after the test."""
     return node_factory(workers=2)
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """`tmpfs("256k")` → the path of a fresh tmpfs of that size, for a real ENOSPC (mounting
+    needs root: the test is skipped without it); every mount is lazily unmounted at teardown."""
+    mounts: list[Path] = []
+
+    def mount(size: str) -> Path:
+        mnt = tmp_path / f"tmpfs-{uuid.uuid4().hex[:8]}"
+        mnt.mkdir()
+        res = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+            capture_output=True,
+            timeout=10,
+        )
+        if res.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {res.stderr.decode().strip()}")
+        mounts.append(mnt)
+        return mnt
+
+    yield mount
+    for mnt in mounts:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=10)
+
+
+def fill_fs(path: str | os.PathLike[str], leave: int) -> None:
+    """Fill the filesystem of `path` up to `leave` free bytes with a file named `filler`."""
+    st = os.statvfs(path)
+    free = st.f_bavail * st.f_frsize
+    with open(os.path.join(path, "filler"), "wb") as f:
+        f.write(b"\0" * max(0, free - leave))

@@ -5,10 +5,9 @@ real ENOSPC (needs root to mount; skipped otherwise)."""
 from __future__ import annotations
 
 import os
-import subprocess
-import uuid
 
 import pytest
+from conftest import fill_fs
 
 from qnode.storage.batch_builder import BatchBuilder
 from qnode.storage.batch_reader import iter_records
@@ -24,17 +23,8 @@ NOW = 10_000_000
 
 
 @pytest.fixture
-def tiny_fs(tmp_path):
-    mnt = tmp_path / f"tmpfs-{uuid.uuid4().hex[:8]}"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)],
-                         capture_output=True, timeout=10)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.decode().strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=10)
+def tiny_fs(tmpfs):
+    return tmpfs("512k")
 
 
 def records(log: Log) -> list:
@@ -52,9 +42,7 @@ def test_enospc_mid_clean_leaves_the_log_as_it_was(tiny_fs):
     log.roll()
     log.high_watermark = log.log_end_offset
     before = records(log)
-    st = os.statvfs(tiny_fs)
-    with open(tiny_fs / "filler", "wb") as f:
-        f.write(b"\0" * (st.f_bavail * st.f_frsize - 2048))  # room for less than one segment
+    fill_fs(tiny_fs, 2048)  # room for less than one segment
     cleaner = Cleaner(CleanerConfig(dedupe_buffer_size=SLOT_BYTES * 1024))
     with pytest.raises(DiskFullError):
         cleaner.clean(log, NOW)

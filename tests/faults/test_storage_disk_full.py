@@ -7,10 +7,9 @@ from __future__ import annotations
 import os
 import resource
 import signal
-import subprocess
-import uuid
 
 import pytest
+from conftest import fill_fs
 
 from qnode.storage import DiskFullError, Log, LogConfig
 from qnode.storage.batch_builder import BatchBuilder
@@ -30,34 +29,14 @@ def offsets(log: Log) -> list[int]:
 
 
 @pytest.fixture
-def tiny_fs(tmp_path):
-    mnt = tmp_path / f"tmpfs-{uuid.uuid4().hex[:8]}"
-    mnt.mkdir()
-    res = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
-        capture_output=True,
-        timeout=10,
-    )
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.decode().strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=10)
-
-
-def fill(path, leave: int) -> None:
-    """Fill the filesystem of `path` up to `leave` free bytes with a filler file."""
-    st = os.statvfs(path)
-    free = st.f_bavail * st.f_frsize
-    with open(os.path.join(path, "filler"), "wb") as f:
-        f.write(b"\0" * max(0, free - leave))
+def tiny_fs(tmpfs):
+    return tmpfs("256k")
 
 
 def test_enospc_on_append_keeps_log_valid(tiny_fs):
     cfg = LogConfig.from_topic_config({"segment.index.bytes": "4096"})
     log = Log.open(tiny_fs / "t-0", cfg)
-    fill(tiny_fs, 40_000)
+    fill_fs(tiny_fs, 40_000)
     acked = 0
     with pytest.raises(DiskFullError, match="disk full"):
         for _ in range(1000):
@@ -78,7 +57,7 @@ def test_enospc_on_roll_keeps_active_segment(tiny_fs):
     cfg = LogConfig.from_topic_config({"segment.bytes": "6000", "segment.index.bytes": "32768"})
     log = Log.open(tiny_fs / "t-0", cfg)
     log.append(batch(), 0)
-    fill(tiny_fs, 30_000)  # room for log bytes, not for the next segment's preallocated indexes
+    fill_fs(tiny_fs, 30_000)  # room for log bytes, not for the next segment's preallocated indexes
     acked = log.log_end_offset
     with pytest.raises(DiskFullError):
         for _ in range(100):

@@ -6,37 +6,21 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgpack
 import pytest
 import zmq
+from worker_harness import Client, MetadataFeed, WorkerProcess, make_batch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "node"))
-from worker_harness import Client, MetadataFeed, WorkerProcess, make_batch  # noqa: E402
+from qnode.storage.batch_reader import read_batches
+from qnode.transport.api import UNPARSEABLE_API_KEY, ApiKey
+from qnode.transport.errors import ErrorCode
+from qnode.transport.frame import decode_response, encode_request_header
 
-from qnode.storage.batch_reader import read_batches  # noqa: E402
-from qnode.transport.api import UNPARSEABLE_API_KEY, ApiKey  # noqa: E402
-from qnode.transport.errors import ErrorCode  # noqa: E402
-from qnode.transport.frame import decode_response, encode_request_header  # noqa: E402
-
-
-@pytest.fixture
-def feed() -> Iterator[MetadataFeed]:
-    f = MetadataFeed()
-    yield f
-    f.close()
-
-
-@pytest.fixture
-def worker(feed: MetadataFeed, tmp_path: Path) -> Iterator[WorkerProcess]:
-    w = WorkerProcess(feed, tmp_path / "data").start()
-    yield w
-    w.kill()
+# `feed` and `worker` are the harness's fixtures (tests/node/worker_harness.py, via conftest).
 
 
 def _raw(endpoint: str) -> tuple[zmq.Context, zmq.Socket]:

@@ -5,28 +5,18 @@ serving its other partitions; once space returns it writes again and stops clean
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from worker_harness import Client, MetadataFeed, WorkerProcess, make_batch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "node"))
-from worker_harness import Client, MetadataFeed, WorkerProcess, make_batch  # noqa: E402
+from qnode.coordinator import records as rec
+from qnode.storage.batch_reader import read_batches
+from qnode.transport.api import ApiKey
+from qnode.transport.errors import ErrorCode
 
-from qnode.coordinator import records as rec  # noqa: E402
-from qnode.storage.batch_reader import read_batches  # noqa: E402
-from qnode.transport.api import ApiKey  # noqa: E402
-from qnode.transport.errors import ErrorCode  # noqa: E402
-
-
-@pytest.fixture
-def feed() -> Iterator[MetadataFeed]:
-    f = MetadataFeed()
-    yield f
-    f.close()
+# `feed` is the harness's fixture (tests/node/worker_harness.py, via conftest).
 
 
 def test_unopenable_log_is_a_storage_error_and_others_keep_working(
@@ -59,20 +49,8 @@ def test_unopenable_log_is_a_storage_error_and_others_keep_working(
 
 
 @pytest.fixture
-def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / f"tmpfs-{uuid.uuid4().hex[:8]}"
-    mnt.mkdir()
-    res = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-        capture_output=True,
-        timeout=10,
-    )
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.decode().strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=10)
+def tiny_fs(tmpfs: Callable[[str], Path]) -> Path:
+    return tmpfs("1m")
 
 
 def test_disk_full_answers_storage_error_keeps_acked_data_and_recovers(

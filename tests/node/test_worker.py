@@ -18,19 +18,7 @@ from qnode.storage.batch_reader import read_batches
 from qnode.transport.api import ApiKey
 from qnode.transport.errors import ErrorCode
 
-
-@pytest.fixture
-def feed() -> Iterator[MetadataFeed]:
-    f = MetadataFeed()
-    yield f
-    f.close()
-
-
-@pytest.fixture
-def worker(feed: MetadataFeed, tmp_path: Path) -> Iterator[WorkerProcess]:
-    w = WorkerProcess(feed, tmp_path / "data").start()
-    yield w
-    w.kill()
+# `feed` and `worker` are the harness's fixtures (worker_harness.py, loaded by conftest).
 
 
 @pytest.fixture

@@ -5,6 +5,10 @@ records the test appends, on a real ROUTER in a thread of the test process: the 
 test then runs exactly the code it runs against the real coordinator (same wire, same record
 format, `qnode.coordinator.records`), while a test controls placement precisely. Everything
 is real: sockets on 127.0.0.1, a worker child process, files in tmp_path, POSIX shm.
+
+tests/conftest.py loads this module as a plugin: any test may take the `feed` fixture (a
+running MetadataFeed) and `worker` (a WorkerProcess on `tmp_path / "data"`, started; killed
+and its shm unlinked at teardown).
 """
 
 from __future__ import annotations
@@ -16,11 +20,12 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import posix_ipc
+import pytest
 import zmq
 
 from qnode.coordinator import records as rec
@@ -321,3 +326,19 @@ def make_batch(values: Sequence[bytes], key: bytes | None = None) -> bytes:
     for v in values:
         b.append(key, v)
     return b.build()
+
+
+@pytest.fixture
+def feed() -> Iterator[MetadataFeed]:
+    """A MetadataFeed the test appends records to; closed at teardown."""
+    f = MetadataFeed()
+    yield f
+    f.close()
+
+
+@pytest.fixture
+def worker(feed: MetadataFeed, tmp_path: Path) -> Iterator[WorkerProcess]:
+    """A started worker following `feed`, data in `tmp_path / "data"`; killed at teardown."""
+    w = WorkerProcess(feed, tmp_path / "data").start()
+    yield w
+    w.kill()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from storage_log_helpers import make_batch, read_all
 
 from qnode.storage import LogConfig
@@ -38,8 +39,15 @@ def retention_log(mgr: LogManager, delay_ms: int = DELAY, retention_bytes: int =
     return log
 
 
-def test_retention_renames_then_unlinks_after_the_delay(tmp_path):
-    mgr = LogManager(tmp_path, "w0", retention_check_interval_ms=0, background_flush=False)
+@pytest.fixture
+def mgr(tmp_path):
+    """A manager that checks retention on every tick; closed at teardown."""
+    m = LogManager(tmp_path, "w0", retention_check_interval_ms=0, background_flush=False)
+    yield m
+    m.close()
+
+
+def test_retention_renames_then_unlinks_after_the_delay(mgr):
     log = retention_log(mgr)
     first_base = log.segments[0].base_offset
     report = mgr.tick(NOW)
@@ -54,19 +62,15 @@ def test_retention_renames_then_unlinks_after_the_delay(tmp_path):
     assert deleted_files(log.directory) == renamed
     assert mgr.tick(NOW + DELAY).removed_files == len(renamed)
     assert deleted_files(log.directory) == []
-    mgr.close()
 
 
-def test_zero_delay_deletes_at_once(tmp_path):
-    mgr = LogManager(tmp_path, "w0", retention_check_interval_ms=0, background_flush=False)
+def test_zero_delay_deletes_at_once(mgr):
     log = retention_log(mgr, delay_ms=0)
     assert mgr.tick(NOW).deleted_segments[("r", 0)] > 0
     assert deleted_files(log.directory) == []
-    mgr.close()
 
 
-def test_reader_slices_survive_rename_and_unlink(tmp_path):
-    mgr = LogManager(tmp_path, "w0", retention_check_interval_ms=0, background_flush=False)
+def test_reader_slices_survive_rename_and_unlink(mgr):
     log = retention_log(mgr)
     held = log.read(0, 1 << 20).slices  # a fetch still being sent when retention runs
     copy = b"".join(bytes(s) for s in held)
@@ -78,7 +82,6 @@ def test_reader_slices_survive_rename_and_unlink(tmp_path):
     data = b"".join(bytes(s) for s in held)
     assert data == copy
     assert [r.offset for r in iter_records(data)][:3] == [0, 1, 2]  # CRCs checked
-    mgr.close()
 
 
 def test_delete_records_is_delayed_too(tmp_path):
@@ -121,8 +124,7 @@ def test_cleaner_swap_is_delayed_and_log_reads_back(tmp_path):
     mgr.close()
 
 
-def test_crash_leftovers_are_removed_on_open(tmp_path):
-    mgr = LogManager(tmp_path, "w0", retention_check_interval_ms=0, background_flush=False)
+def test_crash_leftovers_are_removed_on_open(mgr, tmp_path):
     log = retention_log(mgr)
     mgr.tick(NOW)
     start = log.log_start_offset
@@ -140,14 +142,12 @@ def test_crash_leftovers_are_removed_on_open(tmp_path):
     mgr2.close()
 
 
-def test_close_unlinks_what_is_pending(tmp_path):
-    mgr = LogManager(tmp_path, "w0", retention_check_interval_ms=0, background_flush=False)
+def test_close_unlinks_what_is_pending(mgr):
     log = retention_log(mgr)
     mgr.tick(NOW)
-    directory = log.directory
-    assert deleted_files(directory)
+    assert deleted_files(log.directory)
     mgr.close()
-    assert deleted_files(directory) == []
+    assert deleted_files(log.directory) == []
 
 
 def test_reused_name_is_not_unlinked_early(tmp_path):
