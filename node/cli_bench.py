@@ -73,25 +73,41 @@ def fmt_us(us: float) -> str:
 
 
 class Progress:
-    """A single stderr status line, refreshed at most twice a second."""
+    """A single stderr status line, refreshed at most twice a second.
 
-    def __init__(self, label: str, total: int) -> None:
+    `unit` "records" shows done/total and records/s since the start; "bytes" (the prebuilt
+    bench, whose total is a duration, not a count) shows MB acknowledged and the MB/s of the
+    last interval (its rounds alternate with the raw baseline, so a whole-run rate would lie).
+    """
+
+    def __init__(self, label: str, total: int, unit: str = "records") -> None:
+        if unit not in ("records", "bytes"):
+            raise ValueError(f"unit must be 'records' or 'bytes', not {unit!r}")
         self.label = label
         self.total = total
+        self.unit = unit
         self.start = time.monotonic()
         self.next = self.start + 0.5
         self.shown = False
+        self._last = (self.start, 0)
+
+    def line(self, done: int, now: float) -> str:
+        """The status text for `done` units at monotonic time `now`."""
+        if self.unit == "bytes":
+            then, before = self._last
+            rate = (done - before) / (now - then) if now > then else 0.0
+            self._last = (now, done)
+            return f"{self.label}: {done / 1e6:,.0f} MB acknowledged, {rate / 1e6:,.0f} MB/s"
+        rate = done / (now - self.start) if now > self.start else 0.0
+        pct = 100.0 * done / self.total if self.total else 100.0
+        return f"{self.label}: {done:,}/{self.total:,} ({pct:.0f} %), {rate:,.0f} records/s"
 
     def update(self, done: int, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now < self.next:
             return
         self.next = now + 0.5
-        rate = done / (now - self.start) if now > self.start else 0.0
-        pct = 100.0 * done / self.total if self.total else 100.0
-        sys.stderr.write(
-            f"\r  {self.label}: {done:,}/{self.total:,} ({pct:.0f} %), {rate:,.0f} records/s   "
-        )
+        sys.stderr.write(f"\r  {self.line(done, now)}   ")
         sys.stderr.flush()
         self.shown = True
 
@@ -346,7 +362,7 @@ def bench_produce(
         from qnode.loadtest.bench_broker import run_prebuilt
         from qnode.sdk.producer import parse_acks
 
-        progress = Progress("prebuilt batches (bytes)", 0)
+        progress = Progress("prebuilt", 0, unit="bytes")
         res = run_prebuilt(
             bs,
             name,

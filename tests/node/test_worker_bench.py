@@ -4,6 +4,8 @@ printed by the bench itself, never asserted here."""
 
 from __future__ import annotations
 
+import time
+
 from worker_harness import Client
 
 from qnode.loadtest.bench_broker import BenchError, prebuilt_batch, run_prebuilt
@@ -50,3 +52,15 @@ def test_prebuilt_bench_reports_a_refusal(node) -> None:
         assert "bad topic name!" in str(exc)
     else:
         raise AssertionError("an invalid topic name must stop the bench with a clear error")
+
+
+def test_prebuilt_progress_line_says_bytes_not_records() -> None:
+    from qnode.node.cli_bench import Progress
+
+    p = Progress("prebuilt", 0, unit="bytes")
+    first = p.line(50_000_000, p.start + 1.0)
+    assert "50 MB acknowledged" in first and "50 MB/s" in first and "records" not in first
+    # the rate is the last interval's: a pause (raw baseline rounds) does not drag it down
+    assert "100 MB/s" in p.line(150_000_000, p.start + 2.0)
+    counted = Progress("produce", 1000).line(500, time.monotonic() + 1.0)
+    assert "500/1,000 (50 %)" in counted and "records/s" in counted
