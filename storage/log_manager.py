@@ -154,6 +154,10 @@ class LogManager:
         self._hw = self._read(HIGH_WATERMARK_CHECKPOINT)
         self._start = self._read(LOG_START_CHECKPOINT)
         self._last_checkpoint = self._last_retention = self._last_clean = -1
+        # segment_generation of each compacted log when the cleaners last looked at it: a log
+        # that rolled (or was truncated, or cleaned) since is looked at again on the next tick
+        # instead of after the backoff, so compaction follows new closed segments promptly.
+        self._cleaner_seen: dict[TopicPartition, int] = {}
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_path(self, kind: str) -> str:
@@ -255,6 +259,7 @@ class LogManager:
             for table in (self._recovery, self._hw, self._start):
                 table.pop(tp, None)
             self._offline.pop(tp, None)
+            self._cleaner_seen.pop(tp, None)
             path = self.log_path(topic, partition)
             if not os.path.isdir(path):
                 self.checkpoint()
@@ -276,7 +281,9 @@ class LogManager:
         """Flush by flush.ms and after a roll (Kafka flushes a rolled segment, so recovery
         after a crash scans at most the active segment), run retention and the cleaners,
         write checkpoints, as due. Flushes run on the background flusher when there is one;
-        `flushed` lists those done or queued."""
+        `flushed` lists those done or queued. The cleaners look at every compacted log each
+        `cleaner_backoff_ms`, and at one that rolled since they last looked at the next tick.
+        Segments removed `file.delete.delay.ms` ago are unlinked."""
         report = TickReport()
         if self._flusher is not None:
             for tp, exc in self._flusher.take_errors().items():
@@ -308,7 +315,9 @@ class LogManager:
                     res = apply_retention(log, now_ms)
                     if res.deleted_segments:
                         report.deleted_segments[tp] = res.deleted_segments
-                if clean_due and log.config.compact_enabled:
+                if log.config.compact_enabled and self.cleaners and (
+                        clean_due or self._cleaner_seen.get(tp) != log.segment_generation):
+                    self._cleaner_seen[tp] = log.segment_generation
                     for clean in self.cleaners:
                         if clean(log, now_ms):
                             report.cleaned.append(tp)

@@ -8,7 +8,9 @@ import pytest
 from storage_log_helpers import make_batch, read_all
 
 from qnode.storage import LogConfig
+from qnode.storage.batch_builder import BatchBuilder
 from qnode.storage.checkpoint import CorruptCheckpointError, read_checkpoint, write_checkpoint
+from qnode.storage.cleaner import Cleaner
 from qnode.storage.log_manager import (
     HIGH_WATERMARK_CHECKPOINT,
     LOG_START_CHECKPOINT,
@@ -161,3 +163,22 @@ def test_rolled_segment_is_flushed_in_background_so_recovery_scans_little(tmp_pa
     assert rep.validated_segments == 1 and rep.validated_batches == tail // 5
     assert read_all(log) == list(range(100))
     mgr2.close()
+
+
+def test_cleaner_looks_at_a_compacted_log_again_once_it_rolled(tmp_path):
+    cfg = LogConfig.from_topic_config({"cleanup.policy": "compact", "segment.bytes": "2048",
+                                       "segment.index.bytes": "4096"})
+    mgr = LogManager(tmp_path, "w5", cleaner_backoff_ms=3_600_000, background_flush=False)
+    mgr.cleaners.append(Cleaner())
+    log = mgr.open_log("c", 0, cfg)
+    assert mgr.tick(1000).cleaned == []  # nothing closed yet; the backoff starts
+    for i in range(60):
+        b = BatchBuilder()
+        b.append(b"k%d" % (i % 3), b"v" * 100, timestamp_ms=1000)
+        log.append(b.build(), 0)
+    log.high_watermark = log.log_end_offset
+    assert len(log.segments) > 2
+    report = mgr.tick(2000)  # long before the backoff ends: the rolls bring it forward
+    assert report.cleaned == [("c", 0)]
+    assert mgr.tick(3000).cleaned == []  # nothing new: no clean, and no repeat
+    mgr.close()
