@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import struct
 from bisect import bisect_left
+from collections.abc import Iterator
 from itertools import repeat
 from operator import add, itemgetter
+from typing import Any
 
 from qnode.sdk.types import Record
 from qnode.storage.errors import CorruptRecordError
@@ -31,8 +33,6 @@ from qnode.storage.varint import UNZIGZAG_1, UNZIGZAG_2, zigzag_decode
 
 _new = tuple.__new__  # a Record from a 7-tuple, without the Python-level __new__
 _first = itemgetter(0)
-_second = itemgetter(1)
-_third = itemgetter(2)
 _offset_of = itemgetter(2)
 _HIGH = bytes(range(0x80, 0x100))  # bytes that continue a varint
 _LOW = bytes(range(0x80))  # bytes that end one
@@ -271,44 +271,42 @@ class _Decoder:
 
     def _emit(self, pos: int, m: int, rec: int, ts_at: int, tb: int, first_od: int,
               key_at: int, kl: int, vlen_at: int, vl: int) -> None:
-        """Build the `m` records of a checked run with one struct unpack and C-level maps."""
+        """Build the `m` records of a checked run with C-level maps, no bytecode per record.
+
+        Each column streams out of its own `struct.iter_unpack`, so the row tuples it makes
+        die at once: only the records themselves live long enough to cost the cyclic GC.
+        """
         data = self.data
-        # struct layout of one record: timestamp delta (raw little-endian varint bytes, as
-        # the UNZIGZAG tables index them), key, value; padding over the rest.
-        fields = [(ts_at, "B" if tb == 1 else "H", tb)]
-        if kl >= 0:
-            kw = _varint_width(data, pos + key_at)
-            fields.append((key_at + kw, f"{kl}s", kl))
-        if vl >= 0:
-            vw = _varint_width(data, pos + vlen_at)
-            fields.append((vlen_at + vw, f"{vl}s", vl))
-        fmt = ["<"]
-        at = 0
-        for off, code, width in fields:
-            if off > at:
-                fmt.append(f"{off - at}x")
-            fmt.append(code)
-            at = off + width
-        fmt.append(f"{rec - at}x")
-        rows = list(struct.iter_unpack("".join(fmt), memoryview(data)[pos:pos + m * rec]))
+        stop = pos + m * rec
+        view = memoryview(data)[pos:stop]
         if tb == 1:
             table = self.ts_table
             if table is None:
                 base_ts = self.base_ts
                 table = self.ts_table = [base_ts + d for d in UNZIGZAG_1]
-            stamps = map(table.__getitem__, map(_first, rows))
+            stamps = map(table.__getitem__, data[pos + ts_at:stop:rec])
+        else:  # the two raw bytes little-endian index the UNZIGZAG_2 table
+            stamps = map(add, repeat(self.base_ts), map(
+                UNZIGZAG_2.__getitem__, _column(view, rec, ts_at, "H", 2)))
+        if kl >= 0:
+            keys = _column(view, rec, key_at + _varint_width(data, pos + key_at), f"{kl}s", kl)
         else:
-            stamps = map(add, repeat(self.base_ts), map(UNZIGZAG_2.__getitem__,
-                                                        map(_first, rows)))
-        keys = map(_second, rows) if kl >= 0 else repeat(None)
+            keys = repeat(None)
         if vl >= 0:
-            values = map(_third if kl >= 0 else _second, rows)
+            values = _column(view, rec, vlen_at + _varint_width(data, pos + vlen_at), f"{vl}s",
+                             vl)
         else:
             values = repeat(None)
         first = self.base_offset + first_od
         self.out += map(_new, repeat(Record), zip(
             repeat(self.topic), repeat(self.partition), range(first, first + m), stamps,
             keys, values, repeat(NO_HEADERS)))
+
+
+def _column(view: memoryview, rec: int, at: int, code: str, width: int) -> Iterator[Any]:
+    """The field at `at` (struct `code`, `width` bytes) of every `rec`-byte record in `view`."""
+    fmt = f"<{at}x{code}{rec - at - width}x" if at else f"<{code}{rec - width}x"
+    return map(_first, struct.iter_unpack(fmt, view))
 
 
 def _varint_width(data: bytes, pos: int) -> int:
