@@ -12,12 +12,18 @@ zmq.green (cooperative). This also lets the load generator use more than one cor
 
 Messages are msgpack maps, child -> parent:
     {"op": "ready", "pid"}                       the client is set up (consumers: assigned)
-    {"op": "ev", "ev": [[start_s, rt_ms, nbytes, error|None], ...]}   one entry per record
+    {"op": "ev", "done": f64[], "rt": f64[], "size": u32[], "fail": [[start_s, rt_ms,
+     nbytes, error], ...]}                        records since the last one (see below)
     {"op": "log", "msg"}                          something worth a line in the runner's log
     {"op": "lag", "t", "lag", "log_end"}          (monitor) a sample read from the broker
     {"op": "done", "stats": {...}}                the child flushed everything and exits 0
     {"op": "fatal", "msg"}                        the child failed and exits 1
 and parent -> child: {"op": "rate", "rate": records/s} and {"op": "stop"}.
+
+An "ev" message reports every record done since the last one, as three packed native arrays
+(`array` bytes: when each was done, epoch s; its latency, ms; its size) plus the few failed
+ones in full. Packed arrays, not a list per record: at ten thousand records a second the
+load generator's own per-record cost must stay small next to the SDK's and the broker's.
 
 This module is the child's side; it imports plain pyzmq only (never gevent or Locust).
 """
@@ -25,29 +31,35 @@ This module is the child's side; it imports plain pyzmq only (never gevent or Lo
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import time
 import traceback
+from array import array
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 import msgpack
 import zmq
 
+LOG_LEVEL_ENV = "QNODE_LOADTEST_LOG"  # a logging level for the children (and the SDK in them)
 FLUSH_INTERVAL_S = 0.02
 FLUSH_EVENTS = 2000
 
 
 class ChildChannel:
-    """Child side: buffers per-record events, sends them in batches, receives control."""
+    """Child side: collects what each record did, sends it in batches, receives control."""
 
     def __init__(self, endpoint: str) -> None:
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.PAIR)
         self._sock.setsockopt(zmq.LINGER, 5000)
         self._sock.connect(endpoint)
-        self._events: list[list[Any]] = []
+        self._done = array("d")
+        self._rt = array("d")
+        self._size = array("I")
+        self._failed: list[list[Any]] = []
         self._last_flush = time.monotonic()
         self._parent = os.getppid()
         self._terminated = False
@@ -62,19 +74,28 @@ class ChildChannel:
     def send(self, msg: dict[str, Any]) -> None:
         self._sock.send(msgpack.packb(msg))
 
-    def event(self, start_s: float, rt_ms: float, nbytes: int, error: str | None) -> None:
-        self._events.append([start_s, rt_ms, nbytes, error])
-        if len(self._events) >= FLUSH_EVENTS:
+    def record(self, done_s: float, rt_ms: float, nbytes: int) -> None:
+        """One record done (acknowledged, or processed) at `done_s`, `rt_ms` after it began."""
+        self._done.append(done_s)
+        self._rt.append(rt_ms)
+        self._size.append(nbytes)
+        if len(self._done) >= FLUSH_EVENTS:
             self.flush()
 
+    def failure(self, start_s: float, rt_ms: float, nbytes: int, error: str) -> None:
+        self._failed.append([start_s, rt_ms, nbytes, error])
+
     def maybe_flush(self) -> None:
-        if self._events and time.monotonic() - self._last_flush >= FLUSH_INTERVAL_S:
+        if (self._done or self._failed) and \
+                time.monotonic() - self._last_flush >= FLUSH_INTERVAL_S:
             self.flush()
 
     def flush(self) -> None:
-        if self._events:
-            self.send({"op": "ev", "ev": self._events})
-            self._events = []
+        if self._done or self._failed:
+            self.send({"op": "ev", "done": self._done.tobytes(), "rt": self._rt.tobytes(),
+                       "size": self._size.tobytes(), "fail": self._failed})
+            self._done, self._rt, self._size = array("d"), array("d"), array("I")
+            self._failed = []
         self._last_flush = time.monotonic()
 
     def poll_control(self, timeout_s: float = 0.0) -> list[dict[str, Any]]:
@@ -112,6 +133,10 @@ def child_main(argv: list[str], config_cls: Callable[..., C],
     The producer, consumer and lag-monitor processes all start this way, so all of them
     end with exactly one `done` or `fatal` message (see report_child_run).
     """
+    level = os.environ.get(LOG_LEVEL_ENV)
+    if level:  # e.g. DEBUG: the SDK's own log lines, timestamped, in logs/<child>.log
+        logging.basicConfig(level=level.upper(),
+                            format="%(asctime)s %(threadName)s %(name)s %(message)s")
     cfg = config_cls(**json.loads(argv[0]))
     ch = ChildChannel(cfg.endpoint)
     return report_child_run(ch, lambda: work(cfg, ch))

@@ -3,9 +3,13 @@
 Started by users.ConsumeUser (`python -m qnode.loadtest.proc_consumer CONFIG_JSON`); see
 channel.py for why it is a process of its own. It "processes" at most `process_rate` records/s
 (the downstream service whose pace the broker protects; <= 0: as fast as it can), logs the id
-of every record it processed (for verify.py), reports a consume event per record (end-to-end
-latency = now - the send time in the payload), and commits synchronously after each polled
-batch, so that the lag the broker reports is exactly what is left to process.
+of every record it processed (for verify.py), reports each record (end-to-end latency = now -
+the send time in the payload), and commits after each polled batch -- asynchronously, so a
+slow commit does not stall processing; synchronously when partitions are revoked and before
+it leaves -- so the lag the broker reports is what is left to process, give or take one
+commit in flight. The pace is a schedule
+(pacer.py) that makes up for short stalls, so the rate holds per second, not only on average.
+A stretch in which it was behind yet got no records is logged with wall-clock times.
 """
 
 from __future__ import annotations
@@ -18,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from qnode.loadtest.channel import ChildChannel, child_main
+from qnode.loadtest.pacer import Pacer
 from qnode.loadtest.payload import decode
 from qnode.loadtest.verify import consumed_log
 
-# Credit a paced consumer may bank while idle: after a pause it must not sprint.
-MAX_CREDIT_S = 0.05
-MIN_SLEEP_S = 0.002
+# A poll that waited this long for records while behind is logged (with times), so a
+# pause of the consumers (e.g. around a worker restart) can be traced to its cause.
+STALL_LOG_S = 0.5
 
 
 @dataclass
@@ -40,29 +45,14 @@ class ConsumerConfig:
     consumer: dict[str, Any] | None = None  # extra keyword args of sdk.Consumer
 
 
-class Pacer:
-    """Lets `rate` records/s through (token bucket with a small cap); rate <= 0: no limit."""
-
-    def __init__(self, rate: float) -> None:
-        self.interval = 1.0 / rate if rate > 0 else 0.0
-        self.next_slot = time.monotonic()
-
-    def take(self) -> None:
-        if not self.interval:
-            return
-        now = time.monotonic()
-        self.next_slot = max(self.next_slot, now - MAX_CREDIT_S) + self.interval
-        ahead = self.next_slot - now
-        if ahead > MIN_SLEEP_S:
-            time.sleep(ahead)
-
-
 def run(cfg: ConsumerConfig, ch: ChildChannel) -> dict[str, int]:
-    from qnode.sdk import Consumer  # here, so a broken SDK is reported over the channel
+    # Imported here, so that a broken SDK is reported over the channel.
+    from qnode.sdk import Consumer
+    from qnode.sdk.errors import QnodeError
 
     log = consumed_log(Path(cfg.ids_dir), cfg.group, cfg.index)
     pacer = Pacer(cfg.process_rate)
-    counts = {"consumed": 0, "commits": 0, "assignments": 0, "revocations": 0}
+    counts = {"consumed": 0, "commits": 0, "assignments": 0, "revocations": 0, "stalls": 0}
     assigned: list[Any] = []
 
     def on_assign(partitions: Any) -> None:
@@ -71,7 +61,22 @@ def run(cfg: ConsumerConfig, ch: ChildChannel) -> dict[str, int]:
         ch.send({"op": "log", "msg": f"consumer {cfg.index} assigned {_names(partitions)}"})
 
     def on_revoke(partitions: Any) -> None:
+        # Everything poll() returned has been processed: commit it before another member
+        # takes these partitions over, so that it neither skips nor repeats a record.
         counts["revocations"] += 1
+        try:
+            commit_sync("revoke")
+        except QnodeError as e:  # the verifier then finds what was read twice, if anything
+            ch.send({"op": "log", "msg": f"consumer {cfg.index}: commit on revoke failed: {e}"})
+
+    def commit_sync(why: str) -> None:
+        began = time.time()
+        consumer.commit()
+        counts["commits"] += 1
+        took = time.time() - began
+        if took > STALL_LOG_S:
+            ch.send({"op": "log", "msg": f"consumer {cfg.index}: commit ({why}) took "
+                     f"{took:.3f} s (from {_clock(began)})"})
 
     options = {"group_id": cfg.group, "auto_offset_reset": "earliest",
                "enable_auto_commit": False, "client_id": f"loadtest-consumer-{cfg.index}",
@@ -79,6 +84,7 @@ def run(cfg: ConsumerConfig, ch: ChildChannel) -> dict[str, int]:
     with Consumer(bootstrap=cfg.bootstrap, **options) as consumer:
         consumer.subscribe([cfg.topic], on_assign=on_assign, on_revoke=on_revoke)
         ready = False
+        last_full_at: float | None = None  # when a poll last came back full (a backlog)
         while True:
             stop = any(m["op"] == "stop" for m in ch.poll_control(0))
             if stop or ch.orphaned():
@@ -87,19 +93,40 @@ def run(cfg: ConsumerConfig, ch: ChildChannel) -> dict[str, int]:
             if not ready and assigned:
                 ready = True
                 ch.send({"op": "ready", "pid": os.getpid()})
+            if not records:
+                pacer.idle()
+                ch.maybe_flush()
+                continue
+            now = time.time()
+            if last_full_at is not None and now - last_full_at > STALL_LOG_S:
+                counts["stalls"] += 1
+                ch.send({"op": "log", "msg": f"consumer {cfg.index}: behind, yet no records "
+                         f"from {_clock(last_full_at)} to {_clock(now)} "
+                         f"({now - last_full_at:.3f} s)"})
             for record in records:
                 pacer.take()
                 rid, sent_ns = decode(record.value)
                 log.append(rid)
-                sent = sent_ns / 1e9
-                ch.event(sent, (time.time() - sent) * 1000.0, len(record.value), None)
-            if records:
-                counts["consumed"] += len(records)
-                consumer.commit()
-                counts["commits"] += 1
+                now = time.time()
+                ch.record(now, now * 1000.0 - sent_ns / 1e6, len(record.value))
+            counts["consumed"] += len(records)
+            # Asynchronous, as a service that must keep its pace commits: a commit the
+            # coordinator is slow to write (e.g. its offsets partition's worker was killed)
+            # delays the lag the broker reports, not the processing.
+            consumer.commit_async()
+            counts["commits"] += 1
+            last_full_at = time.time() if len(records) >= cfg.max_records else None
             ch.maybe_flush()
+        if consumer.assignment():
+            commit_sync("close")  # what was processed is committed before we leave
     log.close()
+    counts["schedule_dropped_ms"] = round(pacer.dropped_s * 1000)
     return counts
+
+
+def _clock(t: float) -> str:
+    """Wall-clock time of day with milliseconds, to line up with the node's log."""
+    return time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(t * 1000) % 1000:03d}"
 
 
 def _names(partitions: Any) -> str:

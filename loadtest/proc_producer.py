@@ -64,15 +64,18 @@ def _error_of(fut: Any) -> str | None:
 def _report(tracker: AckTracker, log: IdLog, ch: ChildChannel, counts: dict[str, int]) -> None:
     tracker.harvest()
     done = tracker.done
+    acked = 0
     while done:
         rid, start, nbytes, fut, acked_at = done.popleft()
         err = _error_of(fut)
         if err is None:
             log.append(rid)
-            counts["acked"] += 1
+            acked += 1
+            ch.record(acked_at, (acked_at - start) * 1000.0, nbytes)
         else:
             counts["failed"] += 1
-        ch.event(start, (acked_at - start) * 1000.0, nbytes, err)
+            ch.failure(start, (acked_at - start) * 1000.0, nbytes, err)
+    counts["acked"] += acked
 
 
 def run(cfg: ProducerConfig, ch: ChildChannel) -> dict[str, int]:
@@ -112,9 +115,9 @@ def run(cfg: ProducerConfig, ch: ChildChannel) -> dict[str, int]:
                 n = min(n, cfg.max_records - seq)
             for _ in range(n):
                 rid = make_id(cfg.index, seq)
-                start = time.time()
-                fut = producer.send(cfg.topic, value=factory.build(rid, time.time_ns()))
-                tracker.watch(fut, rid, start, cfg.record_size)
+                sent_ns = time.time_ns()
+                fut = producer.send(cfg.topic, value=factory.build(rid, sent_ns))
+                tracker.watch(fut, rid, sent_ns / 1e9, cfg.record_size)
                 seq += 1
             counts["sent"] = seq
             _report(tracker, log, ch, counts)

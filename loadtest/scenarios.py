@@ -237,7 +237,8 @@ def run_scenario(opts: RunOptions, workload: WorkloadConfig, plan: Plan,
     ctx.timeline.write(opts.results_dir)
     data = load(opts.results_dir)
     threshold = drain_threshold() if callable(drain_threshold) else drain_threshold
-    summary = summarize(data, opts.drain_from, threshold)
+    set_rps = workload.consume_rate * opts.consumers if workload.consume_rate > 0 else 0.0
+    summary = summarize(data, opts.drain_from, threshold, set_rps)
     summary["scenario"] = opts.name
     summary["latency_ms"] = ctx.timeline.latency_percentiles()
     summary["produce_errors"] = ctx.timeline.totals["errors"]

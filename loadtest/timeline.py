@@ -1,8 +1,9 @@
 """Per-second timeline of a scenario: produce/consume rates, broker-reported lag, phases.
 
-The Locust request events (one per acknowledged or consumed record, see users.py) feed
-`Timeline.on_request`; the lag monitor feeds `add_lag` with what the broker's describe_group
-reported; the shape feeds `mark` with phase changes. `write` puts three CSVs in a directory:
+The users feed `Timeline.add_batch` with each batch of acknowledged or consumed records a
+child reported (Locust request events, e.g. failed sends, reach `on_request`); the lag
+monitor feeds `add_lag` with what the broker's describe_group reported; the shape feeds
+`mark` with phase changes. `write` puts three CSVs in a directory:
 
     timeline.csv  t_s, produced, consumed, produced_mb, consumed_mb, produce_errors, lag, phase
     lag.csv       t_s, lag, log_end                      (every sample, as read from the broker)
@@ -106,6 +107,36 @@ class Timeline:
         if lat is None:
             lat = self.latencies[key] = array("d")
         lat.append(response_time)
+
+    def add_batch(self, request_type: str, done_s: np.ndarray, rt_ms: np.ndarray,
+                  sizes: np.ndarray) -> None:
+        """A batch of successful records (users.py), as `on_request` would count them."""
+        if rt_ms.size == 0 or request_type not in (PRODUCE, CONSUME):
+            return
+        idx = np.maximum((done_s - self.t0).astype(np.int64), 0)
+        secs = np.unique(idx)
+        self._second(self.t0 + int(secs[-1]))  # make room up to the last second
+        counts = np.bincount(idx - secs[0])
+        nbytes = np.bincount(idx - secs[0], weights=sizes.astype(np.float64))
+        produce = request_type == PRODUCE
+        for i in secs.tolist():
+            sec = self.seconds[i]
+            n, b = int(counts[i - secs[0]]), int(nbytes[i - secs[0]])
+            if produce:
+                sec.produced += n
+                sec.produced_bytes += b
+            else:
+                sec.consumed += n
+                sec.consumed_bytes += b
+        n, total = int(rt_ms.size), int(sizes.sum(dtype=np.int64))
+        self.totals[request_type] += n
+        if produce:
+            self.totals["produce_bytes"] += total
+        key = (request_type, self.phase)
+        lat = self.latencies.get(key)
+        if lat is None:
+            lat = self.latencies[key] = array("d")
+        lat.frombytes(rt_ms.astype(np.float64).tobytes())
 
     def add_lag(self, t: float, lag: int | None, log_end: int | None) -> None:
         self.lags.append(LagSample(t, lag, log_end))
@@ -244,6 +275,36 @@ def _peak_mean(values: np.ndarray, window: int) -> float:
     return float(sums.max() / window)
 
 
+def _whole_seconds(start: float, end: float, n: int) -> list[int]:
+    """Indices of the timeline seconds lying wholly inside [start, end)."""
+    return list(range(max(0, math.ceil(start)), min(n, math.floor(end))))
+
+
+def flatness(data: TimelineData, set_rps: float, start: float, end: float) -> dict:
+    """How flat the consume rate stayed at `set_rps` over the whole seconds in [start, end).
+
+    Per second (min/max) and as the lowest and highest mean of `window_s` (5) consecutive
+    seconds, all also as a percentage of the set rate: a lowest window at 98 % means the
+    consumers lost 2 % of their pace there.
+    """
+    secs = _whole_seconds(start, end, data.consumed.size)
+    if not secs or set_rps <= 0:
+        return {}
+    values = data.consumed[secs].astype(np.float64)
+    window = min(PEAK_WINDOW_S, values.size)
+    means = np.convolve(values, np.ones(window), mode="valid") / window
+
+    def pct(x: float) -> float:
+        return round(100.0 * x / set_rps, 1)
+
+    return {"from_s": secs[0], "seconds": len(secs), "set_rps": set_rps,
+            "mean_rps": round(float(values.mean()), 1), "mean_pct": pct(float(values.mean())),
+            "min_1s_rps": int(values.min()), "max_1s_rps": int(values.max()),
+            "min_1s_pct": pct(float(values.min())), "max_1s_pct": pct(float(values.max())),
+            "window_s": window, "min_window_pct": pct(float(means.min())),
+            "max_window_pct": pct(float(means.max()))}
+
+
 def time_to_drain(data: TimelineData, after: float, threshold: float) -> float | None:
     """Seconds from `after` to the first lag sample at or below `threshold`, None if never."""
     for t, lag in zip(data.lag_t, data.lag, strict=True):
@@ -252,8 +313,14 @@ def time_to_drain(data: TimelineData, after: float, threshold: float) -> float |
     return None
 
 
-def summarize(data: TimelineData, drain_from: str | None, drain_threshold: float) -> dict:
-    """Rates, lag and drain figures of a timeline (latencies come from `Timeline`)."""
+def summarize(data: TimelineData, drain_from: str | None, drain_threshold: float,
+              consume_set_rps: float = 0.0) -> dict:
+    """Rates, lag and drain figures of a timeline (latencies come from `Timeline`).
+
+    With `consume_set_rps` (the consumers' summed pace) and a burst phase, also the
+    flatness of the consume rate through the burst, and through the whole time the
+    consumers had a backlog (burst start to drained).
+    """
     busy = data.produced + data.consumed
     active = np.nonzero(busy)[0]
     summary: dict = {
@@ -290,6 +357,14 @@ def summarize(data: TimelineData, drain_from: str | None, drain_threshold: float
             summary["drain_from_s"] = round(start, 3)
             summary["drain_threshold"] = drain_threshold
             summary["time_to_drain_s"] = time_to_drain(data, start, drain_threshold)
+    burst = data.phase_span("burst")
+    if consume_set_rps > 0 and burst is not None:
+        summary["consume_flatness_burst"] = flatness(data, consume_set_rps, *burst)
+        drained = summary.get("time_to_drain_s")
+        if drain_from == "burst" and drained is not None:
+            # The last second before drained is partly idle: the backlog ran out in it.
+            summary["consume_flatness_backlog"] = flatness(
+                data, consume_set_rps, burst[0], burst[1] + drained - 1.0)
     return summary
 
 

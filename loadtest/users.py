@@ -2,9 +2,10 @@
 
 `ProduceUser` and `ConsumeUser` each own one child process running an SDK `Producer` or a
 group `Consumer` (channel.py says why a process: Locust's gevent patching and the SDK's
-blocking zmq threads do not mix). The user's task pumps what its child reports and fires one
-Locust request event per record, so Locust's statistics, CSV files and failure tables work
-as they do for HTTP:
+blocking zmq threads do not mix). The user's task pumps what its child reports: every record
+counts in Locust's statistics as one request (merged a batch at a time, batch_stats.py says
+how and why; failed ones are fired one by one), so Locust's statistics, CSV files and failure
+tables work as they do for HTTP:
 
     request_type "produce": name = topic, response_time = send -> acknowledgement (ms),
                             response_length = record bytes, exception = the send's error
@@ -20,9 +21,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from locust import User, constant, task
 from locust.exception import StopUser
 
+from qnode.loadtest.batch_stats import log_batch
 from qnode.loadtest.client_process import ClientProcess, ClientProcessError
 from qnode.loadtest.context import ScenarioContext
 from qnode.loadtest.timeline import CONSUME, PRODUCE
@@ -32,6 +35,13 @@ PUMP_WAIT_S = 0.05
 
 class SendError(Exception):
     """A produce the SDK reported as failed (the message is the SDK's error)."""
+
+
+def records_of(msg: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(done times s, latencies ms, sizes) of an "ev" message (packed arrays, channel.py)."""
+    return (np.frombuffer(msg["done"], dtype=np.float64),
+            np.frombuffer(msg["rt"], dtype=np.float64),
+            np.frombuffer(msg["size"], dtype=np.uint32))
 
 
 class QnodeUser(User):
@@ -64,21 +74,25 @@ class QnodeUser(User):
     def on_message(self, msg: dict[str, Any]) -> None:
         op = msg.get("op")
         if op == "ev":
-            fire = self.environment.events.request.fire
-            topic = self.ctx.workload.topic
-            rtype = self.request_type
-            for start, rt, nbytes, err in msg["ev"]:
-                exc = None
-                if err is not None:
-                    exc = self._errors.get(err)
-                    if exc is None:
-                        exc = self._errors[err] = SendError(err)
-                fire(request_type=rtype, name=topic, response_time=rt, response_length=nbytes,
-                     exception=exc, context={}, start_time=start)
+            self.on_records(*records_of(msg))
+            for start, rt, nbytes, err in msg["fail"]:
+                exc = self._errors.get(err)
+                if exc is None:
+                    exc = self._errors[err] = SendError(err)
+                self.environment.events.request.fire(
+                    request_type=self.request_type, name=self.ctx.workload.topic,
+                    response_time=rt, response_length=nbytes, exception=exc, context={},
+                    start_time=start)
         elif op == "log":
             self.ctx.note(msg["msg"])
         elif op == "fatal":
             self.ctx.fail(f"{self.client.name if self.client else '?'} failed:\n{msg['msg']}")
+
+    def on_records(self, done_s: np.ndarray, rt_ms: np.ndarray, sizes: np.ndarray) -> None:
+        """A batch of successful records: into Locust's stats and the timeline at once."""
+        topic = self.ctx.workload.topic
+        log_batch(self.environment.stats, self.request_type, topic, done_s, rt_ms, sizes)
+        self.ctx.timeline.add_batch(self.request_type, done_s, rt_ms, sizes)
 
     @task
     def pump(self) -> None:
@@ -120,10 +134,9 @@ class ProduceUser(QnodeUser):
     def on_ready(self) -> None:
         self.ctx.progress.ready_producers += 1
 
-    def on_message(self, msg: dict[str, Any]) -> None:
-        if msg.get("op") == "ev":
-            self.ctx.progress.acked_bytes += sum(e[2] for e in msg["ev"] if e[3] is None)
-        super().on_message(msg)
+    def on_records(self, done_s: np.ndarray, rt_ms: np.ndarray, sizes: np.ndarray) -> None:
+        self.ctx.progress.acked_bytes += int(sizes.sum(dtype=np.int64))
+        super().on_records(done_s, rt_ms, sizes)
 
     def before_pump(self) -> None:
         shape = self.ctx.shape
