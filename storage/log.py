@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import crc32c
+from crc32c import crc32c as _crc32c
 
 from qnode.storage.errors import (
     InvalidRecordError,
@@ -32,6 +33,7 @@ from qnode.storage.errors import (
 from qnode.storage.log_config import LogConfig
 from qnode.storage.record_batch import (
     BatchesInfo,
+    BatchHeader,
     stamp,
     stamp_log_append_time,
     validate_batches,
@@ -115,6 +117,7 @@ class _Prepared:
     append_time: int
     info: BatchesInfo | None
 _READABLE_CODECS = (0, 1, 3, 4)  # none, gzip, lz4, zstd
+_new_header = tuple.__new__
 _MIN_RECORD_SIZE = 7
 
 
@@ -141,7 +144,7 @@ def _scan_batches(data: bytes | bytearray | memoryview, max_batch_bytes: int,
         if not attrs & 7 and count * _MIN_RECORD_SIZE > size - BATCH_HEADER_SIZE:
             return None
         if producer_batches:
-            if count == 0 or delta != count - 1 or (attrs & 0x20 and pid < 0):
+            if count == 0 or delta != count - 1 or (pid < 0 and (attrs & 0x30 or _seq >= 0)):
                 return None
         elif count > 0 and delta < count - 1:
             return None
@@ -155,6 +158,13 @@ def _scan_batches(data: bytes | bytearray | memoryview, max_batch_bytes: int,
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _new_segment(directory: str, base: int, config: LogConfig) -> Segment:
+    """A new active segment, written through its mapping (capacity segment.bytes)."""
+    return Segment.create(directory, base, index_interval_bytes=config.index_interval_bytes,
+                          index_max_bytes=config.segment_index_bytes,
+                          capacity=config.segment_bytes)
 
 
 class Log:
@@ -200,9 +210,7 @@ class Log:
         config = config or LogConfig()
         segments, report = load_segments(directory, config, recovery_point)
         if not segments:
-            segments = [Segment.create(directory, log_start_offset,
-                                       index_interval_bytes=config.index_interval_bytes,
-                                       index_max_bytes=config.segment_index_bytes)]
+            segments = [_new_segment(directory, log_start_offset, config)]
             fsync_dir(directory)
         return cls(directory, config, segments, report, log_start_offset, high_watermark)
 
@@ -266,6 +274,22 @@ class Log:
         with self._lock:
             if self._closed:
                 raise LogClosedError(f"log {self.directory} is closed")
+            if assign_offsets and self._one_batch_fast:
+                # The common produce: one batch of a leader append. Its header is read once
+                # (one unpack) and checked exactly as validate_batches would; any doubt
+                # falls through to the general path, which raises the precise error.
+                n = len(data)
+                if n >= BATCH_HEADER_SIZE:
+                    h = _HEADER.unpack_from(data)
+                    count = h[12]
+                    attrs = h[5]
+                    if (h[1] + 12 == n and h[3] == 2 and n <= self._max_batch
+                            and 0 < count and h[6] == count - 1
+                            and (attrs & 7) in _READABLE_CODECS
+                            and (attrs & 7 or count * _MIN_RECORD_SIZE <= n - BATCH_HEADER_SIZE)
+                            and (h[9] >= 0 or not (attrs & 0x30 or h[11] >= 0))
+                            and _crc32c(memoryview(data)[21:]) == h[4]):
+                        return self._append_one(data, h, n, leader_epoch, now_ms)
             now = _now_ms() if now_ms is None else now_ms
             iov, metas, size, max_ts, records, append_time, info = self._prepare(
                 data, leader_epoch, assign_offsets, self._leo, now, 0)
@@ -273,6 +297,43 @@ class Log:
             result = AppendResult(metas[0][2], metas[-1][3], max_ts, append_time, records, size)
             self._after_append(result, info, leader_epoch)
             return result
+
+    def _append_one(self, data: Buffer, h: tuple[int, ...], n: int, leader_epoch: int,
+                    now_ms: int | None) -> AppendResult:
+        """Append one validated batch (header fields `h`) at the log end, stamped."""
+        base = self._leo
+        last = base + h[6]
+        max_ts = h[8]
+        hooks = self.hooks
+        info = None
+        if hooks.before_append or hooks.on_append:
+            # the hooks get the batch header as validate_batches would have built it
+            hdr = _new_header(BatchHeader, (0, n, *h[:1], *h[2:]))
+            info = BatchesInfo([hdr], n, h[12], h[6] + 1, max_ts if max_ts > -1 else -1,
+                               0 if max_ts > -1 else -1)
+            for check in hooks.before_append:
+                check(info, data)
+        seg = self._segments[-1]
+        if seg.size:
+            now = _now_ms() if now_ms is None else now_ms
+            first_ts = seg.first_batch_ts
+            waited = max_ts - first_ts if first_ts >= 0 and max_ts >= 0 else \
+                now - seg.created_ms
+            if (seg.size + n > self._segment_bytes or waited > self._segment_ms
+                    or seg.index_full() or last - seg.base_offset > MAX_RELATIVE_OFFSET):
+                seg = self._roll_at(base)
+        elif last - seg.base_offset > MAX_RELATIVE_OFFSET:
+            seg = self._roll_at(base)
+        seg.append_batch(data, base, last, max_ts, leader_epoch)
+        self._leo = last + 1
+        result = AppendResult(base, last, max_ts if max_ts > -1 else -1, -1, h[12], n)
+        self._unflushed_messages += h[12]
+        for cb in hooks.on_append:
+            cb(result, info, leader_epoch)  # type: ignore[arg-type]
+        fm = self._flush_messages
+        if fm is not None and self._unflushed_messages >= fm:
+            self.flush()
+        return result
 
     def append_many(self, items: Sequence[tuple[Buffer, int]], assign_offsets: bool = True,
                     *, now_ms: int | None = None) -> list[AppendResult | StorageError]:
@@ -395,9 +456,7 @@ class Log:
 
     def _roll_at(self, base: int) -> Segment:
         old = self._segments[-1]
-        new = Segment.create(self.directory, base,
-                             index_interval_bytes=self.config.index_interval_bytes,
-                             index_max_bytes=self.config.segment_index_bytes)
+        new = _new_segment(self.directory, base, self.config)
         old.seal()
         self._segments.append(new)
         self._bases.append(base)
@@ -503,9 +562,7 @@ class Log:
     def _truncate_fully(self, start: int) -> None:
         for seg in self._segments:
             seg.delete()
-        self._segments = [Segment.create(self.directory, start,
-                                         index_interval_bytes=self.config.index_interval_bytes,
-                                         index_max_bytes=self.config.segment_index_bytes)]
+        self._segments = [_new_segment(self.directory, start, self.config)]
         self._bases = [start]
         self._leo = start
         self._log_start = start
@@ -676,6 +733,20 @@ class Log:
 
     def update_config(self, config: LogConfig) -> None:
         self.config = config
+
+    @property
+    def config(self) -> LogConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: LogConfig) -> None:
+        # what the append hot path reads of the config, read once here
+        self._config = config
+        self._one_batch_fast = not config.log_append_time
+        self._max_batch = config.max_message_bytes
+        self._segment_bytes = config.segment_bytes
+        self._segment_ms = config.segment_ms - config.segment_jitter_ms
+        self._flush_messages = config.flush_messages
 
     def close(self) -> None:
         """Flush, trim the active segment's indexes and mark the close clean."""

@@ -69,7 +69,8 @@ def _base_of(name: str) -> int | None:
 
 def _seg_kwargs(config: LogConfig) -> dict[str, int]:
     return {"index_interval_bytes": config.index_interval_bytes,
-            "index_max_bytes": config.segment_index_bytes}
+            "index_max_bytes": config.segment_index_bytes,
+            "capacity": config.segment_bytes}
 
 
 def read_clean_shutdown(directory: str) -> int | None:
@@ -123,6 +124,7 @@ def _complete_swaps(directory: str, config: LogConfig, swaps: list[int],
                     report: RecoveryReport) -> None:
     for base in swaps:
         seg = Segment(directory, base, active=False, suffix=SWAP, **_seg_kwargs(config))
+        seg.capacity = 0  # a cleaned segment: never written again
         seg.rebuild_indexes()
         end = seg.next_offset
         for name in sorted(os.listdir(directory)):

@@ -1,9 +1,16 @@
 """One segment of a partition log: `<base>.log` plus its `.index` and `.timeindex`.
 
-Appends go to the end of the `.log` file with positional writes (one syscall per append call,
-whatever the number of batches); reads are zero-copy memoryview slices of a read-only mapping
-of the file, remapped when a read reaches past what is mapped. The segment only ever looks at
-batch headers (lengths, offsets, timestamps); CRCs are checked when recovering a tail.
+The log's active segment is written through a shared read/write mapping of its file: an append
+is a memcpy into the page cache (no syscall), which survives kill -9 of the process the moment
+it is done. While active the file is as long as its mapping (sparse), with real blocks
+allocated ahead of the data in chunks (fallocate: a full disk is a DiskFullError before any
+byte is stored, never a SIGBUS). So an active segment's file ends in zeros past its data:
+sealing trims them, and opening a segment cuts a zero tail a crash left (`_data_end`).
+Segments made without a `capacity` (the cleaner's output) append with positional writes.
+Reads are zero-copy memoryview slices of a mapping of the file; a truncation of the active
+segment zeroes the cut range instead of shrinking the file, so a slice still being sent never
+faults (SIGBUS). The segment only ever looks at batch headers; CRCs are checked when
+recovering a tail.
 """
 
 from __future__ import annotations
@@ -33,6 +40,11 @@ CRC_START = 21  # the CRC covers attributes .. end of batch
 MAGIC_V2 = 2
 MAX_RELATIVE_OFFSET = 0xFFFFFFFF
 _MADV_POPULATE_READ = 22  # <linux/mman.h>; not exported by the mmap module of Python 3.11
+RESERVE_MIN = 64 * 1024  # blocks allocated ahead of the active segment's data: at least,
+RESERVE_MAX = 4 << 20  # at most, and in between as much as the segment already holds
+MAP_STEP = 64 << 20  # write mappings longer than this are a whole number of steps
+_STAMP = struct.Struct(">qii")  # baseOffset, batchLength, partitionLeaderEpoch
+_ZERO_CHUNK = 1 << 20
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
 LOG_SUFFIX = ".log"
@@ -50,6 +62,46 @@ Buffer = bytes | bytearray | memoryview
 
 class SegmentMissingError(StorageError):
     """A segment file was deleted or replaced under a running log (the log dir is failing)."""
+
+
+_LENGTH_MAGIC = struct.Struct(">ixxxxb")  # batchLength .. magic, from position 8
+
+
+def _allocate_file(fd: int, start: int, end: int) -> None:
+    """Put real blocks under file bytes [start, end) (DiskFullError when the disk is full);
+    a filesystem without fallocate keeps them sparse (a store there on a full disk would
+    SIGBUS, as with any mapped file)."""
+    if end <= start:
+        return
+    try:
+        os.posix_fallocate(fd, start, end - start)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise DiskFullError(f"no space for {end - start} more log bytes: {exc}") from exc
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+
+
+def _zeros(fd: int, start: int, end: int) -> bool:
+    """Whether bytes [start, end) of the file are all zero (holes are skipped unread)."""
+    pos = start
+    while pos < end:
+        try:
+            data_at = os.lseek(fd, pos, os.SEEK_DATA)
+            hole_at = min(os.lseek(fd, data_at, os.SEEK_HOLE), end)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                return True  # only a hole from here on
+            data_at, hole_at = pos, end  # no SEEK_DATA here: read it all
+        while data_at < hole_at:
+            chunk = os.pread(fd, min(_ZERO_CHUNK, hole_at - data_at), data_at)
+            if not chunk:
+                return True
+            if chunk.count(0) != len(chunk):
+                return False
+            data_at += len(chunk)
+        pos = max(hole_at, pos + 1)
+    return True
 
 
 def segment_name(base_offset: int) -> str:
@@ -83,6 +135,7 @@ class Segment:
         active: bool,
         suffix: str = "",
         create: bool = False,
+        capacity: int = 0,
     ) -> None:
         self.directory = directory
         self.base_offset = base_offset
@@ -94,6 +147,15 @@ class Segment:
         self._fd = os.open(self.log_path, flags, 0o644)
         self.index: OffsetIndex | None = None
         self.time_index: TimeIndex | None = None
+        self._mm: mmap.mmap | None = None
+        self._mv: memoryview | None = None
+        self._mapped = 0  # bytes of the file the current mapping may be read at
+        self.capacity = capacity  # expected size (segment.bytes): 0 = positional writes
+        self._writing = False  # appends go through the mapping
+        self._cap = 0  # length of the write mapping
+        self._reserved = 0  # file bytes reserved (allocated) for the write mapping
+        self._exposed = 0  # end of the furthest view handed out from the current mapping
+        self._retired: list[tuple[mmap.mmap, int]] = []  # mappings views may still hold
         try:
             self.size = os.fstat(self._fd).st_size
             self.index = OffsetIndex(
@@ -104,14 +166,15 @@ class Segment:
                 segment_path(directory, base_offset, TIMEINDEX_SUFFIX, suffix),
                 base_offset, index_max_bytes, writable=active,
             )
+            if self.size:
+                self.size = self._data_end(self.size)
+            if active and capacity > 0:
+                self._map_for_write(self.size)
         except BaseException:
             self._close_files()
             if create:
                 self._unlink_all()
             raise
-        self._mm: mmap.mmap | None = None
-        self._mv: memoryview | None = None
-        self._mapped = 0
         self.active = active
         self.created_ms = int(time.time() * 1000)
         self.first_batch_ts = -1
@@ -130,13 +193,15 @@ class Segment:
     @classmethod
     def create(
         cls, directory: str, base_offset: int, *, index_interval_bytes: int,
-        index_max_bytes: int, suffix: str = "",
+        index_max_bytes: int, suffix: str = "", capacity: int = 0,
     ) -> Segment:
-        """A new empty active segment; DiskFullError (and no files left) if it cannot be made."""
+        """A new empty active segment; DiskFullError (and no files left) if it cannot be made.
+        `capacity` (the log's segment.bytes) makes appends go through a write mapping."""
         try:
             return cls(
                 directory, base_offset, index_interval_bytes=index_interval_bytes,
                 index_max_bytes=index_max_bytes, active=True, suffix=suffix, create=True,
+                capacity=capacity,
             )
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
@@ -152,13 +217,24 @@ class Segment:
 
     # ------------------------------------------------------------------ reading
     def _remap(self) -> None:
-        self._mv = None
-        self._mm = None  # outstanding slices keep the old mapping alive until they go
-        self._mapped = 0
+        if self._writing:
+            return  # the write mapping covers every byte of the segment
+        self._drop_mapping()
         if self.size:
             self._mm = mmap.mmap(self._fd, self.size, access=mmap.ACCESS_READ)
             self._mv = memoryview(self._mm)
             self._mapped = self.size
+
+    def _drop_mapping(self) -> None:
+        """Forget the current mapping; outstanding slices keep it alive until they go. One
+        that views may still hold past the data end is remembered: the file must not shrink
+        under it (`_trim_file`)."""
+        if self._mm is not None and self._exposed > self.size:
+            self._retired.append((self._mm, self._exposed))
+        self._mv = None
+        self._mm = None
+        self._mapped = 0
+        self._exposed = 0
 
     def view(self, start: int, end: int) -> memoryview:
         """Zero-copy slice [start, end) of the segment file."""
@@ -168,7 +244,86 @@ class Segment:
         if start == end:
             return memoryview(b"")
         assert self._mv is not None
+        if end > self._exposed:
+            self._exposed = end
         return self._mv[start:end]
+
+    # ------------------------------------------------------------------ the write mapping
+    def _map_for_write(self, file_size: int) -> None:
+        """Map the file read/write with room to grow. The file is extended (sparse) to the
+        whole mapping while the segment is active: Python's mmap will not map past the end of
+        a file, and growing a mapped file's size as data comes costs several times more in
+        the kernel than stores within its size."""
+        need = max(self.size, self.capacity, 1)
+        cap = -(-need // MAP_STEP) * MAP_STEP if need > MAP_STEP else \
+            -(-need // mmap.PAGESIZE) * mmap.PAGESIZE
+        self._drop_mapping()
+        if os.fstat(self._fd).st_size < cap:
+            os.ftruncate(self._fd, cap)
+        mm = mmap.mmap(self._fd, cap, access=mmap.ACCESS_WRITE)
+        self._mm = mm
+        self._mv = memoryview(mm)
+        self._mapped = cap
+        self._cap = cap
+        self._reserved = file_size
+        self._writing = True
+
+    def _reserve(self, end: int) -> None:
+        """Make file bytes [reserved, end) real blocks before anything is stored there: a
+        chunk ahead of `end` when the disk has room, else just what is needed; DiskFullError
+        when not even that fits (nothing is stored, the segment is unchanged)."""
+        if end > self._cap:  # an append past the mapping: a longer mapping (rare)
+            self.capacity = max(self.capacity, end)
+            self._map_for_write(self._reserved)
+        start = self._reserved
+        ahead = min(RESERVE_MAX, max(RESERVE_MIN, self.size))
+        target = min(-(-(end + ahead) // mmap.PAGESIZE) * mmap.PAGESIZE, self._cap)
+        try:
+            _allocate_file(self._fd, start, target)
+        except DiskFullError:
+            target = end
+            try:
+                _allocate_file(self._fd, start, target)
+            except DiskFullError as exc:
+                raise DiskFullError(f"disk full appending to {self.log_path}: {exc}") from exc
+        self._reserved = target
+
+    def _trim_file(self) -> None:
+        """Cut the file to its data (the reserved zero tail goes), but never under a mapping
+        that views handed out before a truncation may still read (they would SIGBUS)."""
+        keep = self.size
+        alive = []
+        for mm, end in self._retired:
+            try:
+                mm.close()  # refused while a view of it exists
+            except BufferError:
+                alive.append((mm, end))
+                keep = max(keep, end)
+        self._retired = alive
+        if os.fstat(self._fd).st_size > keep:
+            os.ftruncate(self._fd, keep)
+        self._reserved = keep
+
+    def _data_end(self, file_size: int) -> int:
+        """End of the data of a file that may end in zeros (a reserved tail a crash left
+        behind): a header walk from the last index entry; when it stops short of the end and
+        only zeros follow, the file is cut there. Anything else is left to recovery."""
+        assert self.index is not None
+        _, pos = self.index.last_entry()
+        if pos >= file_size:
+            pos = 0
+        fd = self._fd
+        while pos + BATCH_HEADER_SIZE <= file_size:
+            head = os.pread(fd, 17, pos)
+            length, magic = _LENGTH_MAGIC.unpack_from(head, 8)
+            if length < MIN_BATCH_LENGTH or magic != MAGIC_V2 or \
+                    pos + length + LOG_OVERHEAD > file_size:
+                break
+            pos += length + LOG_OVERHEAD
+        if pos >= file_size or not _zeros(fd, pos, file_size):
+            return file_size
+        os.ftruncate(fd, pos)
+        return pos
 
     def advise_sequential(self, start: int, end: int) -> None:
         """Ask the kernel to read ahead [start, end) of a mapped range (cold sequential reads)."""
@@ -309,35 +464,28 @@ class Segment:
                batches: Sequence[BatchMeta], size: int | None = None) -> None:
         """Write whole batches (already stamped) at the end of the file and index them; `data`
         is one buffer or a list of buffers written back to back (one pwritev). Batch positions
-        in `batches` are relative to the start of the write. On ENOSPC the file is cut back
-        and DiskFullError raised: the segment is unchanged."""
+        in `batches` are relative to the start of the write. On ENOSPC nothing is written (or
+        the file is cut back) and DiskFullError raised: the segment is unchanged."""
         assert self.active and self.index is not None and self.time_index is not None
         # index blocks first: a full disk must refuse the append before any byte is written
         self.index.reserve(len(batches))
         self.time_index.reserve(len(batches) + 1)
         start = self.size
-        try:
-            if isinstance(data, (bytes, bytearray, memoryview)):
-                mv = memoryview(data)
-                n = len(mv)
-                done = os.pwrite(self._fd, mv, start)
-            else:
-                n = sum(len(b) for b in data) if size is None else size
-                if len(data) > _IOV_MAX:
-                    data = [b"".join(data)]
-                done = os.pwritev(self._fd, data, start)
-                if done < n:
-                    mv = memoryview(b"".join(data))
-            while done < n:  # short writes happen only near ENOSPC; the next one raises
-                done += os.pwrite(self._fd, mv[done:], start + done)
-        except OSError as exc:
-            try:
-                os.ftruncate(self._fd, start)
-            except OSError:
-                pass
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-                raise DiskFullError(f"disk full appending to {self.log_path}: {exc}") from exc
-            raise
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            data = [data]
+        n = sum(len(b) for b in data) if size is None else size
+        if self._writing:
+            if start + n > self._reserved:
+                self._reserve(start + n)
+            mv = self._mv
+            assert mv is not None
+            pos = start
+            for b in data:
+                end = pos + len(b)
+                mv[pos:end] = b
+                pos = end
+        else:
+            self._pwrite(data, n, start)
         self.size = start + n
         interval = self.index_interval_bytes
         since = self.bytes_since_index
@@ -355,6 +503,70 @@ class Segment:
         self._next_offset = batches[-1][3] + 1
         if self.first_batch_ts < 0 and start == 0 and batches:
             self.first_batch_ts = batches[0][4]
+
+    def append_batch(self, data: Buffer, base_offset: int, last_offset: int, max_ts: int,
+                     leader_epoch: int) -> None:
+        """The append hot path: one whole, validated batch, copied into the write mapping and
+        stamped there with `base_offset` and `leader_epoch` (leader_epoch < 0: the batch
+        keeps its own offsets and epoch). The caller's buffer is not modified."""
+        start = self.size
+        n = len(data)
+        end = start + n
+        since = self.bytes_since_index
+        index_it = since > self.index_interval_bytes
+        if index_it:  # index blocks before any log byte: a full disk refuses the whole append
+            idx, tix = self.index, self.time_index
+            assert idx is not None and tix is not None
+            if (idx.entries + 1) << 3 > idx._allocated:
+                idx.reserve(1)
+            if (tix.entries + 2) * 12 > tix._allocated:
+                tix.reserve(2)
+        if not self._writing:
+            self.append(data if leader_epoch < 0 else
+                        [_STAMP.pack(base_offset, n - LOG_OVERHEAD, leader_epoch),
+                         memoryview(data)[16:]],
+                        [(0, n, base_offset, last_offset, max_ts)], n)
+            return
+        if end > self._reserved:
+            self._reserve(end)
+        self._mv[start:end] = data  # type: ignore[index]
+        if leader_epoch >= 0:
+            _STAMP.pack_into(self._mm, start, base_offset, n - LOG_OVERHEAD,  # type: ignore
+                             leader_epoch)
+        self.size = end
+        if max_ts > self.max_timestamp:
+            self.max_timestamp = max_ts
+            self.offset_of_max_timestamp = base_offset
+        if index_it:
+            idx.append(base_offset, start)
+            tix.append(self.max_timestamp, self.offset_of_max_timestamp)
+            since = 0
+        self.bytes_since_index = since + n
+        self._next_offset = last_offset + 1
+        if start == 0:
+            self.first_batch_ts = max_ts
+
+    def _pwrite(self, data: Sequence[Buffer], n: int, start: int) -> None:
+        try:
+            if len(data) == 1:
+                mv = memoryview(data[0])
+                done = os.pwrite(self._fd, mv, start)
+            else:
+                if len(data) > _IOV_MAX:
+                    data = [b"".join(data)]
+                done = os.pwritev(self._fd, data, start)
+                if done < n:
+                    mv = memoryview(b"".join(data))
+            while done < n:  # short writes happen only near ENOSPC; the next one raises
+                done += os.pwrite(self._fd, mv[done:], start + done)
+        except OSError as exc:
+            try:
+                os.ftruncate(self._fd, start)
+            except OSError:
+                pass
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise DiskFullError(f"disk full appending to {self.log_path}: {exc}") from exc
+            raise
 
     def flush(self) -> None:
         self.flush_indexes()
@@ -379,6 +591,9 @@ class Segment:
             self.index.trim()
             self.time_index.trim()
             self.active = False
+            if self._writing:
+                self._writing = False  # the mapping stays: it serves reads of [0, size)
+                self._trim_file()
 
     def unseal(self) -> None:
         """Make a sealed segment writable again (after a truncation back into it)."""
@@ -389,6 +604,8 @@ class Segment:
             self.active = True
             off, pos = self.index.last_entry()
             self.bytes_since_index = self.size - pos
+            if self.capacity > 0:
+                self._map_for_write(os.fstat(self._fd).st_size)
 
     def truncate_to(self, offset: int) -> int:
         """Drop every batch whose last offset is >= `offset` (a batch holding `offset` goes
@@ -404,10 +621,16 @@ class Segment:
         """Cut the file at byte `pos`, where the batch with base `next_offset` started."""
         assert self.index is not None and self.time_index is not None
         removed = self.size - pos
-        self._mv = None
-        self._mm = None
-        self._mapped = 0
-        os.ftruncate(self._fd, pos)
+        if self._writing:
+            # Zero the cut bytes instead of shrinking the file: a slice of them still being
+            # sent reads zeros rather than faulting, and recovery sees the end of the log.
+            self._zero_range(pos, self.size)
+            self.size = pos
+            if self._exposed > pos:
+                self._map_for_write(self._reserved)  # later views come from a new mapping
+        else:
+            self._drop_mapping()
+            os.ftruncate(self._fd, pos)
         self.size = pos
         self.index.truncate_to_position(pos)
         self.time_index.truncate_to(next_offset)
@@ -422,6 +645,13 @@ class Segment:
         if pos == 0:
             self.first_batch_ts = -1
         return removed
+
+    def _zero_range(self, start: int, end: int) -> None:
+        """Write zeros over [start, end) (blocks stay allocated, so no SIGBUS on reuse)."""
+        zeros = bytes(min(_ZERO_CHUNK, end - start))
+        pos = start
+        while pos < end:
+            pos += os.pwrite(self._fd, memoryview(zeros)[:min(len(zeros), end - pos)], pos)
 
     # ------------------------------------------------------------------ recovery
     def recover(self, start_pos: int, expected_offset: int | None) -> SegmentRecovery:
@@ -580,9 +810,10 @@ class Segment:
             return
         if seal and self.active and self.exists():
             self.seal()
-        self._mv = None
-        self._mm = None
-        self._mapped = 0
+        elif self._retired and not self.active and self.exists():
+            self._trim_file()  # a trim a truncation's live views held back
+        self._writing = False
+        self._drop_mapping()
         self._close_files()
 
     @property

@@ -33,6 +33,14 @@ def tiny_fs(tmpfs):
     return tmpfs("256k")
 
 
+def no_partial_bytes(log: Log) -> bool:
+    """Past the active segment's data its file holds nothing but the zeros reserved ahead."""
+    seg = log.active_segment
+    with open(seg.log_path, "rb") as f:
+        f.seek(seg.size)
+        return not f.read().strip(b"\0")
+
+
 def test_enospc_on_append_keeps_log_valid(tiny_fs):
     cfg = LogConfig.from_topic_config({"segment.index.bytes": "4096"})
     log = Log.open(tiny_fs / "t-0", cfg)
@@ -42,7 +50,7 @@ def test_enospc_on_append_keeps_log_valid(tiny_fs):
         for _ in range(1000):
             acked = log.append(batch(), 0).last_offset + 1
     assert acked > 0 and log.log_end_offset == acked
-    assert os.path.getsize(log.active_segment.log_path) == log.size_bytes  # no partial bytes
+    assert no_partial_bytes(log)
     assert offsets(log) == list(range(acked))
     os.unlink(tiny_fs / "filler")  # space comes back
     assert log.append(batch(), 0).base_offset == acked
@@ -75,21 +83,28 @@ def test_enospc_on_roll_keeps_active_segment(tiny_fs):
     log.close()
 
 
-def test_file_size_limit_on_append_is_disk_full(tmp_path):
-    cfg = LogConfig.from_topic_config({"segment.index.bytes": "4096"})
+def test_file_size_limit_on_roll_is_disk_full(tmp_path):
+    # An active segment's file is as long as segment.bytes from its creation (sparse, blocks
+    # allocated as data comes), so RLIMIT_FSIZE (EFBIG) bites when a segment is made.
+    cfg = LogConfig.from_topic_config({"segment.index.bytes": "4096",
+                                       "segment.bytes": str(1 << 20)})
     log = Log.open(tmp_path / "t-0", cfg)
     log.append(batch(), 0)
     old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     try:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (log.size_bytes + 3000, hard))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 19, hard))
         with pytest.raises(DiskFullError):
-            for _ in range(10):
-                log.append(batch(), 0)
+            log.roll()
+        assert len(log.segments) == 1
+        assert len(os.listdir(tmp_path / "t-0")) == 3  # no file of the refused segment left
+        log.append(batch(), 0)  # the active segment takes appends still
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, old_handler)
     leo = log.log_end_offset
-    assert os.path.getsize(log.active_segment.log_path) == log.size_bytes
+    assert no_partial_bytes(log)
     assert offsets(log) == list(range(leo))
+    log.roll()
+    assert len(log.segments) == 2
     log.close()
