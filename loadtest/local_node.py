@@ -129,6 +129,17 @@ class LocalNode:
         except psutil.NoSuchProcess:
             return []
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds of the node's processes alive now (supervisor included)."""
+        total = 0.0
+        for p in [self.proc.pid, *self.descendants()]:
+            try:
+                t = (psutil.Process(p) if isinstance(p, int) else p).cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += t.user + t.system
+        return round(total, 3)
+
     def pid_listening_on(self, port: int) -> int | None:
         for child in self.descendants():
             try:

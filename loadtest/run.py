@@ -214,6 +214,10 @@ def report(summary: dict) -> str:
     for phase, r in summary.get("phase_rates", {}).items():
         lines.append(f"phase {phase:9} {r['seconds']:4d} s: produce {r['produce_rps']:.0f}/s, "
                      f"consume {r['consume_rps']:.0f}/s")
+    cpu = summary.get("cpu", {})
+    if cpu.get("ms_per_1k_records"):
+        lines.append("cpu ms/1k rec  " + ", ".join(
+            f"{k} {v}" for k, v in cpu["ms_per_1k_records"].items()))
     for key in ("fill_produce_trend", "catchup_trend"):
         if key in summary:
             lines.append(f"{key:15} {summary[key]}")

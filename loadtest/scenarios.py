@@ -80,6 +80,7 @@ class _Run:
         self.greenlets: list[gevent.Greenlet] = []
         self.ctx = ScenarioContext(workload, opts.results_dir, time.time())
         self.node_exit: int | None = None
+        self.node_cpu_s: float | None = None
         self.client_stats: dict[str, Any] = {}
         self.aborted = Event()
 
@@ -201,6 +202,7 @@ class _Run:
         for g in self.greenlets:
             g.kill()
         if self.node is not None:
+            self.node_cpu_s = self.node.cpu_seconds()
             self.node_exit = self.node.stop()
             if self.node_exit != 0:
                 self.ctx.fail(f"node exited with {self.node_exit} on SIGTERM "
@@ -215,6 +217,20 @@ def _phase_seconds(values: Any, phases: list[str], phase: str) -> Any:
 
     idx = [i for i, p in enumerate(phases) if p == phase]
     return values[idx] if idx else np.zeros(0)
+
+
+def cpu_figures(run: _Run, locust_cpu_s: float, records: int) -> dict[str, Any]:
+    """CPU seconds by role (load generator vs node), and per thousand acknowledged records."""
+    by_role: dict[str, float] = {"locust": locust_cpu_s}
+    for name, stats in run.client_stats.items():
+        role = name.split("-")[0] + "s"
+        by_role[role] = by_role.get(role, 0.0) + float(stats.get("cpu_s", 0.0))
+    if run.node_cpu_s is not None:
+        by_role["node"] = run.node_cpu_s  # a killed worker's CPU is gone with it
+    out: dict[str, Any] = {"seconds": {k: round(v, 1) for k, v in by_role.items()}}
+    if records:
+        out["ms_per_1k_records"] = {k: round(v * 1e6 / records, 1) for k, v in by_role.items()}
+    return out
 
 
 def run_scenario(opts: RunOptions, workload: WorkloadConfig, plan: Plan,
@@ -254,6 +270,7 @@ def run_scenario(opts: RunOptions, workload: WorkloadConfig, plan: Plan,
     summary["exactly_once"] = result.ok
     summary["failures"] = ctx.failures
     summary["clients"] = run.client_stats
+    summary["cpu"] = cpu_figures(run, time.process_time(), summary["produced"])
     summary["node_exit_code"] = run.node_exit
     summary["command"] = opts.command
     unit = "MB" if workload.record_size >= 4096 else "records"
