@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -237,6 +238,9 @@ def run_scenario(opts: RunOptions, workload: WorkloadConfig, plan: Plan,
                  shape_cls: type[ScenarioShape], drain_threshold: Any = 0) -> Outcome:
     """Run it, write everything under `opts.results_dir`, return the figures."""
     opts.results_dir.mkdir(parents=True, exist_ok=True)
+    # The id logs are appended to: ids of an earlier run in the same directory would be
+    # counted as this run's acknowledged records (and reported missing).
+    shutil.rmtree(opts.results_dir / "ids", ignore_errors=True)
     run = _Run(opts, workload)
     handler = gevent.signal_handler(signal.SIGTERM, run.on_sigterm)
     try:
