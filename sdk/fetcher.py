@@ -20,7 +20,7 @@ from typing import Any
 from qnode.sdk.connection import InFlight, NetworkClient
 from qnode.sdk.errors import CorruptRecordError, QnodeError, error_for
 from qnode.sdk.metadata import Metadata
-from qnode.sdk.record_reader import decode_batch
+from qnode.sdk.record_reader import BatchDecoder
 from qnode.sdk.subscription import PartitionState, SubscriptionState
 from qnode.sdk.types import Record, TopicPartition
 from qnode.storage import errors as storage_errors
@@ -61,7 +61,7 @@ class FetchConfig:
 class CompletedFetch:
     """One partition's data from one Fetch response, read batch by batch."""
 
-    __slots__ = ("tp", "epoch", "data", "headers", "pending", "index", "aborted",
+    __slots__ = ("tp", "epoch", "data", "headers", "decoder", "batch_end", "aborted",
                  "aborted_pids", "check_crcs", "done")
 
     def __init__(self, tp: TopicPartition, epoch: int, data: Any,
@@ -72,8 +72,8 @@ class CompletedFetch:
         self.data = data
         self.headers: Iterator[BatchHeader] = iter(headers) if headers is not None \
             else iter_batches(data, allow_partial_tail=True)
-        self.pending: list[Record] = []
-        self.index = 0
+        self.decoder: BatchDecoder | None = None  # the batch being handed out
+        self.batch_end = 0  # its next offset
         self.aborted = deque(sorted(aborted, key=lambda a: a[1])) if aborted else None
         self.aborted_pids: set[int] = set()
         self.check_crcs = check_crcs
@@ -81,21 +81,24 @@ class CompletedFetch:
 
     def take(self, out: list[Record], limit: int, st: PartitionState) -> None:
         """Append up to `limit` records at or past `st.position` to `out`; advance it."""
-        topic, partition = self.tp.topic, self.tp.partition
         position = st.position
         assert position is not None
         while limit > 0:
-            pending = self.pending
-            if self.index < len(pending):
-                i = self.index
-                if i == 0 and len(pending) <= limit:
-                    chunk = pending
-                else:
-                    chunk = pending[i:i + limit]
-                self.index = i + len(chunk)
-                out += chunk
-                limit -= len(chunk)
-                position = chunk[-1].offset + 1
+            decoder = self.decoder
+            if decoder is not None:
+                before = len(out)
+                try:
+                    decoder.take(out, limit)
+                except storage_errors.StorageError as exc:
+                    st.position = position
+                    raise self._corrupt(decoder.base_offset, exc) from None
+                if len(out) > before:
+                    limit -= len(out) - before
+                    position = out[-1].offset + 1
+                if decoder.done:
+                    # Past the batch's last offset, even when compaction removed it.
+                    self.decoder = None
+                    position = max(position, self.batch_end)
                 continue
             hdr = next(self.headers, None)
             if hdr is None:
@@ -112,23 +115,19 @@ class CompletedFetch:
                 position = next_offset
                 continue
             try:
-                records = self._decode(hdr, position)
+                self.decoder = self._decoder(hdr, position)
             except storage_errors.StorageError as exc:
                 st.position = position
-                raise CorruptRecordError(
-                    f"CORRUPT_MESSAGE: {topic}-{partition} batch at offset {hdr.base_offset}: "
-                    f"{exc}", retriable=False) from None
-            self.pending = records
-            self.index = 0
-            if not records:
-                position = next_offset
+                raise self._corrupt(hdr.base_offset, exc) from None
+            self.batch_end = next_offset
         st.position = position
-        if self.index >= len(self.pending):
-            # The batch is finished: step over offsets compaction removed at its end.
-            self.pending = []
-            self.index = 0
 
-    def _decode(self, hdr: BatchHeader, position: int) -> list[Record]:
+    def _corrupt(self, base_offset: int, exc: Exception) -> CorruptRecordError:
+        return CorruptRecordError(
+            f"CORRUPT_MESSAGE: {self.tp.topic}-{self.tp.partition} batch at offset "
+            f"{base_offset}: {exc}", retriable=False)
+
+    def _decoder(self, hdr: BatchHeader, position: int) -> BatchDecoder:
         """The batch's records at or past `position` (CRC checked first, if asked)."""
         data = self.data
         if self.check_crcs:
@@ -139,7 +138,7 @@ class CompletedFetch:
         elif section.__class__ is not bytes:
             section = bytes(section)
         append_time = hdr.max_timestamp if hdr.attributes & TIMESTAMP_TYPE_MASK else None
-        return decode_batch(section, hdr.record_count, hdr.base_offset, hdr.base_timestamp,
+        return BatchDecoder(section, hdr.record_count, hdr.base_offset, hdr.base_timestamp,
                             self.tp.topic, self.tp.partition, position, append_time)
 
     def _is_aborted(self, hdr: BatchHeader) -> bool:

@@ -20,7 +20,6 @@ CorruptRecordError with a precise message.
 from __future__ import annotations
 
 import struct
-from bisect import bisect_left
 from collections.abc import Iterator
 from itertools import repeat
 from operator import add, itemgetter
@@ -33,7 +32,6 @@ from qnode.storage.varint import UNZIGZAG_1, UNZIGZAG_2, zigzag_decode
 
 _new = tuple.__new__  # a Record from a 7-tuple, without the Python-level __new__
 _first = itemgetter(0)
-_offset_of = itemgetter(2)
 _HIGH = bytes(range(0x80, 0x100))  # bytes that continue a varint
 _LOW = bytes(range(0x80))  # bytes that end one
 
@@ -55,47 +53,87 @@ def decode_batch(data: bytes, count: int, base_offset: int, base_ts: int, topic:
                  partition: int, min_offset: int, append_time: int | None = None
                  ) -> list[Record]:
     """Records of a decompressed records section with offset >= `min_offset`."""
-    try:
-        out = _Decoder(data, base_offset, base_ts, topic, partition).decode(count)
-    except (IndexError, CorruptRecordError, struct.error):
-        out = None
-    if out is None:
-        # Unusual shapes (headers, long varints) or damage: the reference decoder decides,
-        # with its full checks and precise errors.
-        head = (topic, partition)
-        out = [_new(Record, head + t)
-               for t in decode_records(data, count, base_offset, base_ts)]
-    if append_time is not None:
-        out = [r._replace(timestamp=append_time) for r in out]
-    if min_offset > base_offset:
-        # Offsets rise within a batch: everything from the first one >= min_offset on.
-        del out[:bisect_left(out, min_offset, key=_offset_of)]
+    out: list[Record] = []
+    BatchDecoder(data, count, base_offset, base_ts, topic, partition, min_offset,
+                 append_time).take(out, count)
     return out
 
 
-class _Decoder:
-    """Decodes one records section; holds what its runs share."""
+class BatchDecoder:
+    """The records of one records section, decoded as they are asked for (`take`).
 
-    __slots__ = ("data", "base_offset", "base_ts", "topic", "partition", "out", "ts_table")
+    Decoding a batch only as far as `poll()` hands records out keeps records short-lived
+    (cheaper for the cyclic GC, and the first records of a large batch come sooner).
+    """
 
-    def __init__(self, data: bytes, base_offset: int, base_ts: int, topic: str,
-                 partition: int) -> None:
+    __slots__ = ("data", "count", "base_offset", "base_ts", "topic", "partition", "min_offset",
+                 "append_time", "out", "ts_table", "pos", "index", "cap", "skip", "backoff",
+                 "rest")
+
+    def __init__(self, data: bytes, count: int, base_offset: int, base_ts: int, topic: str,
+                 partition: int, min_offset: int = 0, append_time: int | None = None) -> None:
         self.data = data
+        self.count = count
         self.base_offset = base_offset
         self.base_ts = base_ts
         self.topic = topic
         self.partition = partition
+        self.min_offset = min_offset  # records below it are skipped (a fetch inside a batch)
+        self.append_time = append_time  # LogAppendTime: every record gets the batch's time
         self.out: list[Record] = []
         self.ts_table: list[int] | None = None
+        # Where the fast gear stands: byte position, record index, run sizing.
+        self.pos = 0
+        self.index = 0
+        self.cap = _FIRST_CAP
+        self.skip = 0  # records to take one by one before trying a run again
+        self.backoff = 1
+        self.rest: list[Record] | None = None  # the reference decoder's records, once used
 
-    def decode(self, count: int) -> list[Record] | None:
-        """All `count` records; None when a record is not of a shape handled here."""
+    @property
+    def done(self) -> bool:
+        if self.rest is not None:
+            return not self.rest
+        return self.index >= self.count
+
+    def take(self, out: list[Record], limit: int) -> None:
+        """Append up to `limit` more records to `out`; CorruptRecordError on damage."""
+        if self.rest is None:
+            start = len(out)
+            self.out = out
+            try:
+                if self._fast(start + limit):
+                    return
+            except (IndexError, CorruptRecordError, struct.error):
+                pass
+            # Unusual shapes (headers, long varints) or damage: the reference decoder
+            # decides, with its full checks and precise errors, from where this call began.
+            del out[start:]
+            self.rest = self._reference()
+        rest = self.rest
+        out += rest[:limit]
+        del rest[:limit]
+
+    def _reference(self) -> list[Record]:
+        head = (self.topic, self.partition)
+        at = self.append_time
+        min_offset = self.min_offset
+        return [_new(Record, head + ((o, ts, k, v, h) if at is None else (o, at, k, v, h)))
+                for (o, ts, k, v, h) in decode_records(
+                    self.data, self.count, self.base_offset, self.base_ts)[self.index:]
+                if o >= min_offset]
+
+    def _fast(self, want: int) -> bool:
+        """Decode until `out` holds `want` records or the section ends; False: not here."""
         data = self.data
         size = len(data)
+        count = self.count
         base_offset = self.base_offset
         base_ts = self.base_ts
         topic = self.topic
         partition = self.partition
+        min_offset = self.min_offset
+        at = self.append_time
         U1 = UNZIGZAG_1
         U2 = UNZIGZAG_2
         R = Record
@@ -104,12 +142,12 @@ class _Decoder:
         out = self.out
         append = out.append
         run = self._run
-        cap = _FIRST_CAP
-        skip = 0  # records to take one by one before trying a run again
-        backoff = 1
-        pos = 0
-        i = 0
-        while i < count:
+        cap = self.cap
+        skip = self.skip
+        backoff = self.backoff
+        pos = self.pos
+        i = self.index
+        while i < count and len(out) < want:
             start = pos
             b = data[pos]  # length
             if b < 0x80:
@@ -162,7 +200,7 @@ class _Decoder:
                 else:
                     kl, pos = zigzag_decode(data, pos, 5)
                 if kl < 0:
-                    return None
+                    return False
                 key = data[pos:pos + kl]
                 pos += kl
             value_at = pos
@@ -183,18 +221,20 @@ class _Decoder:
             elif vl == -1:
                 value = None
             else:
-                return None
+                return False
             if pos + 1 != end or data[pos] != 0:  # headers, or a length that does not add up
-                return None
+                return False
             pos = end
-            append(new(R, (topic, partition, base_offset + od, ts, key, value, no_headers)))
+            if base_offset + od >= min_offset:
+                append(new(R, (topic, partition, base_offset + od, ts if at is None else at, key,
+                               value, no_headers)))
             i += 1
             if skip:
                 skip -= 1
                 continue
             # Do the next records look like this one? (first length byte: a cheap pre-check)
             rec = end - start
-            n = min(count - i, (size - pos) // rec, cap)
+            n = min(count - i, (size - pos) // rec, cap, want - len(out))
             if n < _MIN_RUN or data[pos] != data[start]:
                 continue
             ob = key_at - od_at
@@ -218,9 +258,14 @@ class _Decoder:
                     backoff = min(backoff * 2, 64)
                 else:
                     backoff = 1
-        if pos != size:
-            return None
-        return out
+        if i >= count and pos != size:
+            return False
+        self.pos = pos
+        self.index = i
+        self.cap = cap
+        self.skip = skip
+        self.backoff = backoff
+        return True
 
     def _run(self, tpl: int, pos: int, n: int, rec: int, ts_at: int, od_at: int, key_at: int,
              value_at: int, od: int, kl: int, vl: int) -> int:
@@ -277,9 +322,19 @@ class _Decoder:
         die at once: only the records themselves live long enough to cost the cyclic GC.
         """
         data = self.data
+        first = self.base_offset + first_od
+        below = self.min_offset - first
+        if below > 0:  # the fetch began inside this run
+            if below >= m:
+                return
+            pos += below * rec
+            m -= below
+            first += below
         stop = pos + m * rec
         view = memoryview(data)[pos:stop]
-        if tb == 1:
+        if self.append_time is not None:
+            stamps: Iterator[int] = repeat(self.append_time)
+        elif tb == 1:
             table = self.ts_table
             if table is None:
                 base_ts = self.base_ts
@@ -297,7 +352,6 @@ class _Decoder:
                              vl)
         else:
             values = repeat(None)
-        first = self.base_offset + first_od
         self.out += map(_new, repeat(Record), zip(
             repeat(self.topic), repeat(self.partition), range(first, first + m), stamps,
             keys, values, repeat(NO_HEADERS)))

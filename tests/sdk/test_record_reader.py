@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qnode.sdk.record_reader import decode_batch
+from qnode.sdk.record_reader import BatchDecoder, decode_batch
 from qnode.sdk.record_writer import encode_headers_section, encode_record
 from qnode.sdk.types import Record, TopicPartition
 from qnode.storage.batch_builder import BatchBuilder
@@ -37,11 +37,8 @@ def as_tuples(records: list[Record]) -> list[tuple]:
 
 def reference(data: bytes, count: int, base_offset: int, base_ts: int,
               min_offset: int = 0) -> list[tuple]:
-    # Offsets rise within a batch; damage may break that, and then only min_offset above
-    # the base offset (a fetch that starts inside the batch) filters anything.
     return [(o, ts, k, v, tuple(h)) for (o, ts, k, v, h)
-            in decode_records(data, count, base_offset, base_ts)
-            if min_offset <= base_offset or o >= min_offset]
+            in decode_records(data, count, base_offset, base_ts) if o >= min_offset]
 
 
 def same_as_reference(data: bytes, count: int, base_offset: int, base_ts: int,
@@ -105,6 +102,37 @@ def test_runs_of_same_shaped_records_match_builder_batches(
             ts += rnd.randint(0, ts_step)
     data, count, base_ts = built(records)
     same_as_reference(data, count, 500, base_ts, 500 + skip)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(shape_st, min_size=1, max_size=2), st.lists(segment_st, min_size=1, max_size=4),
+       st.lists(st.integers(min_value=1, max_value=300), min_size=1, max_size=20),
+       st.integers(min_value=0, max_value=300), st.booleans(), st.randoms(use_true_random=False))
+def test_taking_records_in_pieces_gives_the_whole_batch(
+        shapes: list, segments: list, pieces: list, skip: int, append_time: bool, rnd) -> None:
+    records = []
+    for shape_i, repeat, ts_step in segments:
+        ksize, vsize, with_headers = shapes[shape_i % len(shapes)]
+        for _ in range(repeat):
+            records.append((None if ksize is None else rnd.randbytes(ksize),
+                            None if vsize is None else rnd.randbytes(vsize),
+                            [("h", b"x")] if with_headers else [],
+                            BASE_TS + rnd.randint(0, ts_step)))
+    data, count, base_ts = built(records)
+    at = 42 if append_time else None
+    want = decode_batch(data, count, 7, base_ts, "t", 1, 7 + skip, at)
+    assert [r.offset for r in want] == list(range(7 + skip, 7 + count))
+    dec = BatchDecoder(data, count, 7, base_ts, "t", 1, 7 + skip, at)
+    got: list = []
+    for n in pieces * (count // len(pieces) + 1):
+        if dec.done:
+            break
+        before = len(got)
+        dec.take(got, n)
+        assert len(got) - before == min(n, len(want) - before)
+    assert dec.done and got == want
+    if at is not None:
+        assert {r.timestamp for r in got} <= {at}
 
 
 @settings(max_examples=150, deadline=None)
