@@ -85,6 +85,7 @@ def run(cfg: ConsumerConfig, ch: ChildChannel) -> dict[str, int]:
         consumer.subscribe([cfg.topic], on_assign=on_assign, on_revoke=on_revoke)
         ready = False
         last_full_at: float | None = None  # when a poll last came back full (a backlog)
+        caught_up = True  # the last poll returned less than it may: nothing more buffered
         while True:
             stop = any(m["op"] == "stop" for m in ch.poll_control(0))
             if stop or ch.orphaned():
@@ -95,14 +96,20 @@ def run(cfg: ConsumerConfig, ch: ChildChannel) -> dict[str, int]:
                 ch.send({"op": "ready", "pid": os.getpid()})
             if not records:
                 pacer.idle()
+                caught_up = True
                 ch.maybe_flush()
                 continue
+            if caught_up:
+                # The last poll emptied what was fetched: waiting for these records was
+                # waiting for data, not a stall to make up for (no sprint into a burst).
+                pacer.idle()
             now = time.time()
             if last_full_at is not None and now - last_full_at > STALL_LOG_S:
                 counts["stalls"] += 1
                 ch.send({"op": "log", "msg": f"consumer {cfg.index}: behind, yet no records "
                          f"from {_clock(last_full_at)} to {_clock(now)} "
                          f"({now - last_full_at:.3f} s)"})
+            dropped = pacer.dropped_s
             for record in records:
                 pacer.take()
                 rid, sent_ns = decode(record.value)
@@ -110,12 +117,16 @@ def run(cfg: ConsumerConfig, ch: ChildChannel) -> dict[str, int]:
                 now = time.time()
                 ch.record(now, now * 1000.0 - sent_ns / 1e6, len(record.value))
             counts["consumed"] += len(records)
+            if pacer.dropped_s - dropped > 0.1:
+                ch.send({"op": "log", "msg": f"consumer {cfg.index}: stalled, "
+                         f"{pacer.dropped_s - dropped:.3f} s of pace lost by {_clock(now)}"})
             # Asynchronous, as a service that must keep its pace commits: a commit the
             # coordinator is slow to write (e.g. its offsets partition's worker was killed)
             # delays the lag the broker reports, not the processing.
             consumer.commit_async()
             counts["commits"] += 1
-            last_full_at = time.time() if len(records) >= cfg.max_records else None
+            caught_up = len(records) < cfg.max_records
+            last_full_at = None if caught_up else time.time()
             ch.maybe_flush()
         if consumer.assignment():
             commit_sync("close")  # what was processed is committed before we leave

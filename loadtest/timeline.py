@@ -362,9 +362,10 @@ def summarize(data: TimelineData, drain_from: str | None, drain_threshold: float
         summary["consume_flatness_burst"] = flatness(data, consume_set_rps, *burst)
         drained = summary.get("time_to_drain_s")
         if drain_from == "burst" and drained is not None:
-            # The last second before drained is partly idle: the backlog ran out in it.
+            # The backlog ran out up to a lag sample (and a second bucket) before the lag
+            # read drained: leave the last two seconds out, they are partly idle.
             summary["consume_flatness_backlog"] = flatness(
-                data, consume_set_rps, burst[0], burst[1] + drained - 1.0)
+                data, consume_set_rps, burst[0], burst[1] + drained - 2.0)
     return summary
 
 
