@@ -1,0 +1,86 @@
+"""CompletedFetch hands out a fetched partition's records in pieces, positions exact."""
+
+from __future__ import annotations
+
+import struct
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qnode.sdk.fetcher import CompletedFetch
+from qnode.sdk.record_writer import build_batch, encode_record
+from qnode.sdk.subscription import SubscriptionState
+from qnode.sdk.types import TopicPartition
+from qnode.storage.batch_builder import BatchBuilder
+from qnode.storage.record_batch import CRC_OFFSET, LAST_OFFSET_DELTA_OFFSET, batch_crc, stamp
+
+TP = TopicPartition("t", 0)
+
+
+def builder_batch(base: int, n: int, size: int = 100) -> bytes:
+    b = BatchBuilder("none", batch_size=1 << 30)
+    for i in range(n):
+        b.append(None, b"%08d" % (base + i) + b"x" * max(0, size - 8), None, 1000 + i % 50)
+    data = bytearray(b.build())
+    stamp(data, 0, base, 0)
+    return bytes(data)
+
+
+def compacted_batch(base: int, deltas: list[int], last_delta: int) -> bytes:
+    """A batch whose records kept only `deltas`, spanning offsets up to base+last_delta."""
+    parts = [encode_record(d, 0, None, b"v%d" % (base + d)) for d in deltas]
+    data = bytearray(build_batch(parts, len(deltas), 1000, 1000))
+    struct.pack_into(">i", data, LAST_OFFSET_DELTA_OFFSET, last_delta)
+    struct.pack_into(">I", data, CRC_OFFSET, batch_crc(data, 0, len(data)))
+    stamp(data, 0, base, 0)
+    return bytes(data)
+
+
+def state(position: int) -> SubscriptionState:
+    subs = SubscriptionState("earliest")
+    subs.assign([TP])
+    subs.seek(TP, position)
+    return subs
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=700), min_size=1, max_size=4),
+       st.lists(st.integers(min_value=1, max_value=900), min_size=1, max_size=8),
+       st.integers(min_value=0, max_value=50))
+def test_pieces_of_any_size_give_every_record_once_in_order(
+        sizes: list[int], limits: list[int], start: int) -> None:
+    data = b""
+    base = 0
+    for n in sizes:
+        data += builder_batch(base, n)
+        base += n
+    start = min(start, base - 1)
+    subs = state(start)
+    st_ = subs.assignment[TP]
+    cf = CompletedFetch(TP, st_.fetch_epoch, memoryview(data), None, True)
+    got: list = []
+    k = 0
+    while not cf.done:
+        out: list = []
+        cf.take(out, limits[k % len(limits)], st_)
+        assert len(out) <= limits[k % len(limits)]
+        got += out
+        if out:
+            assert st_.position == out[-1].offset + 1
+        k += 1
+    assert [r.offset for r in got] == list(range(start, base))
+    assert all(r.value.startswith(b"%08d" % r.offset) for r in got)
+    assert st_.position == base
+
+
+def test_a_finished_compacted_batch_moves_the_position_past_its_last_offset() -> None:
+    data = compacted_batch(0, [0, 2, 3], 9) + compacted_batch(10, [1], 4)
+    subs = state(0)
+    st_ = subs.assignment[TP]
+    cf = CompletedFetch(TP, st_.fetch_epoch, data, None, True)
+    out: list = []
+    cf.take(out, 3, st_)
+    assert [r.offset for r in out] == [0, 2, 3] and st_.position == 10
+    out = []
+    cf.take(out, 10, st_)
+    assert [r.offset for r in out] == [11] and st_.position == 15 and cf.done
