@@ -3,11 +3,16 @@ removed once it has none and they are past delete.retention.ms (Kafka's rule).""
 
 from __future__ import annotations
 
+import tempfile
+
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from qnode.storage.batch_builder import BatchBuilder, ControlType, build_control_batch
 from qnode.storage.batch_reader import iter_records, read_batches
 from qnode.storage.cleaner import Cleaner
+from qnode.storage.cleaner_scope import scan_transactions
 from qnode.storage.log import Log
 from qnode.storage.log_config import LogConfig
 from qnode.storage.producer_state import BatchMeta, ProducerStateManager
@@ -53,6 +58,8 @@ def seal(log: Log) -> None:
 
 def batches(log: Log):
     data = b"".join(bytes(s) for s in log.read(log.log_start_offset, 1 << 30).slices)
+    if not data:
+        return []
     validate_batches(data, producer_batches=False)
     return read_batches(data)
 
@@ -170,3 +177,80 @@ def test_producer_state_rebuilt_after_marker_removal_has_no_open_transaction(log
         psm.update_from_batch(BatchMeta.from_header(b.header, data))
     assert psm.first_unstable_offset() is None
     assert values(log)[b"m"] == b"committed" and b"k" not in values(log)
+
+
+ops_st = st.lists(
+    st.one_of(
+        st.tuples(st.just("plain"), st.just(0), st.sampled_from([b"a", b"b", b"c", b"d"])),
+        st.tuples(st.just("txn"), st.integers(1, 3), st.sampled_from([b"a", b"b", b"c", b"d"])),
+        st.tuples(st.sampled_from(["commit", "abort"]), st.integers(1, 3), st.just(b"")),
+    ),
+    min_size=1, max_size=40,
+)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=ops_st, segment_bytes=st.sampled_from([400, 100_000]))
+def test_markers_outlive_their_data_and_committed_view_is_kept(ops, segment_bytes):
+    """Any mix of plain writes and transactions, cleaned three times: every transactional
+    batch left still ends the way it did (its marker was not removed before it), no aborted
+    record is left (an emptied batch may stay to end a cleaned segment), and the
+    read_committed latest value of every key is unchanged."""
+    cfg = LogConfig.from_topic_config({
+        "cleanup.policy": "compact", "segment.bytes": str(segment_bytes),
+        "index.interval.bytes": "128", "segment.index.bytes": "4096",
+        "delete.retention.ms": str(HORIZON_MS)})
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Log.open(f"{tmp}/t-0", cfg)
+        try:
+            open_txn: set[int] = set()
+            for i, (kind, pid, key) in enumerate(ops):
+                if kind == "plain":
+                    plain(log, (key, b"%d" % i))
+                elif kind == "txn":
+                    txn(log, pid, (key, b"%d" % i))
+                    open_txn.add(pid)
+                elif pid in open_txn:  # a marker ends an open transaction
+                    marker(log, pid, ControlType.COMMIT if kind == "commit" else ControlType.ABORT)
+                    open_txn.discard(pid)
+            seal(log)
+            before = outcomes(log)
+            latest = committed_latest(log, before)
+            Cleaner().clean(log, NOW)
+            clean_again(log)
+            clean_again(log)
+            after = outcomes(log)
+            assert not aborted_records(log, after)
+            assert all(before[base] == o for base, o in after.items())
+            got = committed_latest(log, after)
+            assert {k: v for k, v in got.items() if k != b"filler"} == latest
+        finally:
+            log.close()
+
+
+def outcomes(log: Log) -> dict[int, str]:
+    """How each transactional data batch ended, by base offset: committed, aborted, open."""
+    txns = scan_transactions(log.segments)
+    out = {}
+    for b in batches(log):
+        if b.is_transactional and not b.is_control:
+            base = b.base_offset
+            out[base] = "committed" if base in txns.committed else \
+                "aborted" if base in txns.aborted else "open"
+    return out
+
+
+def committed_latest(log: Log, ends: dict[int, str]) -> dict[bytes, bytes]:
+    """The latest value of each key a read_committed reader sees (open data not yet)."""
+    seen: dict[bytes, bytes] = {}
+    for b in batches(log):
+        if b.is_control or (b.is_transactional and ends[b.base_offset] != "committed"):
+            continue
+        for r in b.records():
+            seen[r.key] = r.value
+    return seen
+
+
+def aborted_records(log: Log, ends: dict[int, str]) -> int:
+    return sum(b.header.record_count for b in batches(log)
+               if not b.is_control and ends.get(b.base_offset) == "aborted")
