@@ -256,14 +256,16 @@ class Consumer:
                 self._reset_positions(self._subs.needs_reset(), None, deadline)
             self._maybe_refresh_metadata()
             records = fetcher.collect(limit)
-            if not records or len(records) >= _PIPELINE_ABOVE or fetcher.completed:
+            backlog = len(records) >= _PIPELINE_ABOVE or fetcher.completed
+            if not records or backlog:
                 # Reading a backlog: ask for the next data before the app gets this, so it
                 # arrives while the app works. Caught up (a few records, nothing buffered),
                 # the next fetch would only park at the node: send it on the next poll and
                 # hand these records over without that delay.
                 fetcher.send_fetches()
             if records:
-                client.poll(0)  # take in whatever already arrived, without waiting
+                if backlog:
+                    client.poll(0)  # take in whatever already arrived, without waiting
                 if self._coordinator is not None:
                     self._coordinator.on_records(records)
                 return records
