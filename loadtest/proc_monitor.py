@@ -3,7 +3,8 @@
 One OS process (`python -m qnode.loadtest.proc_monitor CONFIG_JSON`) with a real SDK `Admin`:
 waits for the node to answer, creates the scenario's topic, says ready, then every
 `interval_s` asks `describe_group` for the per-partition lag and `describe_topic` for the log
-ends, and sends `{"op": "lag", "t", "lag", "log_end", "endpoints"}` to the runner. The lag is
+ends, and sends `{"op": "lag", "t", "lag", "log_end", "endpoints"}` to the runner (every
+tenth also with "offsets_endpoint", the worker holding the group's offsets partition). The lag is
 what the broker reports, never the load generator's guess. Partitions the group has no
 committed offset for count from the log start (the consumers start at the earliest offset).
 """
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qnode.loadtest.channel import ChildChannel, child_main
+
+OFFSETS_EVERY = 10  # samples between looks at where the group's offsets partition lives
 
 
 @dataclass
@@ -89,6 +92,16 @@ def group_lags(admin: Any, group: str, topic: str) -> dict[int, int]:
     return out
 
 
+def offsets_endpoint(admin: Any, group: str) -> str | None:
+    """The worker endpoint holding the group's `__consumer_offsets` partition (its commits)."""
+    from qnode.coordinator.group_metadata import OFFSETS_TOPIC, partition_for
+
+    parts = _first(admin.describe_topic(OFFSETS_TOPIC), "partitions") or []
+    if not parts:
+        return None
+    return _first(parts[partition_for(group, len(parts))], "endpoint")
+
+
 def sample(admin: Any, group: str, topic: str) -> dict[str, Any]:
     """The group's total lag on the topic, the total log end, and the worker endpoints."""
     ends, endpoints = topic_offsets(admin, topic)
@@ -142,6 +155,11 @@ def run(cfg: MonitorConfig, ch: ChildChannel) -> dict[str, int]:
                 counts["failed_samples"] += 1
                 ch.send({"op": "log", "msg": f"lag sample failed: {type(e).__name__}: {e}"})
                 continue
+            if counts["samples"] % OFFSETS_EVERY == 0:
+                try:
+                    msg["offsets_endpoint"] = offsets_endpoint(admin, cfg.group)
+                except Exception:  # noqa: BLE001 - informative only (which worker to kill)
+                    pass
             counts["samples"] += 1
             ch.send({"op": "lag", "t": t, **msg})
     finally:

@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="processing pace of each consumer, records/s")
     p.add_argument("--kill-worker", action="store_true",
                    help="kill -9 one node worker during the burst")
+    p.add_argument("--kill-target", default="any", choices=["any", "offsets", "other"],
+                   help="which worker --kill-worker kills: any leader, the one holding the "
+                        "group's offsets partition, or one that does not")
     p.add_argument("--kill-at", type=float, default=None,
                    help="seconds into the burst for --kill-worker (default: half way)")
     p = sub.add_parser("backlog", help="write a backlog with consumers stopped, then drain")
@@ -160,6 +163,7 @@ def configure(args: argparse.Namespace) -> tuple:
                                args.steady, args.burst, args.recovery_min, args.recovery_max)
         if args.kill_worker:
             opts.kill_worker_after_s = args.kill_at if args.kill_at is not None else args.burst / 2
+            opts.kill_target = args.kill_target
         opts.drain_from = "burst"
         bound = args.steady + args.burst + args.recovery_max + plan.drain_timeout_s + 120
         opts.max_duration_s = args.max_duration or bound

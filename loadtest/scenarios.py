@@ -33,7 +33,7 @@ from locust.stats import CSV_STATS_INTERVAL_SEC, PERCENTILES_TO_REPORT, StatsCSV
 from qnode.loadtest import chart
 from qnode.loadtest.client_process import ClientProcess, ClientProcessError
 from qnode.loadtest.context import ScenarioContext, WorkloadConfig
-from qnode.loadtest.local_node import LocalNode, NodeError, sweep_stale_data_dirs
+from qnode.loadtest.local_node import LocalNode, NodeError, port_of, sweep_stale_data_dirs
 from qnode.loadtest.schedule import Plan
 from qnode.loadtest.shapes import ExactDispatcher, ScenarioShape
 from qnode.loadtest.timeline import load, rate_trend, summarize
@@ -58,6 +58,7 @@ class RunOptions:
     lag_interval_s: float = 0.5
     max_duration_s: float = 900.0
     kill_worker_after_s: float | None = None  # into the burst (peak shaving)
+    kill_target: str = "any"  # "offsets": the group's offsets worker; "other": one that is not
     drain_from: str | None = None   # phase whose end (burst) or start (drain) starts the clock
     command: str = ""
 
@@ -78,6 +79,7 @@ class _Run:
         self.node: LocalNode | None = None
         self.monitor: ClientProcess | None = None
         self.endpoints: list[str] = []
+        self.offsets_endpoint: str | None = None  # the worker writing the group's commits
         self.greenlets: list[gevent.Greenlet] = []
         self.ctx = ScenarioContext(workload, opts.results_dir, time.time())
         self.node_exit: int | None = None
@@ -98,6 +100,7 @@ class _Run:
             p.lag, p.lag_at = msg["lag"], msg["t"]
             self.ctx.timeline.add_lag(msg["t"], msg["lag"], msg.get("log_end"))
             self.endpoints = msg.get("endpoints") or self.endpoints
+            self.offsets_endpoint = msg.get("offsets_endpoint") or self.offsets_endpoint
         elif op == "log":
             self.ctx.note(msg["msg"])
         elif op == "fatal":
@@ -149,12 +152,19 @@ class _Run:
             gevent.sleep(0.1)
         assert self.node is not None
         before = len(self.node.descendants())
+        candidates = kill_candidates(self.endpoints, self.offsets_endpoint,
+                                     self.opts.kill_target)
         try:
-            pid = self.node.kill9_worker(self.endpoints)
+            pid, endpoint = self.node.kill9_worker(candidates), None
+            endpoint = next((e for e in candidates if self.node.pid_listening_on(
+                port_of(e)) is None), None)
         except NodeError as e:
             self.ctx.fail(f"kill -9 of a worker failed: {e}")
             return
-        self.ctx.mark_event(f"kill -9 worker {pid}")
+        offsets = "" if endpoint is None or self.offsets_endpoint is None else (
+            ", which held the group's offsets" if endpoint == self.offsets_endpoint else
+            ", not the group's offsets")
+        self.ctx.mark_event(f"kill -9 worker {pid}{offsets}")
         deadline = time.time() + 60
         while time.time() < deadline:
             gevent.sleep(0.1)
@@ -218,6 +228,16 @@ def _phase_seconds(values: Any, phases: list[str], phase: str) -> Any:
 
     idx = [i for i, p in enumerate(phases) if p == phase]
     return values[idx] if idx else np.zeros(0)
+
+
+def kill_candidates(endpoints: list[str], offsets_endpoint: str | None,
+                    target: str) -> list[str]:
+    """The leader endpoints to try killing, in order, for `--kill-target`."""
+    if target == "offsets" and offsets_endpoint is not None:
+        return [offsets_endpoint]
+    if target == "other" and offsets_endpoint is not None:
+        return [e for e in endpoints if e != offsets_endpoint]
+    return list(endpoints)
 
 
 def cpu_figures(run: _Run, locust_cpu_s: float, records: int) -> dict[str, Any]:
