@@ -25,7 +25,8 @@ An "ev" message reports every record done since the last one, as three packed na
 ones in full. Packed arrays, not a list per record: at ten thousand records a second the
 load generator's own per-record cost must stay small next to the SDK's and the broker's.
 
-This module is the child's side; it imports plain pyzmq only (never gevent or Locust).
+This module is the child's side (and `records_of` reads its "ev" messages); it imports plain
+pyzmq only (never gevent or Locust).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 import msgpack
+import numpy as np
 import zmq
 
 LOG_LEVEL_ENV = "QNODE_LOADTEST_LOG"  # a logging level for the children (and the SDK in them)
@@ -117,6 +119,13 @@ class ChildChannel:
         self.flush()
         self._sock.close()
         self._ctx.term()
+
+
+def records_of(msg: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(done times s, latencies ms, sizes) of an "ev" message: its packed arrays, unpacked."""
+    return (np.frombuffer(msg["done"], dtype=np.float64),
+            np.frombuffer(msg["rt"], dtype=np.float64),
+            np.frombuffer(msg["size"], dtype=np.uint32))
 
 
 class _ChildConfig(Protocol):

@@ -26,6 +26,7 @@ from locust import User, constant, task
 from locust.exception import StopUser
 
 from qnode.loadtest.batch_stats import log_batch
+from qnode.loadtest.channel import records_of
 from qnode.loadtest.client_process import ClientProcess, ClientProcessError
 from qnode.loadtest.context import ScenarioContext
 from qnode.loadtest.timeline import CONSUME, PRODUCE
@@ -35,13 +36,6 @@ PUMP_WAIT_S = 0.05
 
 class SendError(Exception):
     """A produce the SDK reported as failed (the message is the SDK's error)."""
-
-
-def records_of(msg: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(done times s, latencies ms, sizes) of an "ev" message (packed arrays, channel.py)."""
-    return (np.frombuffer(msg["done"], dtype=np.float64),
-            np.frombuffer(msg["rt"], dtype=np.float64),
-            np.frombuffer(msg["size"], dtype=np.uint32))
 
 
 class QnodeUser(User):
