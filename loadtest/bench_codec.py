@@ -4,9 +4,12 @@ Single process, one core, pure Python. Figures are the best of --repeat runs.
 - encode: what a producer does per record, `BatchBuilder.try_append` until batch.size is
   reached, then `build()` (compression, header, CRC-32C). "clock" reads the wall clock per
   record (timestamp_ms=None, as a producer does); "ts" passes the timestamp in.
-- decode: what a consumer does per batch, CRC check + decompression + every record decoded
-  into a `DecodedRecord` (offset, timestamp, key, value, headers); "tuples" stops at plain
-  tuples (`Batch.record_tuples`).
+- decode: storage's reference reader per batch, CRC check + decompression + every record
+  decoded into a `DecodedRecord` (offset, timestamp, key, value, headers); "tuples" stops at
+  plain tuples (`Batch.record_tuples`).
+- consumer: what the SDK's consumer does, CRC check + decompression + `sdk.Record`s handed
+  out 500 at a time (max.poll.records) by `sdk.record_reader.BatchDecoder`, each dropped
+  before the next 500 are made, as an application that processes a poll and moves on.
 - broker: `validate_batches` + `stamp` over the same batches (no per-record work), in MB/s.
 
     .venv/bin/python -m qnode.loadtest.bench_codec [--records N] [--value-size B]
@@ -21,9 +24,19 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from qnode.sdk.record_reader import BatchDecoder
+from qnode.sdk.types import Record
 from qnode.storage.batch_builder import BatchBuilder
 from qnode.storage.batch_reader import iter_records, read_batches
-from qnode.storage.record_batch import stamp, validate_batches
+from qnode.storage.compression import decompress
+from qnode.storage.record_batch import (
+    COMPRESSION_MASK,
+    HEADER_SIZE,
+    check_crc,
+    iter_batches,
+    stamp,
+    validate_batches,
+)
 
 T = TypeVar("T")
 _WORDS = [b"click", b"view", b"cart", b"order", b"refund", b"login", b"logout", b"search"]
@@ -73,6 +86,23 @@ def decode_tuples(batches: list[bytes]) -> int:
     return n
 
 
+def decode_consumer(batches: list[bytes], poll_size: int = 500) -> int:
+    n = 0
+    for data in batches:
+        for hdr in iter_batches(data):
+            check_crc(data, hdr)
+            section = data[hdr.position + HEADER_SIZE:hdr.end]
+            if hdr.attributes & COMPRESSION_MASK:
+                section = decompress(hdr.attributes & COMPRESSION_MASK, section)
+            dec = BatchDecoder(section, hdr.record_count, hdr.base_offset, hdr.base_timestamp,
+                               "bench", 0)
+            while not dec.done:
+                out: list[Record] = []
+                dec.take(out, poll_size)
+                n += len(out)
+    return n
+
+
 def broker(batches: list[bytes]) -> int:
     n = 0
     for data in batches:
@@ -113,7 +143,7 @@ def main() -> None:
           f"key {'null' if key is None else f'{args.key_size} B'}, batch.size {args.batch_size}, "
           f"best of {args.repeat}; rec/s (value MB/s)")
     print(f"{'codec':6} {'encode clock':>20} {'encode ts':>20} {'decode':>20} "
-          f"{'decode tuples':>20} {'broker MB/s':>12} {'B/rec':>6}")
+          f"{'decode tuples':>20} {'consumer':>20} {'broker MB/s':>12} {'B/rec':>6}")
     now = time.time_ns() // 1_000_000
     for codec in args.codecs.split(","):
         t_enc, batches = best_of(lambda c=codec: encode(values, key, c, args.batch_size),
@@ -122,15 +152,16 @@ def main() -> None:
                           args.repeat)
         t_dec, n = best_of(lambda b=batches: decode(b), args.repeat)
         t_tup, n2 = best_of(lambda b=batches: decode_tuples(b), args.repeat)
+        t_sdk, n4 = best_of(lambda b=batches: decode_consumer(b), args.repeat)
         t_brk, n3 = best_of(lambda b=batches: broker(b), args.repeat)
-        assert n == n2 == n3 == r, (n, n2, n3, r)
+        assert n == n2 == n3 == n4 == r, (n, n2, n3, n4, r)
         size = sum(len(b) for b in batches)
 
         def cell(t: float) -> str:
             return f"{r / t:>11,.0f} ({mb / t:5.1f})"
 
         print(f"{codec:6} {cell(t_enc):>20} {cell(t_ts):>20} {cell(t_dec):>20} "
-              f"{cell(t_tup):>20} {size / 1e6 / t_brk:12,.0f} {size / r:6.1f}")
+              f"{cell(t_tup):>20} {cell(t_sdk):>20} {size / 1e6 / t_brk:12,.0f} {size / r:6.1f}")
 
 
 if __name__ == "__main__":
