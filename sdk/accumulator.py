@@ -1,11 +1,21 @@
 """The producer's record accumulator: per-partition batches between `send()` and the sender.
 
 Application threads append records to the partition's open batch (encoded once, in
-`send()`, by `record_writer`); a batch is sealed when it reaches `batch.size`,
-when `linger.ms` has passed since it was opened, or on `flush()`. Sealed batches wait in
-their partition's queue until the sender thread drains them into Produce requests.
-`buffer.memory` bounds the bytes held in batches not yet acknowledged: opening a batch
-reserves its size and blocks (up to `max.block.ms`) while the pool is exhausted.
+`send()`, by `record_writer`); a batch is sealed when it reaches `batch.size`, when
+`linger.ms` has passed since it was opened, or on `flush()`. Sealed batches wait in their
+partition's queue until the sender thread drains them into Produce requests.
+
+Two rules keep batching efficient with many partitions (a keyed producer writing to 1,000
+partitions has 1,000 open batches at once):
+- `buffer.memory` bounds the bytes held in batches not yet acknowledged, counted as they
+  grow: a batch opens with a small reservation and doubles it (up to `batch.size`) when a
+  record does not fit, waiting (up to `max.block.ms`) while the pool is exhausted, as
+  opening a batch does. Reserving the whole `batch.size` up front would let 128 open
+  batches of 256 KiB exhaust 32 MiB.
+- A batch past `linger.ms` is not sealed while an earlier batch of its partition still
+  waits in the queue (the sender has no room for it yet): it stays open and keeps growing
+  until the queue drains, as Kafka closes a batch only when the sender drains it. Sealing on
+  time regardless would, under back-pressure, queue thousands of tiny batches.
 
 Locking: one lock guards the open batches and the queues; the sender holds it only to seal
 and to pop, never while encoding the batch, sending or waiting.
@@ -24,6 +34,7 @@ from qnode.sdk.futures import BatchResult
 from qnode.sdk.record_writer import build_batch
 
 PartitionKey = tuple[str, int]
+_INITIAL_RESERVE = 4096  # a new batch's first reservation; it doubles up to batch.size
 
 
 class ProducerBatch:
@@ -31,7 +42,8 @@ class ProducerBatch:
 
     __slots__ = ("topic", "partition", "key", "parts", "count", "base_ts", "max_ts", "result",
                  "size", "created", "deadline", "sealed", "attempts", "retry_at", "data",
-                 "record_count", "reserved", "counted", "base_sequence", "sent_at", "solo")
+                 "record_count", "reserved", "counted", "base_sequence", "sent_at", "solo",
+                 "cap")
 
     def __init__(self, topic: str, partition: int, reserved: int, now: float,
                  delivery_timeout: float) -> None:
@@ -51,7 +63,8 @@ class ProducerBatch:
         self.retry_at = 0.0
         self.data: bytes | None = None
         self.record_count = 0
-        self.reserved = reserved
+        self.reserved = reserved  # bytes of buffer.memory held, given back on completion
+        self.cap = reserved  # an open batch may grow to this size without asking for more
         self.counted = True  # in Accumulator.incomplete until completed
         self.solo = False  # sent alone in its request (a split retry must not fail with others)
         self.base_sequence = -1
@@ -77,6 +90,8 @@ class Accumulator:
                  max_block_ms: float, delivery_timeout_ms: float,
                  wake: Callable[[], None]) -> None:
         self.batch_size = batch_size
+        # what a new batch reserves before its records show how fast it fills
+        self.initial_reserve = min(batch_size, _INITIAL_RESERVE)
         self.linger = linger_ms / 1000.0
         self.buffer_memory = buffer_memory
         self.max_block = max_block_ms / 1000.0
@@ -84,13 +99,16 @@ class Accumulator:
         self.wake = wake
         self.lock = threading.Lock()
         self.memory_freed = threading.Condition(self.lock)
-        # Open batch per partition; insertion order = creation order, so the first one is the
-        # next to reach linger.ms.
-        self.open: dict[PartitionKey, ProducerBatch] = {}
+        self.open: dict[PartitionKey, ProducerBatch] = {}  # the open batch of each partition
+        # Open batches not yet past linger.ms, in creation order: the first is the next due.
+        self.lingering: dict[PartitionKey, ProducerBatch] = {}
+        # Open batches past linger.ms held open while their partition's queue is not empty.
+        self.held: dict[PartitionKey, ProducerBatch] = {}
         self.sticky: dict[str, ProducerBatch] = {}  # topic → open batch of keyless records
         self.queues: dict[PartitionKey, deque[ProducerBatch]] = {}
         self.ready: dict[PartitionKey, None] = {}  # partitions with sealed batches (ordered)
         self.buffered = 0
+        self.batches = 0  # batches ever opened (records per batch = records sent / this)
         self.incomplete = 0  # batches created and not yet completed (close waits on it)
         self.unfinished: set[ProducerBatch] = set()  # the same batches: what flush() waits for
         self.all_done = threading.Condition(self.lock)
@@ -101,7 +119,7 @@ class Accumulator:
     # ------------------------------------------------------------------ app threads
     def new_batch(self, topic: str, partition: int, need: int) -> ProducerBatch:
         """Open a batch for a partition (caller holds the lock); blocks on buffer.memory."""
-        reserve = max(self.batch_size, need)
+        reserve = max(self.initial_reserve, need)
         if self.buffered + reserve > self.buffer_memory and self.buffered > 0:
             deadline = time.monotonic() + self.max_block
             while self.buffered + reserve > self.buffer_memory and self.buffered > 0:
@@ -117,10 +135,40 @@ class Accumulator:
             self.seal(old)
         batch = ProducerBatch(topic, partition, reserve, time.monotonic(), self.delivery_timeout)
         self.buffered += reserve
+        self.batches += 1
         self.incomplete += 1
         self.unfinished.add(batch)
         self.open[key] = batch
+        self.lingering[key] = batch
         return batch
+
+    def grow(self, batch: ProducerBatch, need: int, block: bool = False) -> bool:
+        """Let an open batch reach `need` bytes (caller holds the lock): double its
+        reservation, up to batch.size. With `block`, wait (up to max.block.ms) for the pool
+        rather than give up: a batch sealed small under memory pressure means more, smaller
+        requests exactly when the node is behind. False: the caller seals it / opens another
+        (past batch.size, past buffer.memory itself, or sealed meanwhile by the sender)."""
+        new = min(self.batch_size, max(2 * batch.cap, need))
+        if new < need or new > self.buffer_memory:
+            return False
+        if self.buffered + new - batch.reserved > self.buffer_memory:
+            if not block:
+                return False
+            deadline = time.monotonic() + self.max_block
+            while self.buffered + new - batch.reserved > self.buffer_memory:
+                left = deadline - time.monotonic()
+                if batch.sealed:
+                    return False
+                if left <= 0 or self.closed:
+                    raise RequestTimeoutError(
+                        f"buffer.memory ({self.buffer_memory} bytes) still full after "
+                        f"max.block.ms ({self.max_block * 1000:.0f} ms)")
+                self.memory_freed.wait(left)
+            if batch.sealed:
+                return False
+        self.buffered += new - batch.reserved
+        batch.reserved = batch.cap = new
+        return True
 
     def seal(self, batch: ProducerBatch) -> None:
         """Close an open batch to appends and queue it (caller holds the lock)."""
@@ -130,8 +178,17 @@ class Accumulator:
         key = batch.key
         if self.open.get(key) is batch:
             del self.open[key]
+            if self.lingering.get(key) is batch:
+                del self.lingering[key]
+            elif self.held.get(key) is batch:
+                del self.held[key]
         if self.sticky.get(batch.topic) is batch:
             del self.sticky[batch.topic]
+        if batch.reserved > batch.size and batch.count:
+            # give back what the batch reserved and did not fill
+            self.buffered -= batch.reserved - batch.size
+            batch.reserved = batch.size
+            self.memory_freed.notify_all()
         if batch.count == 0:
             self._release(batch)  # never got a record (open raced with close): drop it
             batch.result.complete(-1)
@@ -145,7 +202,8 @@ class Accumulator:
 
     # ------------------------------------------------------------------ sender thread
     def seal_due(self, now: float) -> None:
-        """Seal open batches whose linger.ms has passed (all of them while flushing)."""
+        """Seal open batches whose linger.ms has passed (all of them while flushing), except
+        those whose partition still has a sealed batch waiting: they stay open and grow."""
         with self.lock:
             if not self.open:
                 return
@@ -153,18 +211,31 @@ class Accumulator:
                 for b in list(self.open.values()):
                     self.seal(b)
                 return
+            ready = self.ready
+            if self.held:
+                # `ready` holds the partitions whose queue is not empty (the sender drops a
+                # key once it drained its queue): the others' held batches can go now
+                for key in self.held.keys() - ready.keys():
+                    self.seal(self.held[key])
             limit = now - self.linger
-            while self.open:
-                b = next(iter(self.open.values()))
+            lingering = self.lingering
+            while lingering:
+                b = next(iter(lingering.values()))
                 if b.created > limit:
                     break
-                self.seal(b)
+                if b.key in ready:
+                    del lingering[b.key]
+                    self.held[b.key] = b
+                else:
+                    self.seal(b)
 
     def next_linger_deadline(self) -> float | None:
+        """When the oldest lingering batch is due (held batches wait for the sender's
+        next drain, which an answer or the retry backoff wakes it for)."""
         with self.lock:
-            if not self.open:
+            if not self.lingering:
                 return None
-            return next(iter(self.open.values())).created + self.linger
+            return next(iter(self.lingering.values())).created + self.linger
 
     def requeue(self, batches: list[ProducerBatch], retry_at: float) -> None:
         """Put batches back at the head of their queues (in order) for a retry."""
@@ -217,5 +288,5 @@ class Accumulator:
             return out
 
     def stats(self) -> dict[str, Any]:
-        return {"buffered": self.buffered, "incomplete": self.incomplete,
-                "open": len(self.open), "ready": len(self.ready)}
+        return {"buffered": self.buffered, "batches": self.batches, "incomplete": self.incomplete,
+                "open": len(self.open), "held": len(self.held), "ready": len(self.ready)}

@@ -165,7 +165,7 @@ class Producer:
             rs = vl + _RECORD_OVERHEAD
             with self._lock:
                 batch = self._sticky.get(topic)
-                if batch is not None and batch.size + rs <= self._limit:
+                if batch is not None and batch.size + rs <= batch.cap:
                     od = batch.count
                     tsd = timestamp_ms - batch.base_ts
                     if tsd >= 0:
@@ -219,18 +219,19 @@ class Producer:
         with self._lock:
             if partition is None:
                 batch = self._sticky.get(topic)
-                if batch is None or batch.size + rs > self._limit:
-                    if batch is not None:
-                        acc.seal(batch)
+                if batch is not None and not self._fits(batch, rs):
+                    acc.seal(batch)  # full (or sealed while we waited): next partition
+                    batch = None
+                if batch is None:
                     partition = self._next_sticky(topic, n)
                     batch = acc.open.get((topic, partition))
-                    if batch is None or (batch.size + rs > self._limit and batch.count):
+                    if batch is None or not self._fits(batch, rs):
                         batch = acc.new_batch(topic, partition, rs + 61)
                     self._sticky[topic] = batch
                     news = True
             else:
                 batch = acc.open.get((topic, partition))
-                if batch is None or (batch.size + rs > self._limit and batch.count):
+                if batch is None or not self._fits(batch, rs):
                     batch = acc.new_batch(topic, partition, rs + 61)
                     news = True
             assert not batch.sealed
@@ -250,6 +251,14 @@ class Producer:
         if wake:
             acc.wake()
         return RecordFuture(batch.result, od, timestamp_ms)
+
+    def _fits(self, batch: Any, rs: int) -> bool:
+        """Whether a record of ~`rs` bytes goes into this open batch (lock held): within
+        its reservation, or once the reservation grew (up to batch.size; may wait for
+        buffer.memory, False if the sender sealed the batch meanwhile)."""
+        need = batch.size + rs
+        return need <= batch.cap or (need <= self._limit and
+                                     self._acc.grow(batch, need, block=True))
 
     def _next_sticky(self, topic: str, n: int) -> int:
         """The next partition round-robin, skipping those without a leader (if any has one)."""
