@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import crc32c
 from crc32c import crc32c as _crc32c
@@ -56,8 +56,9 @@ EARLIEST_TIMESTAMP = -2
 LATEST_TIMESTAMP = -1
 
 
-@dataclass(slots=True)
-class AppendResult:
+class AppendResult(NamedTuple):
+    """What an append wrote. A named tuple: the append hot path builds one per call."""
+
     base_offset: int
     last_offset: int
     max_timestamp: int
@@ -66,8 +67,7 @@ class AppendResult:
     size: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class FetchData:
+class FetchData(NamedTuple):
     """Whole batches from `offset` on, as zero-copy slices of the mapped segments."""
 
     slices: list[memoryview]
@@ -117,7 +117,7 @@ class _Prepared:
     append_time: int
     info: BatchesInfo | None
 _READABLE_CODECS = (0, 1, 3, 4)  # none, gzip, lz4, zstd
-_new_header = tuple.__new__
+_new_tuple = tuple.__new__
 _MIN_RECORD_SIZE = 7
 
 
@@ -308,7 +308,7 @@ class Log:
         info = None
         if hooks.before_append or hooks.on_append:
             # the hooks get the batch header as validate_batches would have built it
-            hdr = _new_header(BatchHeader, (0, n, *h[:1], *h[2:]))
+            hdr = _new_tuple(BatchHeader, (0, n, *h[:1], *h[2:]))
             info = BatchesInfo([hdr], n, h[12], h[6] + 1, max_ts if max_ts > -1 else -1,
                                0 if max_ts > -1 else -1)
             for check in hooks.before_append:
@@ -326,7 +326,8 @@ class Log:
             seg = self._roll_at(base)
         seg.append_batch(data, base, last, max_ts, leader_epoch)
         self._leo = last + 1
-        result = AppendResult(base, last, max_ts if max_ts > -1 else -1, -1, h[12], n)
+        result = _new_tuple(AppendResult, (base, last, max_ts if max_ts > -1 else -1, -1,
+                                           h[12], n))
         self._unflushed_messages += h[12]
         for cb in hooks.on_append:
             cb(result, info, leader_epoch)  # type: ignore[arg-type]
@@ -499,7 +500,8 @@ class Log:
                 pos = 0
             end = seg.read_end(pos, pos + max_bytes - total, limit, min_one_batch and not total)
             if end > pos:
-                seg.advise_sequential(pos, end)
+                if not seg.active:  # a cold read; the active segment's pages are hot
+                    seg.advise_sequential(pos, end)
                 slices.append(seg.view(pos, end))
                 total += end - pos
             if end < seg.size:

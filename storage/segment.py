@@ -156,6 +156,8 @@ class Segment:
         self._reserved = 0  # file bytes reserved (allocated) for the write mapping
         self._exposed = 0  # end of the furthest view handed out from the current mapping
         self._retired: list[tuple[mmap.mmap, int]] = []  # mappings views may still hold
+        # (position, size, base, last, max ts) of the last batch appended, for tail reads
+        self._tail: tuple[int, int, int, int, int] | None = None
         try:
             self.size = os.fstat(self._fd).st_size
             self.index = OffsetIndex(
@@ -377,6 +379,9 @@ class Segment:
     def find(self, offset: int) -> tuple[int, int, int, int, int] | None:
         """The first batch whose last offset is >= `offset`, found from the sparse index by a
         short header walk; None when the segment ends before it."""
+        tail = self._tail
+        if tail is not None and tail[2] <= offset <= tail[3] and tail[0] + tail[1] == self.size:
+            return tail  # a consumer at the end of the log reads the last batch appended
         assert self.index is not None
         _, pos = self.index.lookup(offset)
         if pos >= self.size:
@@ -501,6 +506,8 @@ class Segment:
             since += bsize
         self.bytes_since_index = since
         self._next_offset = batches[-1][3] + 1
+        pos, bsize, base, last, max_ts = batches[-1]
+        self._tail = (start + pos, bsize, base, last, max_ts)
         if self.first_batch_ts < 0 and start == 0 and batches:
             self.first_batch_ts = batches[0][4]
 
@@ -543,6 +550,7 @@ class Segment:
             since = 0
         self.bytes_since_index = since + n
         self._next_offset = last_offset + 1
+        self._tail = (start, n, base_offset, last_offset, max_ts)
         if start == 0:
             self.first_batch_ts = max_ts
 
@@ -621,6 +629,7 @@ class Segment:
         """Cut the file at byte `pos`, where the batch with base `next_offset` started."""
         assert self.index is not None and self.time_index is not None
         removed = self.size - pos
+        self._tail = None
         if self._writing:
             # Zero the cut bytes instead of shrinking the file: a slice of them still being
             # sent reads zeros rather than faulting, and recovery sees the end of the log.

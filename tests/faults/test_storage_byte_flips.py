@@ -33,13 +33,14 @@ def test_byte_flips_in_tail(tmp_path, seed):
     flushed_batches = rnd.randrange(10, 40)
     rp_pos, rp = ends[flushed_batches - 1]
     seg_file = log.active_segment.log_path
-    original = open(seg_file, "rb").read()
+    with open(seg_file, "rb") as f:  # the data; the file goes on with its reserved zeros
+        original = f.read(log.active_segment.size)
     log.close_without_flush()
     damaged = bytearray(original)
     flips = sorted(rnd.randrange(rp_pos, len(damaged)) for _ in range(rnd.randrange(1, 4)))
     for p in flips:
         damaged[p] ^= 1 << rnd.randrange(8)
-    with open(seg_file, "wb") as f:
+    with open(seg_file, "r+b") as f:
         f.write(damaged)
     log = Log.open(path, CFG, recovery_point=rp)
     first_bad = flips[0]
