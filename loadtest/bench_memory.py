@@ -247,11 +247,14 @@ def render(rows: list[Row]) -> str:
 
 # ------------------------------------------------------------------------------ filling
 def backlog_bytes(data_dir: Path, topic: str) -> int:
-    """Bytes of segment .log files of `topic` on disk."""
+    """Bytes of segment .log files of `topic` on disk (allocated blocks: an active segment's
+    file is sparse to segment.bytes, with blocks reserved a few MiB ahead of its data)."""
     total = 0
     for d in data_dir.glob(f"{topic}-*"):
         if d.is_dir():
-            total += sum(f.stat().st_size for f in d.glob("*.log"))
+            for f in d.glob("*.log"):
+                st = f.stat()
+                total += min(st.st_size, st.st_blocks * 512)
     return total
 
 
