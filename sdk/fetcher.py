@@ -229,14 +229,16 @@ class Fetcher:
             return
         resp = req.response
         assert resp is not None
-        asked = {tp: (offset, epoch) for tp, offset, epoch in parts}
+        # Keyed by plain tuples: TopicPartition hashes in Python, and this runs per answer.
+        asked = {(tp.topic, tp.partition): part for part in parts for tp in (part[0],)}
         frames = resp.data
         for t in resp.body.get("topics") or []:
+            name = t["name"]
             for p in t.get("partitions") or []:
-                tp = TopicPartition(t["name"], p["partition"])
-                if tp not in asked:
+                part = asked.get((name, p["partition"]))
+                if part is None:
                     continue
-                offset, epoch = asked[tp]
+                tp, offset, epoch = part
                 st = self.subs.assignment.get(tp)
                 if st is None or st.fetch_epoch != epoch:
                     continue  # seeked or reassigned while the fetch was out: stale data
