@@ -92,13 +92,16 @@ class LogHooks:
 
     before_append(info, data): may raise to refuse the append (e.g. out-of-order sequence);
     on_append(result, info, leader_epoch): after a successful append;
-    on_truncate(new_end): after truncate_to; on_log_start(new_start): after the log start moved.
+    on_truncate(new_end): after truncate_to; on_log_start(new_start): after the log start moved;
+    on_close(): in a clean close, after the final flush (e.g. a last producer-state snapshot,
+    so the next open replays nothing); an OSError there does not fail the close.
     """
 
     before_append: list[Callable[[BatchesInfo, Any], None]] = field(default_factory=list)
     on_append: list[Callable[[AppendResult, BatchesInfo, int], None]] = field(default_factory=list)
     on_truncate: list[Callable[[int], None]] = field(default_factory=list)
     on_log_start: list[Callable[[int], None]] = field(default_factory=list)
+    on_close: list[Callable[[], None]] = field(default_factory=list)
 
 
 _HEADER = struct.Struct(">qiibIhiqqqhii")  # RecordBatch v2 header (record_batch.HEADER)
@@ -757,6 +760,11 @@ class Log:
                 return
             try:
                 self.flush()
+                for cb in self.hooks.on_close:
+                    try:
+                        cb()
+                    except OSError:
+                        pass  # best effort: without it, the next open replays more
                 for seg in self._segments:
                     seg.close()
                 try:

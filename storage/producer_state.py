@@ -405,7 +405,8 @@ def attach(log: Log, producer_id_expiration_ms: int = 86_400_000,
     After this, appends update the state (the leader checks first with `check_batches`),
     truncation reloads it, a log-start move forgets producers whose batches are gone, and a
     snapshot is written whenever the log rolls a segment (expired producers are dropped
-    then too). The state is `log.producer_state`; `last_load` says what loading found.
+    then too) and when it closes cleanly (so a clean restart replays nothing). The state is
+    `log.producer_state`; `last_load` says what loading found.
     """
     psm = ProducerStateManager(log.directory, producer_id_expiration_ms)
     psm.last_load = psm.load(log.log_start_offset, log.log_end_offset)
@@ -445,8 +446,14 @@ def attach(log: Log, producer_id_expiration_ms: int = 86_400_000,
         replay(psm, log, new_end)
         active_base[0] = log.active_segment.base_offset
 
+    def on_close() -> None:
+        # a clean close snapshots the state at the log end: the next open replays nothing
+        psm.take_snapshot()
+        psm.retain_newest_snapshots(keep_snapshots)
+
     log.hooks.on_append.append(on_append)
     log.hooks.on_truncate.append(on_truncate)
     log.hooks.on_log_start.append(psm.truncate_head)
+    log.hooks.on_close.append(on_close)
     log.producer_state = psm
     return psm

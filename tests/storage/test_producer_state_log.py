@@ -61,6 +61,24 @@ def test_retries_answered_with_original_offsets_across_a_restart(path):
         log.close()
 
 
+def test_clean_close_snapshots_at_the_log_end_so_reopen_replays_nothing(path):
+    log = Log.open(path, LogConfig())  # one segment: no roll wrote a snapshot
+    attach(log)
+    for seq in range(0, 20, 2):
+        produce(log, pbatch(seq))
+    assert not list_snapshots(path)
+    log.close()
+    assert [off for off, _ in list_snapshots(path)] == [20]
+    log = Log.open(path, LogConfig())
+    psm = attach(log)
+    try:
+        assert psm.last_load.snapshot_offset == 20
+        assert psm.get(7).last_seq == 19
+        assert produce(log, pbatch(18)) == 18  # a retry, known without any replay
+    finally:
+        log.close()
+
+
 def test_corrupt_snapshots_are_rebuilt_from_the_log(path):
     log = Log.open(path, CFG)
     attach(log)
