@@ -103,6 +103,9 @@ class BatchDecoder:
             self.out = out
             try:
                 if self._fast(start + limit):
+                    if self.append_time is not None:  # LogAppendTime: rare, so fixed up here
+                        at = self.append_time
+                        out[start:] = [r._replace(timestamp=at) for r in out[start:]]
                     return
             except (IndexError, CorruptRecordError, struct.error):
                 pass
@@ -133,7 +136,6 @@ class BatchDecoder:
         topic = self.topic
         partition = self.partition
         min_offset = self.min_offset
-        at = self.append_time
         U1 = UNZIGZAG_1
         U2 = UNZIGZAG_2
         R = Record
@@ -147,7 +149,8 @@ class BatchDecoder:
         backoff = self.backoff
         pos = self.pos
         i = self.index
-        while i < count and len(out) < want:
+        left = want - len(out)  # records still wanted
+        while i < count and left > 0:
             start = pos
             b = data[pos]  # length
             if b < 0x80:
@@ -225,17 +228,26 @@ class BatchDecoder:
             if pos + 1 != end or data[pos] != 0:  # headers, or a length that does not add up
                 return False
             pos = end
-            if base_offset + od >= min_offset:
-                append(new(R, (topic, partition, base_offset + od, ts if at is None else at, key,
-                               value, no_headers)))
+            offset = base_offset + od
+            if offset >= min_offset:
+                append(new(R, (topic, partition, offset, ts, key, value, no_headers)))
+                left -= 1
             i += 1
             if skip:
                 skip -= 1
                 continue
-            # Do the next records look like this one? (first length byte: a cheap pre-check)
+            # Do the next records look like this one? A cheap pre-check first (the first
+            # two bytes, i.e. the length, of the next two records), as records of varied
+            # sizes never make a run and a failed try costs some microseconds.
+            if i >= count or data[pos] != data[start] or data[pos + 1] != data[start + 1]:
+                continue
             rec = end - start
-            n = min(count - i, (size - pos) // rec, cap, want - len(out))
-            if n < _MIN_RUN or data[pos] != data[start]:
+            after = pos + rec
+            if after + 1 >= size or data[after] != data[start] \
+                    or data[after + 1] != data[start + 1]:
+                continue
+            n = min(count - i, (size - pos) // rec, cap, left)
+            if n < _MIN_RUN:
                 continue
             ob = key_at - od_at
             if ob > 3 or ts_at - start > 3 or key_at - ts_at - ob > 2:
@@ -244,8 +256,10 @@ class BatchDecoder:
             n = min(n, _OD_CLASS_END[ob - 1] - 1 - od)
             if n < _MIN_RUN or od + 1 < _OD_CLASS_START[ob - 1]:
                 continue
+            before = len(out)
             m = run(start, pos, n, rec, ts_at - start, od_at - start, key_at - start,
                     value_at - start, od, kl, vl)
+            left -= len(out) - before
             i += m
             pos += m * rec
             if m == n:
@@ -253,7 +267,7 @@ class BatchDecoder:
                 backoff = 1
             else:
                 cap = _FIRST_CAP
-                if m == 0:
+                if m < _MIN_RUN:  # not worth its checks: wait longer before the next try
                     skip = backoff
                     backoff = min(backoff * 2, 64)
                 else:
@@ -332,9 +346,7 @@ class BatchDecoder:
             first += below
         stop = pos + m * rec
         view = memoryview(data)[pos:stop]
-        if self.append_time is not None:
-            stamps: Iterator[int] = repeat(self.append_time)
-        elif tb == 1:
+        if tb == 1:
             table = self.ts_table
             if table is None:
                 base_ts = self.base_ts
