@@ -188,3 +188,27 @@ def test_record_reads_like_the_api_says() -> None:
     assert r.headers == [("h", b"1")] and r.topic_partition == TopicPartition("orders", 2)
     assert Record("t", 0, 1, 2, None, None).headers == ()
     assert Record(topic="t", partition=0, offset=1, timestamp=2, key=None, value=b"x").value == b"x"
+
+
+def _section(specs: list[tuple[int, int, bytes | None, bytes | None]]) -> bytes:
+    """Records (offset delta, timestamp delta, key, value) encoded by hand."""
+    return b"".join(encode_record(od, tsd, k, v) for od, tsd, k, v in specs)
+
+
+@pytest.mark.parametrize("specs", [
+    # same length, different key/value split right after the template
+    [(0, 0, b"abc", b"v" * 10)] + [(i, 0, None, b"w" * 14) for i in range(1, 12)],
+    # same length, a two-byte timestamp delta compensated by a shorter value
+    [(0, 0, None, b"v" * 11)] + [(i, 100, None, b"w" * 10) for i in range(1, 12)],
+    # same length, an offset gap (compaction) right after the template
+    [(0, 0, None, b"v" * 11)] + [(i + 5, 0, None, b"w" * 11) for i in range(1, 12)],
+    # same length, a run broken in its middle by each of those
+    [(i, 0, None, b"v" * 11) for i in range(8)] + [(8, 100, None, b"w" * 10)]
+    + [(i, 0, None, b"v" * 11) for i in range(9, 20)] + [(25, 0, None, b"w" * 11)]
+    + [(26, 0, b"k", b"v" * 10)] + [(i, 0, None, b"v" * 11) for i in range(27, 40)],
+], ids=["key-split", "timestamp-width", "offset-gap", "mid-run"])
+def test_records_of_the_same_length_but_another_layout_end_a_run(specs: list) -> None:
+    data = _section(specs)
+    want = reference(data, len(specs), 100, BASE_TS)
+    assert as_tuples(decode_batch(data, len(specs), 100, BASE_TS, "t", 3, 0)) == want
+    assert [o for (o, *_rest) in want] == [100 + od for (od, *_r) in specs]
