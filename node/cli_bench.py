@@ -122,7 +122,8 @@ def _payload(size: int) -> bytes:
     return (seed * (size // len(seed) + 1))[:size]
 
 
-def _ensure_topic(bootstrap: str, topic: str, partitions: int) -> None:
+def _ensure_topic(bootstrap: str, topic: str, partitions: int) -> int:
+    """Create `topic` unless it exists; its partition count."""
     from qnode.sdk import Admin
     from qnode.sdk.errors import TopicAlreadyExistsError
 
@@ -130,7 +131,8 @@ def _ensure_topic(bootstrap: str, topic: str, partitions: int) -> None:
         try:
             admin.create_topic(topic, partitions)
         except TopicAlreadyExistsError:
-            pass
+            return len(admin.describe_topic(topic).partitions)
+    return partitions
 
 
 def _topic_name(kind: str, topic: str | None) -> str:
@@ -152,14 +154,18 @@ def run_produce(
 ) -> Summary:
     from qnode.sdk import Producer
 
-    _ensure_topic(bootstrap, topic, partitions)
+    count = _ensure_topic(bootstrap, topic, partitions)
     latencies: list[float] = []
     value = _payload(record_size)
     progress = Progress(label, records)
     with Producer(
         bootstrap, acks=acks, linger_ms=linger_ms, batch_size=batch_size, compression=compression
     ) as producer:
-        producer.send(topic, value).result(30)  # warm up: metadata, connections
+        # Warm up: metadata, connections, and each partition's first append (which creates its
+        # segment files and leader-epoch checkpoint): one-time costs, not throughput, and with
+        # a thousand partitions they would weigh on a short run.
+        for fut in [producer.send(topic, value, partition=p) for p in range(count)]:
+            fut.result(30)
         send = producer.send
         clock = time.perf_counter
 

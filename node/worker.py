@@ -64,6 +64,8 @@ HELLO_RETRY_S = 1.0
 DRAIN_S = 1.0  # at most this long serving requests already queued when SIGTERM came
 METADATA_GRACE_S = 5.0  # a metadata fetch unanswered this long past its max wait: re-hello
 METADATA_RETRY_S = 0.5  # after an error answer, ask again this much later
+TICK_DUTY = 0.02  # log maintenance takes at most this share of the loop...
+MAX_TICK_GAP_S = 2.0  # ...unless that would space ticks further apart than this
 
 
 @dataclass
@@ -78,7 +80,8 @@ class WorkerConfig:
     topic_defaults: dict[str, str] = field(default_factory=dict)
     max_request_bytes: int = 104857600
     shm_capacity: int = DEFAULT_CAPACITY
-    tick_interval_ms: int = 250  # LogManager.tick: flush.ms, rolled-segment flush, retention
+    # LogManager.tick: flush.ms, rolled-segment flush, retention (spaced out when slow: tick_gap)
+    tick_interval_ms: int = 250
     metadata_max_wait_ms: int = 1000
     batch: int = 64  # client messages handled per loop iteration
     log_level: str = "INFO"
@@ -364,11 +367,12 @@ class Worker:
         for f in self.waiters.expired(now):
             self._answer(f, force=True)
         if now >= self._next_tick:
-            self._next_tick = now + self.config.tick_interval_ms / 1000
             try:
                 self.replicas.tick()
             except Exception:
                 log.exception("log maintenance failed")
+            spent = time.monotonic() - now
+            self._next_tick = now + tick_gap(self.config.tick_interval_ms / 1000, spent)
 
     def _poll_timeout_ms(self, now: float) -> int:
         nearest = self._next_tick
@@ -425,6 +429,16 @@ class Worker:
             self.router.close(linger=200)
             self.coord.close(0)
         return clean
+
+
+def tick_gap(interval_s: float, spent_s: float) -> float:
+    """Seconds from one log-maintenance tick to the next, given how long it took. Its work
+    grows with the number of logs (storage looks at every log's files): with a thousand
+    partitions a tick costs milliseconds, which every 250 ms would take a tenth of the loop
+    from requests. So a slow tick pushes the next one out, keeping maintenance under
+    TICK_DUTY of the loop, but never past MAX_TICK_GAP_S; a few logs keep the configured pace.
+    """
+    return min(max(interval_s, spent_s / TICK_DUTY), max(interval_s, MAX_TICK_GAP_S))
 
 
 def run_worker(config: WorkerConfig) -> int:

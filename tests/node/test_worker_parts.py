@@ -8,6 +8,7 @@ from qnode.coordinator import records as rec
 from qnode.coordinator.image import MetadataImage
 from qnode.node.fetch_waiters import FetchWaiters, ParkedFetch
 from qnode.node.metadata_follower import MetadataFollower, MetadataGapError
+from qnode.node.worker import MAX_TICK_GAP_S, TICK_DUTY, tick_gap
 from qnode.transport.errors import ErrorCode
 
 
@@ -82,3 +83,11 @@ def test_follower_snapshot_replaces_state_and_bad_records_raise() -> None:
     with pytest.raises(MetadataGapError):
         f.apply_response({"records": [{"type": "topic"}]})
     assert f.next_offset == 2
+
+
+def test_tick_gap_keeps_the_pace_for_few_logs_and_bounds_slow_ticks() -> None:
+    assert tick_gap(0.25, 0.001) == 0.25  # a cheap tick: the configured interval
+    slow = 0.010  # e.g. a thousand logs' files looked at
+    assert tick_gap(0.25, slow) == pytest.approx(slow / TICK_DUTY)  # maintenance <= its share
+    assert tick_gap(0.25, 10.0) == MAX_TICK_GAP_S  # never spaced out past the cap
+    assert tick_gap(5.0, 10.0) == 5.0  # a configured interval above the cap stands
