@@ -256,7 +256,7 @@ class Consumer:
                 self._reset_positions(self._subs.needs_reset(), None, deadline)
             self._maybe_refresh_metadata()
             records = fetcher.collect(limit)
-            backlog = len(records) >= _PIPELINE_ABOVE or fetcher.completed
+            backlog = len(records) >= _PIPELINE_ABOVE or bool(fetcher.completed)
             if not records or backlog:
                 # Reading a backlog: ask for the next data before the app gets this, so it
                 # arrives while the app works. Caught up (a few records, nothing buffered),
