@@ -5,8 +5,9 @@ measured in the same run on the same disk.
 
 1. append: pre-built 16 KiB batches of 100-byte records, no fsync, vs `dd` sequential writes
    of the same number of bytes (bs=16k and bs=1M) to the same directory; one batch per
-   `append` call, and 16 requests per `append_many` call (group commit: one write); runs
-   alternate, each after a sync, best of --repeat kept for each;
+   `append` call (also with the worker's leader-epoch and producer-state hooks attached), and
+   16 requests per `append_many` call (group commit: one write); runs alternate, each after a
+   sync, best of --repeat kept for each;
 2. cold read of the whole log through `Log.read` (1 MiB fetches, every byte copied out as a
    socket send would) vs a plain sequential `readinto` of the same files; the page cache is
    dropped before each (`/proc/sys/vm/drop_caches`, needs root; else the figures say "warm");
@@ -27,7 +28,7 @@ import sys
 import tempfile
 import time
 
-from qnode.storage import Log, LogConfig
+from qnode.storage import Log, LogConfig, leader_epoch, producer_state
 from qnode.storage.batch_builder import BatchBuilder
 
 MIB = 1 << 20
@@ -63,9 +64,14 @@ def dd_write(path: str, total: int, bs: int) -> float:
 
 def bench_append(directory: str, total: int, batch: bytes, mode: str) -> tuple[float, Log]:
     """mode: "bytes" (one batch per append, immutable input as a zmq frame gives it),
-    "bytearray" (same, writable input), "group16" (append_many of 16 requests: one write)."""
+    "bytearray" (same, writable input), "hooks" (same as bytes, with the state a worker
+    attaches: leader-epoch cache and producer state), "group16" (append_many of 16 requests:
+    one write)."""
     shutil.rmtree(directory, ignore_errors=True)
     log = Log.open(directory, LogConfig())
+    if mode == "hooks":
+        leader_epoch.attach(log)
+        producer_state.attach(log)
     n = total // len(batch)
     t0 = time.perf_counter()
     if mode == "group16":
@@ -228,7 +234,7 @@ def main() -> None:
           f"{args.repeat} rounds; dir {base}; load average {os.getloadavg()[0]:.1f}")
     try:
         logdir = os.path.join(base, "t-0")
-        keys = ("dd16", "dd1m", "bytes", "bytearray", "group16")
+        keys = ("dd16", "dd1m", "bytes", "bytearray", "hooks", "group16")
         runs: dict[str, list[float]] = {k: [] for k in keys}
         for _ in range(args.repeat):  # alternate, so load drifts hit every writer alike
             for key in keys:
@@ -244,6 +250,7 @@ def main() -> None:
         print(f"dd bs=16k                 {best['dd16'] / MIB:8.0f} MiB/s (best of {args.repeat})")
         print(f"dd bs=1M                  {best['dd1m'] / MIB:8.0f} MiB/s")
         for key, label in (("bytes", "append, 1 batch/call"), ("bytearray", "  same, bytearray in"),
+                           ("hooks", "  same, worker's hooks"),
                            ("group16", "append_many, 16/call")):
             r = best[key]
             # the ratio within each round (runs seconds apart), median over rounds: robust

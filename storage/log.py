@@ -317,12 +317,14 @@ class Log:
             for check in hooks.before_append:
                 check(info, data)
         seg = self._segments[-1]
-        if seg.size:
-            now = _now_ms() if now_ms is None else now_ms
+        size = seg.size
+        if size:
             first_ts = seg.first_batch_ts
-            waited = max_ts - first_ts if first_ts >= 0 and max_ts >= 0 else \
-                now - seg.created_ms
-            if (seg.size + n > self._segment_bytes or waited > self._segment_ms
+            if first_ts >= 0 and max_ts >= 0:  # Kafka's rule: batch time, else wall clock
+                waited = max_ts - first_ts
+            else:
+                waited = (_now_ms() if now_ms is None else now_ms) - seg.created_ms
+            if (size + n > self._segment_bytes or waited > self._segment_ms
                     or seg.index_full() or last - seg.base_offset > MAX_RELATIVE_OFFSET):
                 seg = self._roll_at(base)
         elif last - seg.base_offset > MAX_RELATIVE_OFFSET:

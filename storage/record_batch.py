@@ -147,9 +147,10 @@ class BatchHeader(NamedTuple):
 _new_header = tuple.__new__
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BatchesInfo:
-    """What `validate_batches` learned about a buffer of whole batches."""
+    """What `validate_batches` learned about a buffer of whole batches. Not frozen: the
+    append path builds one per call for the log's hooks, and a frozen init costs more."""
 
     batches: list[BatchHeader] = field(default_factory=list)
     size: int = 0  # bytes walked (the whole buffer)

@@ -259,12 +259,17 @@ class Segment:
         need = max(self.size, self.capacity, 1)
         cap = -(-need // MAP_STEP) * MAP_STEP if need > MAP_STEP else \
             -(-need // mmap.PAGESIZE) * mmap.PAGESIZE
-        self._drop_mapping()
         if os.fstat(self._fd).st_size < cap:
             os.ftruncate(self._fd, cap)
         mm = mmap.mmap(self._fd, cap, access=mmap.ACCESS_WRITE)
-        self._mm = mm
+        if self._mm is not None and self._exposed:
+            # views of the old mapping may outlive a later truncation: the file must not
+            # shrink under them (`_trim_file` asks the old mapping whether any are left)
+            self._retired.append((self._mm, self._exposed))
+        # swapped in whole, never None in between: a reader thread may be taking a view
         self._mv = memoryview(mm)
+        self._mm = mm
+        self._exposed = 0
         self._mapped = cap
         self._cap = cap
         self._reserved = file_size
@@ -461,9 +466,10 @@ class Segment:
 
     # ------------------------------------------------------------------ writing
     def index_full(self) -> bool:
-        assert self.index is not None and self.time_index is not None
+        idx, tix = self.index, self.time_index
+        assert idx is not None and tix is not None
         # one time-index slot stays free for the entry written when the segment is sealed
-        return self.index.is_full() or self.time_index.entries >= self.time_index.max_entries - 1
+        return idx.entries >= idx.max_entries or tix.entries >= tix.max_entries - 1
 
     def append(self, data: bytes | bytearray | memoryview | Sequence[Buffer],
                batches: Sequence[BatchMeta], size: int | None = None) -> None:
