@@ -1,13 +1,16 @@
-"""CompletedFetch hands out a fetched partition's records in pieces, positions exact."""
+"""Fetched records handed out in pieces: positions exact, the cyclic GC left as found."""
 
 from __future__ import annotations
 
+import gc
 import struct
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qnode.sdk.fetcher import CompletedFetch
+from qnode.sdk.errors import CorruptRecordError
+from qnode.sdk.fetcher import CompletedFetch, FetchConfig, Fetcher
 from qnode.sdk.record_writer import build_batch, encode_record
 from qnode.sdk.subscription import SubscriptionState
 from qnode.sdk.types import TopicPartition
@@ -84,3 +87,36 @@ def test_a_finished_compacted_batch_moves_the_position_past_its_last_offset() ->
     out = []
     cf.take(out, 10, st_)
     assert [r.offset for r in out] == [11] and st_.position == 15 and cf.done
+
+
+def _fetcher_with(data: bytes, position: int = 0) -> Fetcher:
+    subs = state(position)
+    # collect() uses neither the network client nor the metadata.
+    config = FetchConfig(1, 500, 1 << 20, 1 << 20, 0, True, 100)
+    fetcher = Fetcher(None, None, subs, config)  # type: ignore[arg-type]
+    fetcher.completed.append(CompletedFetch(TP, subs.assignment[TP].fetch_epoch, data, None,
+                                            True))
+    fetcher.buffered[TP] = 1
+    return fetcher
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_collect_leaves_the_cyclic_gc_as_it_found_it(enabled: bool) -> None:
+    good = builder_batch(0, 300)
+    bad = bytearray(builder_batch(300, 10))
+    bad[-1] ^= 0xFF
+    was = gc.isenabled()
+    try:
+        if not enabled:
+            gc.disable()
+        fetcher = _fetcher_with(good + bytes(bad))
+        records = fetcher.collect(250)
+        assert [r.offset for r in records] == list(range(250))
+        assert gc.isenabled() is enabled
+        with pytest.raises(CorruptRecordError):
+            fetcher.collect(500)  # 50 good ones, then the damaged batch
+        assert gc.isenabled() is enabled
+        assert fetcher.subs.assignment[TP].position == 300
+    finally:
+        if was:
+            gc.enable()
