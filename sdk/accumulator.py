@@ -12,10 +12,11 @@ partitions has 1,000 open batches at once):
   record does not fit, waiting (up to `max.block.ms`) while the pool is exhausted, as
   opening a batch does. Reserving the whole `batch.size` up front would let 128 open
   batches of 256 KiB exhaust 32 MiB.
-- A batch past `linger.ms` is not sealed while an earlier batch of its partition still
-  waits in the queue (the sender has no room for it yet): it stays open and keeps growing
-  until the queue drains, as Kafka closes a batch only when the sender drains it. Sealing on
-  time regardless would, under back-pressure, queue thousands of tiny batches.
+- A batch past `linger.ms` is not sealed while an earlier batch of its partition is not
+  yet acknowledged (with `linger.ms` 0, latency first: while one still waits in the queue):
+  it stays open and keeps growing until then. Sealing on time regardless sends, with many
+  partitions, a tiny batch per partition every `linger.ms`, and the node's cost is per
+  batch; held batches grow with the round trip, so the batching adapts to the load.
 
 Locking: one lock guards the open batches and the queues; the sender holds it only to seal
 and to pop, never while encoding the batch, sending or waiting.
@@ -43,7 +44,7 @@ class ProducerBatch:
     __slots__ = ("topic", "partition", "key", "parts", "count", "base_ts", "max_ts", "result",
                  "size", "created", "deadline", "sealed", "attempts", "retry_at", "data",
                  "record_count", "reserved", "counted", "base_sequence", "sent_at", "solo",
-                 "cap")
+                 "cap", "unacked")
 
     def __init__(self, topic: str, partition: int, reserved: int, now: float,
                  delivery_timeout: float) -> None:
@@ -65,6 +66,7 @@ class ProducerBatch:
         self.record_count = 0
         self.reserved = reserved  # bytes of buffer.memory held, given back on completion
         self.cap = reserved  # an open batch may grow to this size without asking for more
+        self.unacked = False  # counted in Accumulator.unacked (sealed, not yet completed)
         self.counted = True  # in Accumulator.incomplete until completed
         self.solo = False  # sent alone in its request (a split retry must not fail with others)
         self.base_sequence = -1
@@ -102,8 +104,11 @@ class Accumulator:
         self.open: dict[PartitionKey, ProducerBatch] = {}  # the open batch of each partition
         # Open batches not yet past linger.ms, in creation order: the first is the next due.
         self.lingering: dict[PartitionKey, ProducerBatch] = {}
-        # Open batches past linger.ms held open while their partition's queue is not empty.
+        # Open batches past linger.ms held open while their partition's queue is not empty
+        # (with linger.ms > 0: while an earlier batch of the partition is not acknowledged).
         self.held: dict[PartitionKey, ProducerBatch] = {}
+        self.unacked: dict[PartitionKey, int] = {}  # sealed batches not yet completed
+        self.hold_in_flight = linger_ms > 0
         self.sticky: dict[str, ProducerBatch] = {}  # topic → open batch of keyless records
         self.queues: dict[PartitionKey, deque[ProducerBatch]] = {}
         self.ready: dict[PartitionKey, None] = {}  # partitions with sealed batches (ordered)
@@ -198,6 +203,8 @@ class Accumulator:
             q = self.queues[key] = deque()
         q.append(batch)
         self.ready[key] = None
+        batch.unacked = True
+        self.unacked[key] = self.unacked.get(key, 0) + 1
         # The caller wakes the sender once it has released the lock (see Producer.send).
 
     # ------------------------------------------------------------------ sender thread
@@ -211,11 +218,13 @@ class Accumulator:
                 for b in list(self.open.values()):
                     self.seal(b)
                 return
-            ready = self.ready
-            if self.held:
-                # `ready` holds the partitions whose queue is not empty (the sender drops a
-                # key once it drained its queue): the others' held batches can go now
-                for key in self.held.keys() - ready.keys():
+            # With linger.ms > 0 a batch waits while an earlier one of its partition is not
+            # acknowledged (`_release` lets it go); with linger.ms = 0 (latency first) only
+            # while one is still queued. `ready` holds the partitions whose queue is not empty
+            # (the sender drops a key once it drained its queue).
+            waiting = self.unacked if self.hold_in_flight else self.ready
+            if self.held and not self.hold_in_flight:
+                for key in self.held.keys() - waiting.keys():
                     self.seal(self.held[key])
             limit = now - self.linger
             lingering = self.lingering
@@ -223,7 +232,7 @@ class Accumulator:
                 b = next(iter(lingering.values()))
                 if b.created > limit:
                     break
-                if b.key in ready:
+                if b.key in waiting:
                     del lingering[b.key]
                     self.held[b.key] = b
                 else:
@@ -256,6 +265,17 @@ class Accumulator:
         batch.result.complete(base_offset, log_append_time, error)
 
     def _release(self, batch: ProducerBatch) -> None:
+        if batch.unacked:
+            batch.unacked = False
+            key = batch.key
+            n = self.unacked[key] - 1
+            if n:
+                self.unacked[key] = n
+            else:
+                del self.unacked[key]
+                held = self.held.get(key)
+                if held is not None and self.hold_in_flight:
+                    self.seal(held)  # the sender's loop sends it right after this answer
         if batch.reserved:
             self.buffered -= batch.reserved
             batch.reserved = 0
@@ -271,6 +291,9 @@ class Accumulator:
         """Retry `batch` as the smaller `parts` (a batch the node found too large)."""
         with self.lock:
             self.incomplete += len(parts)
+            for b in parts:
+                b.unacked = True
+            self.unacked[batch.key] = self.unacked.get(batch.key, 0) + len(parts)
             self._release(batch)
         self.requeue(parts, retry_at)
 
@@ -289,4 +312,5 @@ class Accumulator:
 
     def stats(self) -> dict[str, Any]:
         return {"buffered": self.buffered, "batches": self.batches, "incomplete": self.incomplete,
-                "open": len(self.open), "held": len(self.held), "ready": len(self.ready)}
+                "open": len(self.open), "held": len(self.held), "ready": len(self.ready),
+                "unacked_partitions": len(self.unacked)}

@@ -128,8 +128,9 @@ def test_many_open_partitions_fit_in_the_pool() -> None:
     assert len(acc.open) == 1000 and acc.buffered == 1000 * 4096
 
 
-def test_linger_holds_a_batch_while_its_partition_has_one_queued() -> None:
-    acc, _ = make(linger_ms=10, batch_size=10_000, buffer_memory=10**6)
+def test_linger_zero_holds_a_batch_only_while_its_partition_has_one_queued() -> None:
+    acc, _ = make(linger_ms=0, batch_size=10_000, buffer_memory=10**6)
+    assert not acc.hold_in_flight
     add_record(acc, "t", 0, size=100)
     add_record(acc, "t", 1, size=100)
     acc.seal_due(time.monotonic() + 1)
@@ -152,6 +153,31 @@ def test_linger_holds_a_batch_while_its_partition_has_one_queued() -> None:
     assert first0.sealed
     acc.seal_due(time.monotonic())
     assert b0.sealed and not acc.held and list(acc.queues[("t", 0)]) == [b0]
+
+
+def test_linger_holds_a_batch_until_its_partition_earlier_batch_is_acknowledged() -> None:
+    acc, _ = make(linger_ms=10, batch_size=10_000, buffer_memory=10**6)
+    add_record(acc, "t", 0, size=100)
+    add_record(acc, "t", 1, size=100)
+    acc.seal_due(time.monotonic() + 1)
+    first0 = acc.queues[("t", 0)].popleft()  # both drained into a request: in flight
+    first1 = acc.queues[("t", 1)].popleft()
+    acc.ready.clear()
+    assert acc.unacked == {("t", 0): 1, ("t", 1): 1}
+    acc.complete(first1, 0)  # partition 1 answered, partition 0 not yet
+    add_record(acc, "t", 0, size=100)
+    add_record(acc, "t", 1, size=100)
+    b0, b1 = acc.open[("t", 0)], acc.open[("t", 1)]
+    acc.seal_due(time.monotonic() + 1)
+    assert b1.sealed and not b0.sealed and acc.held == {("t", 0): b0}
+    add_record(acc, "t", 0, size=300)  # it keeps growing while the first is in flight
+    assert b0.count == 2
+    acc.complete(first0, 0)  # the answer lets it go at once, in the sender's thread
+    assert b0.sealed and not acc.held and list(acc.queues[("t", 0)]) == [b0]
+    assert acc.unacked == {("t", 0): 1, ("t", 1): 1}
+    acc.complete(b0, 2)
+    acc.complete(b1, 1)
+    assert acc.unacked == {} and acc.buffered == 0
 
 
 def test_flush_seals_held_batches() -> None:
