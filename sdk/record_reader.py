@@ -68,7 +68,7 @@ class BatchDecoder:
 
     __slots__ = ("data", "count", "base_offset", "base_ts", "topic", "partition", "min_offset",
                  "append_time", "out", "ts_table", "pos", "index", "cap", "skip", "backoff",
-                 "rest")
+                 "rest", "rest_at")
 
     def __init__(self, data: bytes, count: int, base_offset: int, base_ts: int, topic: str,
                  partition: int, min_offset: int = 0, append_time: int | None = None) -> None:
@@ -89,11 +89,12 @@ class BatchDecoder:
         self.skip = 0  # records to take one by one before trying a run again
         self.backoff = 1
         self.rest: list[Record] | None = None  # the reference decoder's records, once used
+        self.rest_at = 0  # how many of them were handed out
 
     @property
     def done(self) -> bool:
         if self.rest is not None:
-            return not self.rest
+            return self.rest_at >= len(self.rest)
         return self.index >= self.count
 
     def take(self, out: list[Record], limit: int) -> None:
@@ -113,9 +114,9 @@ class BatchDecoder:
             # decides, with its full checks and precise errors, from where this call began.
             del out[start:]
             self.rest = self._reference()
-        rest = self.rest
-        out += rest[:limit]
-        del rest[:limit]
+        given = self.rest_at
+        out += self.rest[given:given + limit]
+        self.rest_at = given + limit
 
     def _reference(self) -> list[Record]:
         head = (self.topic, self.partition)
