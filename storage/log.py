@@ -50,6 +50,7 @@ from qnode.storage.segment import (
     BatchMeta,
     Segment,
     SegmentMissingError,
+    Stamp,
 )
 
 EARLIEST_TIMESTAMP = -2
@@ -105,8 +106,6 @@ class LogHooks:
 
 
 _HEADER = struct.Struct(">qiibIhiqqqhii")  # RecordBatch v2 header (record_batch.HEADER)
-_STAMPED_PREFIX = struct.Struct(">qii")  # baseOffset, batchLength, partitionLeaderEpoch
-_MAX_SPLIT_BATCHES = 400  # 2 iovecs a batch, under IOV_MAX (1024) with room for groups
 Buffer = bytes | bytearray | memoryview
 
 
@@ -119,6 +118,9 @@ class _Prepared:
     records: int
     append_time: int
     info: BatchesInfo | None
+    stamps: list[Stamp]
+
+
 _READABLE_CODECS = (0, 1, 3, 4)  # none, gzip, lz4, zstd
 _new_tuple = tuple.__new__
 _MIN_RECORD_SIZE = 7
@@ -157,6 +159,26 @@ def _scan_batches(data: bytes | bytearray | memoryview, max_batch_bytes: int,
         out.append((pos, size, _base, delta, max_ts, count))
         pos += size
     return out if out else None
+
+
+def _one_valid_batch(data: Buffer, max_batch_bytes: int) -> tuple[int, ...] | None:
+    """The header fields of `data` when it is exactly one batch that passes every check
+    `validate_batches` makes of a producer's batch; None at any doubt (the caller then runs
+    the full checks, which raise the precise error)."""
+    n = len(data)
+    if n < BATCH_HEADER_SIZE:
+        return None
+    h = _HEADER.unpack_from(data)
+    count = h[12]
+    attrs = h[5]
+    if (h[1] + 12 == n and h[3] == 2 and n <= max_batch_bytes
+            and 0 < count and h[6] == count - 1
+            and (attrs & 7) in _READABLE_CODECS
+            and (attrs & 7 or count * _MIN_RECORD_SIZE <= n - BATCH_HEADER_SIZE)
+            and (h[9] >= 0 or not (attrs & 0x30 or h[11] >= 0))
+            and _crc32c(memoryview(data)[21:]) == h[4]):
+        return h
+    return None
 
 
 def _now_ms() -> int:
@@ -279,24 +301,15 @@ class Log:
                 raise LogClosedError(f"log {self.directory} is closed")
             if assign_offsets and self._one_batch_fast:
                 # The common produce: one batch of a leader append. Its header is read once
-                # (one unpack) and checked exactly as validate_batches would; any doubt
-                # falls through to the general path, which raises the precise error.
-                n = len(data)
-                if n >= BATCH_HEADER_SIZE:
-                    h = _HEADER.unpack_from(data)
-                    count = h[12]
-                    attrs = h[5]
-                    if (h[1] + 12 == n and h[3] == 2 and n <= self._max_batch
-                            and 0 < count and h[6] == count - 1
-                            and (attrs & 7) in _READABLE_CODECS
-                            and (attrs & 7 or count * _MIN_RECORD_SIZE <= n - BATCH_HEADER_SIZE)
-                            and (h[9] >= 0 or not (attrs & 0x30 or h[11] >= 0))
-                            and _crc32c(memoryview(data)[21:]) == h[4]):
-                        return self._append_one(data, h, n, leader_epoch, now_ms)
+                # and checked exactly as validate_batches would; any doubt falls through to
+                # the general path, which raises the precise error.
+                h = _one_valid_batch(data, self._max_batch)
+                if h is not None:
+                    return self._append_one(data, h, h[1] + 12, leader_epoch, now_ms)
             now = _now_ms() if now_ms is None else now_ms
-            iov, metas, size, max_ts, records, append_time, info = self._prepare(
+            iov, metas, size, max_ts, records, append_time, info, stamps = self._prepare(
                 data, leader_epoch, assign_offsets, self._leo, now, 0)
-            self._write(iov, metas, size, max_ts, now)
+            self._write(iov, metas, size, max_ts, now, stamps)
             result = AppendResult(metas[0][2], metas[-1][3], max_ts, append_time, records, size)
             self._after_append(result, info, leader_epoch)
             return result
@@ -354,8 +367,27 @@ class Log:
             done: list[tuple[AppendResult, BatchesInfo | None, int]] = []
             iov: list[Buffer] = []
             metas: list[BatchMeta] = []
+            stamps: list[Stamp] = []
             nxt, size, max_ts = self._leo, 0, -1
+            fast = assign_offsets and self._one_batch_fast and not (
+                self.hooks.before_append or self.hooks.on_append)
             for data, epoch in items:
+                h = _one_valid_batch(data, self._max_batch) if fast else None
+                if h is not None:  # one batch, checked as append's fast path checks it
+                    n = h[1] + 12
+                    last = nxt + h[6]
+                    ts = h[8] if h[8] > -1 else -1
+                    iov.append(data)
+                    metas.append((size, n, nxt, last, h[8]))
+                    stamps.append((size, nxt, n - 12, epoch))
+                    res = _new_tuple(AppendResult, (nxt, last, ts, -1, h[12], n))
+                    nxt = last + 1
+                    size += n
+                    if ts > max_ts:
+                        max_ts = ts
+                    out.append(res)
+                    done.append((res, None, epoch))
+                    continue
                 try:
                     p = _Prepared(*self._prepare(data, epoch, assign_offsets, nxt, now, size))
                 except StorageError as exc:
@@ -363,6 +395,7 @@ class Log:
                     continue
                 iov += p.iov
                 metas += p.metas
+                stamps += p.stamps
                 nxt = p.metas[-1][3] + 1
                 size += p.size
                 max_ts = max(max_ts, p.max_ts)
@@ -371,14 +404,14 @@ class Log:
                 out.append(res)
                 done.append((res, p.info, epoch))
             if metas:
-                self._write(iov, metas, size, max_ts, now)
+                self._write(iov, metas, size, max_ts, now, stamps)
                 for res, info, epoch in done:
                     self._after_append(res, info, epoch)
             return out
 
     def _prepare(self, data: Buffer, leader_epoch: int, assign_offsets: bool, nxt: int,
                  now: int, at: int) -> tuple[list[Buffer], list[BatchMeta], int, int, int, int,
-                                             BatchesInfo | None]:
+                                             BatchesInfo | None, list[Stamp]]:
         """Validate `data` and lay out what to write for offsets from `nxt`, `at` bytes into
         the coming write. Raises the StorageError that refuses it; writes nothing."""
         cfg = self.config
@@ -395,13 +428,12 @@ class Log:
                 check(info, data)
         mv = data if isinstance(data, memoryview) else memoryview(data)
         append_time = now if cfg.log_append_time and assign_offsets else -1
-        iov: list[Buffer] = []
         metas: list[BatchMeta] = []
+        stamps: list[Stamp] = []  # headers the segment stamps as it writes them
         max_ts, records = -1, 0
         copy: bytearray | None = None
-        if append_time >= 0 or (assign_offsets and len(scanned) > _MAX_SPLIT_BATCHES):
+        if append_time >= 0:
             copy = bytearray(mv)  # LogAppendTime rewrites CRC-covered fields: a private copy
-            iov.append(copy)
         for pos, size, hbase, delta, ts, count in scanned:
             if assign_offsets:
                 base = nxt
@@ -411,8 +443,7 @@ class Log:
                         stamp_log_append_time(copy, pos, size, append_time)
                         ts = append_time
                 else:
-                    iov.append(_STAMPED_PREFIX.pack(base, size - 12, leader_epoch))
-                    iov.append(mv[pos + 16:pos + size])
+                    stamps.append((at + pos, base, size - 12, leader_epoch))
             else:
                 base = hbase
                 if base < nxt:
@@ -424,12 +455,11 @@ class Log:
                 max_ts = ts
             records += count
             nxt = last + 1
-        if not assign_offsets:
-            iov.append(mv)
-        return iov, metas, len(mv), max_ts, records, append_time, info
+        iov: list[Buffer] = [mv if copy is None else copy]
+        return iov, metas, len(mv), max_ts, records, append_time, info, stamps
 
     def _write(self, iov: list[Buffer], metas: list[BatchMeta], size: int, max_ts: int,
-               now: int) -> None:
+               now: int, stamps: list[Stamp]) -> None:
         cfg = self.config
         seg = self._segments[-1]
         first_base, last_offset = metas[0][2], metas[-1][3]
@@ -439,7 +469,7 @@ class Log:
                           > cfg.segment_ms - cfg.segment_jitter_ms)) \
                 or last_offset - seg.base_offset > MAX_RELATIVE_OFFSET:
             seg = self._roll_at(first_base)
-        seg.append(iov[0] if len(iov) == 1 else iov, metas, size)
+        seg.append(iov[0] if len(iov) == 1 else iov, metas, size, stamps)
         self._leo = last_offset + 1
 
     def _after_append(self, result: AppendResult, info: BatchesInfo | None,

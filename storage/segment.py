@@ -57,6 +57,8 @@ SWAP = ".swap"
 
 # (position in the appended buffer, size, base offset, last offset, max timestamp)
 BatchMeta = tuple[int, int, int, int, int]
+# (position in the appended buffer, base offset, batchLength, leader epoch) to stamp
+Stamp = tuple[int, int, int, int]
 Buffer = bytes | bytearray | memoryview
 
 
@@ -472,11 +474,14 @@ class Segment:
         return idx.entries >= idx.max_entries or tix.entries >= tix.max_entries - 1
 
     def append(self, data: bytes | bytearray | memoryview | Sequence[Buffer],
-               batches: Sequence[BatchMeta], size: int | None = None) -> None:
-        """Write whole batches (already stamped) at the end of the file and index them; `data`
-        is one buffer or a list of buffers written back to back (one pwritev). Batch positions
-        in `batches` are relative to the start of the write. On ENOSPC nothing is written (or
-        the file is cut back) and DiskFullError raised: the segment is unchanged."""
+               batches: Sequence[BatchMeta], size: int | None = None,
+               stamps: Sequence[Stamp] = ()) -> None:
+        """Write whole batches at the end of the file and index them; `data` is one buffer or
+        a list of buffers written back to back. Batch positions in `batches` and `stamps`
+        are relative to the start of the write; each stamp's header fields (base offset,
+        length, leader epoch) are written over the copy, never into the caller's buffers. On
+        ENOSPC nothing is written (or the file is cut back) and DiskFullError raised: the
+        segment is unchanged."""
         assert self.active and self.index is not None and self.time_index is not None
         # index blocks first: a full disk must refuse the append before any byte is written
         self.index.reserve(len(batches))
@@ -495,7 +500,15 @@ class Segment:
                 end = pos + len(b)
                 mv[pos:end] = b
                 pos = end
+            pack = _STAMP.pack_into
+            for at, base, length, epoch in stamps:
+                pack(mv, start + at, base, length, epoch)
         else:
+            if stamps:  # positional writes (no mapping): stamp a private copy
+                buf = bytearray(b"".join(data))
+                for at, base, length, epoch in stamps:
+                    _STAMP.pack_into(buf, at, base, length, epoch)
+                data = [buf]
             self._pwrite(data, n, start)
         self.size = start + n
         interval = self.index_interval_bytes
@@ -535,10 +548,9 @@ class Segment:
             if (tix.entries + 2) * 12 > tix._allocated:
                 tix.reserve(2)
         if not self._writing:
-            self.append(data if leader_epoch < 0 else
-                        [_STAMP.pack(base_offset, n - LOG_OVERHEAD, leader_epoch),
-                         memoryview(data)[16:]],
-                        [(0, n, base_offset, last_offset, max_ts)], n)
+            self.append(data, [(0, n, base_offset, last_offset, max_ts)], n,
+                        () if leader_epoch < 0 else
+                        ((0, base_offset, n - LOG_OVERHEAD, leader_epoch),))
             return
         if end > self._reserved:
             self._reserve(end)

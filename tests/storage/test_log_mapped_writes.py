@@ -101,3 +101,27 @@ def test_truncation_under_live_slices_never_faults(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, (proc.returncode, proc.stderr[-3000:])
     assert proc.stdout.strip() == "ok"
+
+
+def test_segment_stamps_headers_in_both_write_modes_never_in_the_callers_buffer(tmp_path):
+    from qnode.storage.record_batch import read_header
+    from qnode.storage.segment import Segment
+
+    a, b = make_batch(3), make_batch(4)
+    data = [a, memoryview(b)]
+    metas = [(0, len(a), 100, 102, 1000), (len(a), len(b), 103, 106, 1000)]
+    stamps = [(0, 100, len(a) - 12, 9), (len(a), 103, len(b) - 12, 9)]
+    for capacity in (0, 1 << 20):  # positional writes, then the write mapping
+        d = tmp_path / f"cap{capacity}"
+        d.mkdir()
+        seg = Segment.create(str(d), 100, index_interval_bytes=4096, index_max_bytes=4096,
+                             capacity=capacity)
+        seg.append(data, metas, len(a) + len(b), stamps)
+        stored = bytes(seg.view(0, seg.size))
+        h1, h2 = read_header(stored, 0), read_header(stored, len(a))
+        assert (h1.base_offset, h1.leader_epoch, h2.base_offset, h2.leader_epoch) == \
+            (100, 9, 103, 9)
+        assert stored[16:len(a)] == a[16:] and stored[len(a) + 16:] == b[16:]
+        assert read_header(a, 0).base_offset == 0 and read_header(b, 0).leader_epoch == -1
+        assert seg.next_offset == 107
+        seg.close()
