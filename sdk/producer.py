@@ -188,6 +188,31 @@ class Producer:
                 if wake:  # outside the lock: the woken sender's first step is to take it
                     self._acc.wake()
                 return RecordFuture(batch.result, od, timestamp_ms)
+        elif partition is None and headers is None and key.__class__ is bytes \
+                and value.__class__ is bytes:
+            # A keyed record for its partition's open batch (with many partitions, most
+            # records of a keyed producer): no checks that the open batch already passed.
+            n = self._metadata.partition_counts.get(topic)
+            rs = len(value) + len(key) + _RECORD_OVERHEAD  # type: ignore[arg-type]
+            if n and rs + 61 <= self.max_request_size:
+                with self._lock:
+                    batch = self._acc.open.get((topic, partition_for_key(key, n)))
+                    if batch is not None and batch.count and batch.size + rs <= batch.cap \
+                            and timestamp_ms >= batch.base_ts:
+                        od = batch.count
+                        batch.parts.append(encode_record(od, timestamp_ms - batch.base_ts,
+                                                         key, value))  # type: ignore[arg-type]
+                        batch.count = od + 1
+                        batch.size += rs
+                        if timestamp_ms > batch.max_ts:
+                            batch.max_ts = timestamp_ms
+                        wake = self._linger_zero and self._acc.sender_waiting
+                    else:
+                        batch = None
+                if batch is not None:
+                    if wake:
+                        self._acc.wake()
+                    return RecordFuture(batch.result, od, timestamp_ms)
         return self._send_slow(topic, value, key, partition, headers, timestamp_ms)
 
     def _send_slow(self, topic: str, value: Any, key: Any, partition: int | None,
@@ -232,8 +257,12 @@ class Producer:
             else:
                 batch = acc.open.get((topic, partition))
                 if batch is None or not self._fits(batch, rs):
+                    # news when a batch was sealed, or when the new one is the only one
+                    # lingering (else the sender already waits for an earlier deadline):
+                    # with many partitions a new batch opens every few records
+                    news = news or batch is not None
                     batch = acc.new_batch(topic, partition, rs + 61)
-                    news = True
+                    news = news or len(acc.lingering) == 1
             assert not batch.sealed
             od = batch.count
             if od == 0:
