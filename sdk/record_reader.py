@@ -349,9 +349,8 @@ class BatchDecoder:
         view = memoryview(data)[pos:stop]
         if tb == 1:
             table = self.ts_table
-            if table is None:
-                base_ts = self.base_ts
-                table = self.ts_table = [base_ts + d for d in UNZIGZAG_1]
+            if table is None:  # every timestamp a one-byte delta can give, shared ints
+                table = self.ts_table = list(map(add, repeat(self.base_ts), UNZIGZAG_1))
             stamps = map(table.__getitem__, data[pos + ts_at:stop:rec])
         else:  # the two raw bytes little-endian index the UNZIGZAG_2 table
             stamps = map(add, repeat(self.base_ts), map(
