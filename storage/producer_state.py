@@ -412,13 +412,15 @@ def attach(log: Log, producer_id_expiration_ms: int = 86_400_000,
     psm.last_load = psm.load(log.log_start_offset, log.log_end_offset)
     replay(psm, log)
     active_base = [log.active_segment.base_offset]
+    generation = [log.segment_generation]  # cheap to compare on every append
 
     def on_append(result: AppendResult, info: BatchesInfo, leader_epoch: int) -> None:
-        first, last = info.batches[0], info.batches[-1]
+        batches = info.batches
+        first, last = batches[0], batches[-1]
         own_offsets = first.base_offset == result.base_offset and \
-            last.last_offset == result.last_offset
+            last.base_offset + last.last_offset_delta == result.last_offset
         offset = result.base_offset
-        for h in info.batches:
+        for h in batches:
             base = h.base_offset if own_offsets else offset
             offset = base + h.last_offset_delta + 1
             if h.producer_id < 0:
@@ -431,9 +433,13 @@ def attach(log: Log, producer_id_expiration_ms: int = 86_400_000,
             psm.update(BatchMeta(h.producer_id, h.producer_epoch, h.base_sequence, base,
                                  offset - 1, h.max_timestamp, h.is_transactional, control,
                                  coordinator_epoch))
-        psm.map_end_offset = max(psm.map_end_offset, result.last_offset + 1)
-        if log.active_segment.base_offset != active_base[0]:
-            active_base[0] = log.active_segment.base_offset
+        if result.last_offset >= psm.map_end_offset:
+            psm.map_end_offset = result.last_offset + 1
+        if log.segment_generation != generation[0]:  # a roll (or a truncation) since
+            generation[0] = log.segment_generation
+            if log.active_segment_base == active_base[0]:
+                return
+            active_base[0] = log.active_segment_base
             psm.remove_expired_producers(time.time_ns() // 1_000_000)
             try:
                 psm.take_snapshot()
