@@ -179,12 +179,15 @@ class Verdict:
     worst_process: str
     worst_growth: int
     restarted: list[str] = field(default_factory=list)
+    file_growth: int = 0  # file-backed PSS (mapped segments: page cache), same span
+    rss_growth: int = 0
 
     def line(self) -> str:
         return (f"verdict: anonymous memory of all node processes grew "
                 f"{self.anon_growth / MiB:+.1f} MiB from {self.from_backlog / GiB:.2f} GiB to "
                 f"{self.to_backlog / GiB:.2f} GiB of backlog (most: {self.worst_process} "
-                f"{self.worst_growth / MiB:+.1f} MiB)"
+                f"{self.worst_growth / MiB:+.1f} MiB); file-backed PSS (page cache of mapped "
+                f"segments) {self.file_growth / MiB:+.1f} MiB, RSS {self.rss_growth / MiB:+.1f} MiB"
                 + (f"; restarted during the run: {', '.join(self.restarted)}"
                    if self.restarted else ""))
 
@@ -204,7 +207,9 @@ def verdict(rows: list[Row], start_at: int = GiB) -> Verdict:
             worst, worst_growth = name, s.anon - before.anon
     restarted = sorted(n for n, pid in last.pids.items() if first.pids.get(n, pid) != pid)
     return Verdict(last.total("anon") - first.total("anon"), first.backlog, last.backlog,
-                   worst, worst_growth, restarted)
+                   worst, worst_growth, restarted,
+                   last.total("pss_file") - first.total("pss_file"),
+                   last.total("rss") - first.total("rss"))
 
 
 def read_verdict(rows: list[Row]) -> str:
