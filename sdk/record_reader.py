@@ -283,7 +283,7 @@ class BatchDecoder:
         return True
 
     def _run(self, tpl: int, pos: int, n: int, rec: int, ts_at: int, od_at: int, key_at: int,
-             value_at: int, od: int, kl: int, vl: int) -> int:
+             vlen_at: int, od: int, kl: int, vl: int) -> int:
         """Append the records from `pos` on that share the layout of the record at `tpl`.
 
         Positions ending in `_at` are relative to a record's start; at most `n` records of
@@ -293,8 +293,7 @@ class BatchDecoder:
         stop = pos + n * rec
         m = n
         # Bytes every record of the run shares with the template: length, key and value
-        # lengths, the header count (0).
-        vlen_at = value_at  # where the value length is (past the key)
+        # lengths (the value's is at `vlen_at`, past the key), the header count (0).
         const = [*range(ts_at - 1), *range(key_at, key_at + _varint_width(data, tpl + key_at)),
                  *range(vlen_at, vlen_at + _varint_width(data, tpl + vlen_at)), rec - 1]
         for off in const:
