@@ -295,6 +295,8 @@ class Segment:
                 _allocate_file(self._fd, start, target)
             except DiskFullError as exc:
                 raise DiskFullError(f"disk full appending to {self.log_path}: {exc}") from exc
+        # No MADV_POPULATE_WRITE of the chunk: measured, it saves nothing over the page
+        # faults of the copies (the kernel maps large folios) and it dirties reserved zeros.
         self._reserved = target
 
     def _trim_file(self) -> None:
