@@ -122,6 +122,9 @@ class _Prepared:
 
 
 _READABLE_CODECS = (0, 1, 3, 4)  # none, gzip, lz4, zstd
+# A read of the active segment up to this size is a consumer following the tail: its pages
+# are in memory, a read-ahead hint would only cost a syscall.
+_TAIL_READ = 64 * 1024
 _new_tuple = tuple.__new__
 _MIN_RECORD_SIZE = 7
 
@@ -535,7 +538,7 @@ class Log:
                 pos = 0
             end = seg.read_end(pos, pos + max_bytes - total, limit, min_one_batch and not total)
             if end > pos:
-                if not seg.active:  # a cold read; the active segment's pages are hot
+                if not seg.active or end - pos > _TAIL_READ:  # not a hot read at the tail
                     seg.advise_sequential(pos, end)
                 slices.append(seg.view(pos, end))
                 total += end - pos

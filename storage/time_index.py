@@ -27,7 +27,14 @@ class TimeIndex(MappedIndex):
         last = self._last if self._last is not None else self.last()
         if last is not None and (timestamp <= last[0] or rel <= last[1]):
             return
-        self._put(timestamp, rel)
+        entries = self.entries
+        if not self.writable or entries >= self.max_entries or \
+                (entries + 1) * 12 > self._allocated:
+            self._put(timestamp, rel)  # raises the precise error, or allocates more
+            return
+        _TIME_ENTRY.pack_into(self._mm, entries * 12, timestamp, rel)  # type: ignore[arg-type]
+        self.entries = entries + 1
+        self._last = (timestamp, rel)
 
     def lookup(self, timestamp: int) -> tuple[int, int]:
         """(timestamp, offset) of the last entry with timestamp <= `timestamp`, else (-1, base)."""
