@@ -328,8 +328,9 @@ class Log:
         if hooks.before_append or hooks.on_append:
             # the hooks get the batch header as validate_batches would have built it
             hdr = _new_tuple(BatchHeader, (0, n, h[0]) + h[2:])
-            info = BatchesInfo([hdr], n, h[12], h[6] + 1, max_ts if max_ts > -1 else -1,
-                               0 if max_ts > -1 else -1)
+            info = _new_tuple(BatchesInfo, ([hdr], n, h[12], h[6] + 1,
+                                            max_ts if max_ts > -1 else -1,
+                                            0 if max_ts > -1 else -1))
             for check in hooks.before_append:
                 check(info, data)
         seg = self._segments[-1]

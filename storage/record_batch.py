@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from crc32c import crc32c
@@ -147,12 +146,11 @@ class BatchHeader(NamedTuple):
 _new_header = tuple.__new__
 
 
-@dataclass(slots=True)
-class BatchesInfo:
-    """What `validate_batches` learned about a buffer of whole batches. Not frozen: the
-    append path builds one per call for the log's hooks, and a frozen init costs more."""
+class BatchesInfo(NamedTuple):
+    """What `validate_batches` learned about a buffer of whole batches. A named tuple: the
+    append path builds one per call for the log's hooks."""
 
-    batches: list[BatchHeader] = field(default_factory=list)
+    batches: list[BatchHeader]
     size: int = 0  # bytes walked (the whole buffer)
     record_count: int = 0  # sum of records counts
     offset_count: int = 0  # sum of lastOffsetDelta + 1: offsets the buffer needs
