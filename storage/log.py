@@ -2,7 +2,10 @@
 
 `append` validates whole batches (length, magic, CRC-32C, counts), assigns offsets by stamping
 base offset and leader epoch in the batch headers (followers keep the leader's offsets, which
-must not go backwards), rolls the active segment when needed and writes the bytes in one call.
+must not go backwards), rolls the active segment when needed and copies the bytes into the
+active segment's mapping (stamped there, never in the caller's buffer). The common produce,
+one batch per call, takes a fast path: one header unpack, the exact checks of
+`validate_batches`, no per-batch objects unless hooks want them.
 `read` returns zero-copy memoryview slices of whole batches. Offset lookup: binary search over
 segment base offsets, then the segment's sparse index, then a short header walk.
 
@@ -294,11 +297,12 @@ class Log:
     # ------------------------------------------------------------------ append
     def append(self, data: Buffer, leader_epoch: int, assign_offsets: bool = True,
                *, now_ms: int | None = None) -> AppendResult:
-        """Validate, stamp and append whole batches in one write. Leader (assign_offsets=True):
-        offsets from the log end, `leader_epoch` stamped. Follower: the batches' own offsets,
-        which must start at or after the log end. Nothing is written unless every batch is
-        valid. The caller's buffer is never modified (stamped headers go out as separate
-        pieces of one pwritev)."""
+        """Validate, stamp and append whole batches. Leader (assign_offsets=True): offsets from
+        the log end, `leader_epoch` stamped. Follower: the batches' own offsets, which must
+        start at or after the log end. Nothing is written unless every batch is valid, and
+        nothing when the disk is full (DiskFullError). The caller's buffer is never modified
+        (headers are stamped on the copy in the segment). Once this returns, the batches are
+        in the page cache: they survive kill -9 of the process."""
         with self._lock:
             if self._closed:
                 raise LogClosedError(f"log {self.directory} is closed")
@@ -360,9 +364,10 @@ class Log:
 
     def append_many(self, items: Sequence[tuple[Buffer, int]], assign_offsets: bool = True,
                     *, now_ms: int | None = None) -> list[AppendResult | StorageError]:
-        """Group commit: append several requests' data, each (data, leader_epoch), with ONE
-        write. Each item gets its AppendResult, or the StorageError that refused it alone (a
-        bad item does not fail the others). A disk error fails the whole group, unwritten."""
+        """Group commit: append several requests' data, each (data, leader_epoch), as ONE
+        write (one space reservation, copied back to back). Each item gets its AppendResult,
+        or the StorageError that refused it alone (a bad item does not fail the others). A
+        disk error fails the whole group, unwritten."""
         with self._lock:
             if self._closed:
                 raise LogClosedError(f"log {self.directory} is closed")
