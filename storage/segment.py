@@ -42,6 +42,11 @@ MAX_RELATIVE_OFFSET = 0xFFFFFFFF
 _MADV_POPULATE_READ = 22  # <linux/mman.h>; not exported by the mmap module of Python 3.11
 RESERVE_MIN = 64 * 1024  # blocks allocated ahead of the active segment's data: at least,
 RESERVE_MAX = 4 << 20  # at most, and in between as much as the segment already holds
+FOLIO_ALIGN = 2 << 20  # reservations end on this boundary (the largest page-cache folio)
+# From this position on, an active segment asks for 2 MiB page-cache folios (MADV_HUGEPAGE):
+# a quarter fewer CPU cycles per byte copied in (one fault and one zero-fill per 2 MiB), and
+# a quiet partition whose segments stay small never pins 2 MiB of page cache.
+HUGE_FROM = 4 << 20
 MAP_STEP = 64 << 20  # write mappings longer than this are a whole number of steps
 _STAMP = struct.Struct(">qii")  # baseOffset, batchLength, partitionLeaderEpoch
 _ZERO_CHUNK = 1 << 20
@@ -273,31 +278,37 @@ class Segment:
         self._mm = mm
         self._exposed = 0
         self._mapped = cap
+        if cap > HUGE_FROM:
+            try:  # 2 MiB page-cache folios past the first MiBs: a fault per 2 MiB copied
+                mm.madvise(mmap.MADV_HUGEPAGE, HUGE_FROM, cap - HUGE_FROM)
+            except (OSError, ValueError, AttributeError):
+                pass
         self._cap = cap
         self._reserved = file_size
         self._writing = True
 
-    def _reserve(self, end: int) -> None:
-        """Make file bytes [reserved, end) real blocks before anything is stored there: a
-        chunk ahead of `end` when the disk has room, else just what is needed; DiskFullError
-        when not even that fits (nothing is stored, the segment is unchanged)."""
+    def _reserve(self, end: int) -> bool:
+        """Put real blocks under the file up to past `end`, before anything is stored there
+        through the mapping. False when the disk has no room for that: the caller then
+        writes with pwrite, which says ENOSPC where a store into the mapping would SIGBUS.
+
+        The reserved end is a multiple of FOLIO_ALIGN: the first store into a page-cache
+        folio (large folios; 2 MiB ones past HUGE_FROM) reserves blocks for the whole folio,
+        so no folio the copies touch may reach past what fallocate made real."""
         if end > self._cap:  # an append past the mapping: a longer mapping (rare)
             self.capacity = max(self.capacity, end)
             self._map_for_write(self._reserved)
         start = self._reserved
         ahead = min(RESERVE_MAX, max(RESERVE_MIN, self.size))
-        target = min(-(-(end + ahead) // mmap.PAGESIZE) * mmap.PAGESIZE, self._cap)
+        target = min(-(-(end + ahead) // FOLIO_ALIGN) * FOLIO_ALIGN, self._cap)
         try:
             _allocate_file(self._fd, start, target)
         except DiskFullError:
-            target = end
-            try:
-                _allocate_file(self._fd, start, target)
-            except DiskFullError as exc:
-                raise DiskFullError(f"disk full appending to {self.log_path}: {exc}") from exc
+            return False
         # No MADV_POPULATE_WRITE of the chunk: measured, it saves nothing over the page
-        # faults of the copies (the kernel maps large folios) and it dirties reserved zeros.
+        # faults of the copies and it dirties reserved zeros.
         self._reserved = target
+        return True
 
     def _trim_file(self) -> None:
         """Cut the file to its data (the reserved zero tail goes), but never under a mapping
@@ -492,9 +503,7 @@ class Segment:
         if isinstance(data, (bytes, bytearray, memoryview)):
             data = [data]
         n = sum(len(b) for b in data) if size is None else size
-        if self._writing:
-            if start + n > self._reserved:
-                self._reserve(start + n)
+        if self._writing and (start + n <= self._reserved or self._reserve(start + n)):
             mv = self._mv
             assert mv is not None
             pos = start
@@ -554,8 +563,11 @@ class Segment:
                         () if leader_epoch < 0 else
                         ((0, base_offset, n - LOG_OVERHEAD, leader_epoch),))
             return
-        if end > self._reserved:
-            self._reserve(end)
+        if end > self._reserved and not self._reserve(end):
+            self.append(data, [(0, n, base_offset, last_offset, max_ts)], n,
+                        () if leader_epoch < 0 else
+                        ((0, base_offset, n - LOG_OVERHEAD, leader_epoch),))
+            return  # a disk too full for a reservation: pwrite says ENOSPC cleanly
         self._mv[start:end] = data  # type: ignore[index]
         if leader_epoch >= 0:
             _STAMP.pack_into(self._mm, start, base_offset, n - LOG_OVERHEAD,  # type: ignore
@@ -575,6 +587,7 @@ class Segment:
             self.first_batch_ts = max_ts
 
     def _pwrite(self, data: Sequence[Buffer], n: int, start: int) -> None:
+        done = 0
         try:
             if len(data) == 1:
                 mv = memoryview(data[0])
@@ -589,7 +602,10 @@ class Segment:
                 done += os.pwrite(self._fd, mv[done:], start + done)
         except OSError as exc:
             try:
-                os.ftruncate(self._fd, start)
+                if self._writing:  # the file stays as long as its mapping: zero, not cut
+                    self._zero_range(start, start + done)
+                else:
+                    os.ftruncate(self._fd, start)
             except OSError:
                 pass
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
