@@ -46,6 +46,7 @@ DEFAULT_TOPIC = "bench-prebuilt"
 # client or the worker waits for the CPU on a shared box (a descheduled client drains 16
 # requests' worth of work in ~3 ms), not what the broker path costs.
 DEFAULT_INFLIGHT = 64
+STALL_MS = 10_000  # no progress for this long (a send blocked, no answer): the bench fails
 Progress = Callable[[int, int], None]  # (bytes acknowledged so far, batches so far)
 
 
@@ -239,6 +240,7 @@ def _produce_loop(
             s.setsockopt(zmq.LINGER, 0)
             s.setsockopt(zmq.SNDHWM, 0)
             s.setsockopt(zmq.RCVHWM, 0)
+            s.setsockopt(zmq.SNDTIMEO, STALL_MS)  # a send that cannot proceed is an error
             s.connect(ep)
             socks[ep] = s
         targets.append((socks[ep], _produce_body(topic, parts, acks), [batch] * len(parts)))
@@ -260,7 +262,10 @@ def _produce_loop(
         while sending and pending < inflight:
             sock, body, data = next(rr)
             corr += 1
-            send_frames(sock, [header(ApiKey.PRODUCE, 0, corr, "bench"), body, *data])
+            try:
+                send_frames(sock, [header(ApiKey.PRODUCE, 0, corr, "bench"), body, *data])
+            except zmq.Again:
+                raise BenchError(f"a produce request could not be sent for {STALL_MS} ms") from None
             out[sock].append(len(data))
             pending += 1
         got = 0
@@ -276,7 +281,7 @@ def _produce_loop(
                 got += 1
                 acked += n
         if not got:
-            if not poller.poll(10_000):
+            if not poller.poll(STALL_MS):
                 raise BenchError("the node stopped answering produce requests")
             continue
         pending -= got
@@ -326,6 +331,7 @@ class RawPushPull:
         )
         self.push = self.ctx.socket(zmq.PUSH)
         self.push.setsockopt(zmq.SNDHWM, 1000)
+        self.push.setsockopt(zmq.SNDTIMEO, STALL_MS)
         self.push.connect(f"tcp://127.0.0.1:{int(self.proc.stdout.readline())}")
 
     def run(self, frames: list[bytes], seconds: float) -> tuple[int, float]:
@@ -334,10 +340,13 @@ class RawPushPull:
         stop_at = start + seconds
         sent = 0
         while sent % 256 or time.monotonic() < stop_at:
-            send_frames(self.push, frames)  # the broker bench's client sends the same way
+            try:
+                send_frames(self.push, frames)  # the broker bench's client sends the same way
+            except zmq.Again:
+                raise BenchError(f"raw PUSH blocked for {STALL_MS} ms") from None
             sent += 1
         self.push.send(b"end")
-        if not self.back.poll(120_000):
+        if not self.back.poll(3 * STALL_MS):
             raise BenchError("raw PULL receiver did not finish")
         received = int(self.back.recv())
         return received, time.monotonic() - start

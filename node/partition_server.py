@@ -94,6 +94,7 @@ class PartitionServer:
         of them go to its log in one group write (`Log.append_many`), in request order."""
         out = []
         groups: dict[PartitionKey, list[tuple[Any, dict[str, Any]]]] = {}
+        served = self.replicas.replicas.get  # the common case, without a lookup call
         for body, data in requests:
             nframes = len(data)
             acks = body["acks"]
@@ -112,11 +113,14 @@ class PartitionServer:
                 parts_out = []
                 for p in t["partitions"]:
                     pid = p["partition"]
-                    r = self._lookup(name, pid)
-                    if type(r) is dict:
-                        r.update(_NO_APPEND)
-                        parts_out.append(r)
-                        continue
+                    key = (name, pid)
+                    r = served(key)
+                    if r is None or not r.is_leader:
+                        r = self._lookup(name, pid)  # the error entry saying why
+                        if type(r) is dict:
+                            r.update(_NO_APPEND)
+                            parts_out.append(r)
+                            continue
                     if acks == -1 and r.isr_size < r.log.config.min_insync_replicas:
                         msg = (
                             f"{name}-{pid} has {r.isr_size} in-sync replica(s), "
@@ -134,7 +138,6 @@ class PartitionServer:
                     entry = {"partition": pid}
                     parts_out.append(entry)
                     buf = _frame_buffer(data[k])
-                    key = (name, pid)
                     if _may_be_idempotent(buf):
                         # checked against the producer state, which must include every
                         # earlier batch: write what is queued for the partition first
@@ -197,13 +200,11 @@ class PartitionServer:
                 log_append_time=-1,
                 log_start_offset=lg.log_start_offset,
             )
-        else:
-            entry.update(
-                error=0,
-                base_offset=res.base_offset,
-                log_append_time=res.log_append_time,
-                log_start_offset=lg.log_start_offset,
-            )
+        else:  # the hot path: plain stores, no keyword dict
+            entry["error"] = 0
+            entry["base_offset"] = res.base_offset
+            entry["log_append_time"] = res.log_append_time
+            entry["log_start_offset"] = lg.log_start_offset
 
     # -- fetch -----------------------------------------------------------------------------
 
