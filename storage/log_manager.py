@@ -267,8 +267,12 @@ class LogManager:
             doomed = f"{path}.{uuid.uuid4().hex}{DELETED_DIR_SUFFIX}"
             os.rename(path, doomed)
             fsync_dir(self.data_dir)
-            self.checkpoint()
+            # Remove before checkpointing: on a full disk the checkpoint write fails with
+            # ENOSPC, and deleting the partition is what gives the space back. A crash in
+            # between is harmless: open() removes `.deleted` leftovers and ignores
+            # checkpoint entries of partitions without a directory.
             shutil.rmtree(doomed, ignore_errors=True)
+            self.checkpoint()
             return True
 
     def _remove_deleted_dirs(self) -> None:
