@@ -20,6 +20,7 @@ import os
 import struct
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -56,6 +57,10 @@ from qnode.storage.segment import (
     Stamp,
 )
 
+# Closed segments of one log that stay mapped between reads (the least recently mapped or
+# read beyond this are unmapped; a later read maps them again): reading back an old backlog
+# keeps a few segments mapped, not all of them.
+DEFAULT_MAPPED_SEGMENTS = 2
 EARLIEST_TIMESTAMP = -2
 LATEST_TIMESTAMP = -1
 
@@ -202,8 +207,16 @@ class Log:
     """One partition replica's log in `directory` (`<data_dir>/<topic>-<partition>`)."""
 
     def __init__(self, directory: str, config: LogConfig, segments: list[Segment],
-                 report: RecoveryReport, log_start_offset: int, high_watermark: int) -> None:
+                 report: RecoveryReport, log_start_offset: int, high_watermark: int,
+                 mapped_segments: int = DEFAULT_MAPPED_SEGMENTS) -> None:
         self.directory = directory
+        # closed segments holding a read mapping, least recently used first
+        self.mapped_segments = max(1, mapped_segments)
+        self._mapped: OrderedDict[int, Segment] = OrderedDict()
+        self._mapped_lock = threading.Lock()
+        for seg in segments:
+            seg.on_map = self._on_map
+            seg.unmap()  # opening read headers through mappings: reads map again on demand
         self.config = config
         self.recovery_report = report
         self._segments = segments
@@ -234,16 +247,19 @@ class Log:
     @classmethod
     def open(cls, path: str | os.PathLike[str], config: LogConfig | None = None,
              recovery_point: int | None = None, *, log_start_offset: int = 0,
-             high_watermark: int = 0) -> Log:
+             high_watermark: int = 0,
+             mapped_segments: int = DEFAULT_MAPPED_SEGMENTS) -> Log:
         """Open (creating if needed) the log in `path`, recovering past `recovery_point`
-        (None: the whole log unless it was closed cleanly). See `recovery_report`."""
+        (None: the whole log unless it was closed cleanly). See `recovery_report`.
+        `mapped_segments`: how many closed segments stay mapped between reads."""
         directory = os.fspath(path)
         config = config or LogConfig()
         segments, report = load_segments(directory, config, recovery_point)
         if not segments:
             segments = [_new_segment(directory, log_start_offset, config)]
             fsync_dir(directory)
-        return cls(directory, config, segments, report, log_start_offset, high_watermark)
+        return cls(directory, config, segments, report, log_start_offset, high_watermark,
+                   mapped_segments)
 
     # ------------------------------------------------------------------ state
     @property
@@ -289,6 +305,34 @@ class Log:
     def closed_segments(self) -> list[Segment]:
         """Every segment but the active one: what the cleaner and retention may act on."""
         return self._segments[:-1]
+
+    def _on_map(self, seg: Segment) -> None:
+        """A closed segment was mapped for a read: unmap the least recently used beyond
+        `mapped_segments` (their views in flight keep their mappings until sent)."""
+        evict: list[Segment] = []
+        with self._mapped_lock:
+            lru = self._mapped
+            lru[id(seg)] = seg
+            lru.move_to_end(id(seg))
+            while len(lru) > self.mapped_segments:
+                evict.append(lru.popitem(last=False)[1])
+        for old in evict:
+            if old is not seg:
+                old.unmap()
+
+    def _touch(self, seg: Segment) -> None:
+        with self._mapped_lock:
+            if id(seg) in self._mapped:
+                self._mapped.move_to_end(id(seg))
+
+    def _forget_mapped(self, seg: Segment) -> None:
+        with self._mapped_lock:
+            self._mapped.pop(id(seg), None)
+
+    @property
+    def mapped_segment_count(self) -> int:
+        """Segments (active one included) holding a mapping of their file now."""
+        return sum(1 for s in list(self._segments) if s.mapped)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -502,6 +546,7 @@ class Log:
     def _roll_at(self, base: int) -> Segment:
         old = self._segments[-1]
         new = _new_segment(self.directory, base, self.config)
+        new.on_map = self._on_map
         old.seal()
         self._segments.append(new)
         self._bases.append(base)
@@ -548,6 +593,8 @@ class Log:
                     seg.advise_sequential(pos, end)
                 slices.append(seg.view(pos, end))
                 total += end - pos
+                if not seg.active:
+                    self._touch(seg)
             if end < seg.size:
                 break  # stopped by max_bytes or max_offset
         return FetchData(slices, total, start, leo, self._hw)
@@ -596,9 +643,12 @@ class Log:
                 self._truncate_fully(min(offset, self._leo))
             else:
                 while len(self._segments) > 1 and self._segments[-1].base_offset >= offset:
-                    self._segments.pop().delete()
+                    gone = self._segments.pop()
+                    self._forget_mapped(gone)
+                    gone.delete()
                     self._bases.pop()
                 seg = self._segments[-1]
+                self._forget_mapped(seg)
                 seg.unseal()
                 seg.truncate_to(offset)
                 self._leo = seg.next_offset
@@ -609,6 +659,9 @@ class Log:
         for seg in self._segments:
             seg.delete()
         self._segments = [_new_segment(self.directory, start, self.config)]
+        self._segments[0].on_map = self._on_map
+        with self._mapped_lock:
+            self._mapped.clear()
         self._bases = [start]
         self._leo = start
         self._log_start = start
@@ -678,6 +731,7 @@ class Log:
     def _delete_oldest(self) -> None:
         seg = self._segments.pop(0)
         self._bases.pop(0)
+        self._forget_mapped(seg)
         self.segment_remover(seg)
 
     # ------------------------------------------------------------------ cleaner support
@@ -706,7 +760,11 @@ class Log:
                 seg.change_suffix(SWAP)
             fsync_dir(self.directory)
             for seg in old:
+                self._forget_mapped(seg)
                 self.segment_remover(seg)
+            for seg in new:
+                seg.on_map = self._on_map
+                seg.unmap()
             for seg in new:
                 seg.change_suffix("")
             fsync_dir(self.directory)

@@ -20,7 +20,7 @@ import mmap
 import os
 import struct
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import crc32c
@@ -48,6 +48,13 @@ FOLIO_ALIGN = 2 << 20  # reservations end on this boundary (the largest page-cac
 # a quiet partition whose segments stay small never pins 2 MiB of page cache.
 HUGE_FROM = 4 << 20
 MAP_STEP = 64 << 20  # write mappings longer than this are a whole number of steps
+# Mapped pages count in a process's RSS for as long as they stay mapped, page cache or not: a
+# segment keeps at most about this much of its mapping resident behind the active tail (or
+# around its readers) and drops the page-table entries of the rest (MADV_DONTNEED: on a
+# shared file mapping the pages, dirty or not, stay in the page cache; a later access
+# refaults them from there). Dropped every RELEASE_CHUNK bytes written or read.
+RESIDENT_WINDOW = 32 << 20
+RELEASE_CHUNK = 16 << 20
 _STAMP = struct.Struct(">qii")  # baseOffset, batchLength, partitionLeaderEpoch
 _ZERO_CHUNK = 1 << 20
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
@@ -163,6 +170,11 @@ class Segment:
         self._reserved = 0  # file bytes reserved (allocated) for the write mapping
         self._exposed = 0  # end of the furthest view handed out from the current mapping
         self._retired: list[tuple[mmap.mmap, int]] = []  # mappings views may still hold
+        self._released = 0  # the write mapping's pages below this are not kept mapped
+        self._release_at = RESIDENT_WINDOW + RELEASE_CHUNK  # write position of the next drop
+        self._viewed = 0  # bytes handed out in views since pages were last dropped
+        # called when a read mapping is made (the Log bounds how many stay mapped)
+        self.on_map: Callable[[Segment], None] | None = None
         # (position, size, base, last, max ts) of the last batch appended, for tail reads
         self._tail: tuple[int, int, int, int, int] | None = None
         try:
@@ -225,19 +237,28 @@ class Segment:
                 pass
 
     # ------------------------------------------------------------------ reading
-    def _remap(self) -> None:
+    def _remap(self) -> memoryview | None:
+        """The mapping reads go through (a new read-only one of [0, size) when the current
+        one is too short or gone); None when the segment is empty."""
         if self._writing:
-            return  # the write mapping covers every byte of the segment
+            return self._mv  # the write mapping covers every byte of the segment
         self._drop_mapping()
-        if self.size:
-            self._mm = mmap.mmap(self._fd, self.size, access=mmap.ACCESS_READ)
-            self._mv = memoryview(self._mm)
-            self._mapped = self.size
+        if not self.size:
+            return None
+        mm = mmap.mmap(self._fd, self.size, access=mmap.ACCESS_READ)
+        mv = memoryview(mm)
+        self._mm = mm
+        self._mv = mv
+        self._mapped = self.size
+        self._viewed = 0
+        if self.on_map is not None:
+            self.on_map(self)
+        return mv
 
     def _drop_mapping(self) -> None:
-        """Forget the current mapping; outstanding slices keep it alive until they go. One
-        that views may still hold past the data end is remembered: the file must not shrink
-        under it (`_trim_file`)."""
+        """Forget the current mapping; outstanding slices keep it alive until they go (the
+        last reference unmaps it). One that views may still hold past the data end is
+        remembered: the file must not shrink under it (`_trim_file`)."""
         if self._mm is not None and self._exposed > self.size:
             self._retired.append((self._mm, self._exposed))
         self._mv = None
@@ -245,17 +266,70 @@ class Segment:
         self._mapped = 0
         self._exposed = 0
 
+    def unmap(self) -> None:
+        """Drop the read mapping of a closed segment (the next read maps it again); a no-op
+        for the write mapping of the active segment."""
+        if not self._writing:
+            self._drop_mapping()
+
+    @property
+    def mapped(self) -> bool:
+        """Whether this segment holds a mapping of its file now."""
+        return self._mm is not None
+
+    def _release(self, start: int, end: int) -> None:
+        """Drop the page-table entries of [start, end) of the current mapping (rounded in to
+        pages): RSS goes down, the page cache keeps the pages (dirty ones stay dirty)."""
+        mm = self._mm
+        page = mmap.PAGESIZE
+        start = -(-start // page) * page
+        end = min(end, self._mapped)
+        end -= end % page
+        if mm is None or end <= start:
+            return
+        try:
+            mm.madvise(mmap.MADV_DONTNEED, start, end - start)
+        except (OSError, ValueError):
+            pass  # best effort: only memory accounting depends on it
+
+    def _release_behind(self, end: int) -> None:
+        """The tail moved RELEASE_CHUNK past the last drop: drop the write mapping's pages
+        more than RESIDENT_WINDOW behind it (whole 2 MiB folios, never a part of one)."""
+        limit = (end - RESIDENT_WINDOW) // FOLIO_ALIGN * FOLIO_ALIGN
+        if limit > self._released:
+            self._release(self._released, limit)
+            self._released = limit
+        self._release_at = limit + RESIDENT_WINDOW + RELEASE_CHUNK
+
+    def _release_around(self, start: int, end: int) -> None:
+        """Readers went through RELEASE_CHUNK bytes: keep [start, end) and (active segment)
+        the window behind the tail mapped, drop the rest; readers elsewhere refault from the
+        page cache."""
+        self._viewed = 0
+        low = start // FOLIO_ALIGN * FOLIO_ALIGN
+        if self._writing:
+            low = min(low, max(self.size - RESIDENT_WINDOW, 0) // FOLIO_ALIGN * FOLIO_ALIGN)
+            self._release(0, low)
+            self._released = max(self._released, low)
+        else:
+            self._release(0, low)
+            self._release(-(-end // FOLIO_ALIGN) * FOLIO_ALIGN, self._mapped)
+
     def view(self, start: int, end: int) -> memoryview:
         """Zero-copy slice [start, end) of the segment file."""
         assert 0 <= start <= end <= self.size, (start, end, self.size)
-        if end > self._mapped:
-            self._remap()
         if start == end:
             return memoryview(b"")
-        assert self._mv is not None
+        mv = self._mv  # read once: another thread may swap or drop the mapping
+        if mv is None or end > self._mapped:
+            mv = self._remap()
+        assert mv is not None
         if end > self._exposed:
             self._exposed = end
-        return self._mv[start:end]
+        self._viewed += end - start
+        if self._viewed >= RELEASE_CHUNK:
+            self._release_around(start, end)
+        return mv[start:end]
 
     # ------------------------------------------------------------------ the write mapping
     def _map_for_write(self, file_size: int) -> None:
@@ -286,6 +360,8 @@ class Segment:
         self._cap = cap
         self._reserved = file_size
         self._writing = True
+        self._released = 0
+        self._release_at = min(self._release_at, self.size + RESIDENT_WINDOW + RELEASE_CHUNK)
 
     def _reserve(self, end: int) -> bool:
         """Put real blocks under the file up to past `end`, before anything is stored there
@@ -373,10 +449,11 @@ class Segment:
 
     def header_at(self, pos: int) -> tuple[int, int, int, int, int, int, int, int, int]:
         """(base, length, leader epoch, magic, crc, attributes, last delta, base ts, max ts)."""
-        if pos + HEADER_PREFIX.size > self._mapped:
-            self._remap()
-        assert self._mv is not None
-        return HEADER_PREFIX.unpack_from(self._mv, pos)
+        mv = self._mv
+        if mv is None or pos + HEADER_PREFIX.size > self._mapped:
+            mv = self._remap()
+        assert mv is not None
+        return HEADER_PREFIX.unpack_from(mv, pos)
 
     def walk(self, start: int = 0, end: int | None = None
              ) -> Iterator[tuple[int, int, int, int, int]]:
@@ -384,9 +461,9 @@ class Segment:
         Stops at the first structurally impossible header (the caller decides what that means)."""
         end = self.size if end is None else end
         pos = start
-        if end > self._mapped:
-            self._remap()
         mv = self._mv
+        if mv is None or end > self._mapped:
+            mv = self._remap()
         unpack = HEADER_PREFIX.unpack_from
         while pos + BATCH_HEADER_SIZE <= end:
             base, length, _ple, magic, _crc, _attrs, delta, _bts, max_ts = unpack(mv, pos)
@@ -514,6 +591,8 @@ class Segment:
             pack = _STAMP.pack_into
             for at, base, length, epoch in stamps:
                 pack(mv, start + at, base, length, epoch)
+            if pos >= self._release_at:
+                self._release_behind(pos)
         else:
             if stamps:  # positional writes (no mapping): stamp a private copy
                 buf = bytearray(b"".join(data))
@@ -573,6 +652,8 @@ class Segment:
             _STAMP.pack_into(self._mm, start, base_offset, n - LOG_OVERHEAD,  # type: ignore
                              leader_epoch)
         self.size = end
+        if end >= self._release_at:
+            self._release_behind(end)
         if max_ts > self.max_timestamp:
             self.max_timestamp = max_ts
             self.offset_of_max_timestamp = base_offset
@@ -636,8 +717,11 @@ class Segment:
             self.time_index.trim()
             self.active = False
             if self._writing:
-                self._writing = False  # the mapping stays: it serves reads of [0, size)
+                self._writing = False
                 self._trim_file()
+                # Reads map [0, size) again when they come; views handed out keep this
+                # mapping alive until they go (the last reference unmaps it).
+                self._drop_mapping()
 
     def unseal(self) -> None:
         """Make a sealed segment writable again (after a truncation back into it)."""
@@ -716,8 +800,7 @@ class Segment:
             for _, _, base, _, max_ts in self.walk(ipos, start_pos):
                 if max_ts > self.max_timestamp:
                     self.max_timestamp, self.offset_of_max_timestamp = max_ts, base
-        self._remap()
-        mv = self._mv
+        mv = self._remap()
         end = self.size
         self._populate(start_pos, end)
         pos = start_pos
@@ -763,6 +846,10 @@ class Segment:
         truncated = 0
         if pos < end:
             truncated = self.truncate_at(pos, nxt)
+        if self._writing:  # the scan mapped the whole tail: keep only the window behind it
+            self._release_around(self.size, self.size)
+        else:
+            self._drop_mapping()  # a closed segment is mapped again when read
         self._next_offset = nxt if pos else self.base_offset
         return SegmentRecovery(batches, pos - start_pos, truncated, reason)
 
