@@ -165,6 +165,16 @@ class GroupError(QnodeError):
     default_code = ErrorCode.ILLEGAL_GENERATION
 
 
+class CommitFailedError(GroupError):
+    """The commit cannot succeed: the group rebalanced and these partitions may be elsewhere."""
+
+
+class FencedInstanceError(GroupError):
+    """Another consumer with the same `group_instance_id` took over this member's slot."""
+
+    default_code = ErrorCode.FENCED_INSTANCE_ID
+
+
 class TransactionError(QnodeError):
     """A transactional call made in the wrong state, or transactions not available."""
 
@@ -245,7 +255,7 @@ _BY_CODE: dict[int, type[QnodeError]] = {
     _E.FENCED_LEADER_EPOCH: NotLeaderError,
     _E.UNKNOWN_LEADER_EPOCH: NotLeaderError,
     _E.MEMBER_ID_REQUIRED: GroupError,
-    _E.FENCED_INSTANCE_ID: GroupError,
+    _E.FENCED_INSTANCE_ID: FencedInstanceError,
     _E.INVALID_RECORD: InvalidRecordError,
     _E.UNSTABLE_OFFSET_COMMIT: GroupError,
     _E.PRODUCER_FENCED: ProducerFencedError,

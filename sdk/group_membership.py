@@ -31,7 +31,15 @@ from typing import Any, Protocol
 
 from qnode.sdk.assignors import Assignor, get_assignor
 from qnode.sdk.connection import NetworkClient
-from qnode.sdk.errors import CoordinatorError, GroupError, NetworkError, QnodeError, error_for
+from qnode.sdk.errors import (  # CommitFailedError, FencedInstanceError: re-exported (old home)
+    CommitFailedError,
+    CoordinatorError,
+    FencedInstanceError,
+    GroupError,
+    NetworkError,
+    QnodeError,
+    error_for,
+)
 from qnode.sdk.group_protocol import Assignment, GroupProtocolError, Subscription
 from qnode.sdk.metadata import Metadata
 from qnode.sdk.types import TopicPartition
@@ -46,16 +54,6 @@ _COORDINATOR_MOVED = {E.NOT_COORDINATOR, E.COORDINATOR_NOT_AVAILABLE,
 
 
 REBALANCE_COMMIT_RETRY_S = 3.0
-
-
-class CommitFailedError(GroupError):
-    """The commit cannot succeed: the group rebalanced and these partitions may be elsewhere."""
-
-
-class FencedInstanceError(GroupError):
-    """Another consumer with the same `group_instance_id` took over this member's slot."""
-
-    default_code = E.FENCED_INSTANCE_ID
 
 
 class RebalanceListener(Protocol):

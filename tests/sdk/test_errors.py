@@ -56,3 +56,13 @@ def test_class_defaults_and_overrides() -> None:
     assert not e.RecordTooLargeError().retriable
     assert not e.UnknownTopicError("gone", retriable=False).retriable
     assert e.UnknownTopicError().code == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+
+
+def test_group_errors_live_in_errors_and_stay_importable_from_group_membership() -> None:
+    from qnode.sdk import group_membership as gm
+
+    assert gm.CommitFailedError is e.CommitFailedError
+    assert gm.FencedInstanceError is e.FencedInstanceError
+    assert issubclass(e.CommitFailedError, e.GroupError)
+    exc = e.error_for(ErrorCode.FENCED_INSTANCE_ID, "taken over")
+    assert type(exc) is e.FencedInstanceError and not exc.retriable
