@@ -67,11 +67,20 @@ class MappedIndex:
             if writable:
                 self._allocated = min(self._allocated, self.entries * esize)
                 self.reserve(1)
+            else:
+                self._close_fd()
         except BaseException:
             self.close()
             raise
 
     # ---------------------------------------------------------------- mapping
+    def _close_fd(self) -> None:
+        """A read-only index needs only its mapping (which holds its own dup of the fd):
+        a closed segment then costs one descriptor per index, not two."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
     def _map(self, length: int) -> None:
         if self._mm is not None:
             self._mm.close()
@@ -189,12 +198,15 @@ class MappedIndex:
         self.writable = False
         if size:
             self._mm = mmap.mmap(self._fd, size, access=mmap.ACCESS_WRITE)
+        self._close_fd()
 
     def reopen_writable(self, max_bytes: int) -> None:
         """Extend a trimmed index again (the segment became active again after a truncation)."""
         if self.writable:
             return
         capacity = max(self.entries, max_bytes // self.entry.size, 1)
+        if self._fd < 0:
+            self._fd = os.open(self.path, os.O_RDWR)
         self._allocated = self.entries * self.entry.size
         os.ftruncate(self._fd, capacity * self.entry.size)
         self.max_entries = capacity
