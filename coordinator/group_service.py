@@ -37,7 +37,9 @@ from qnode.transport.frame import Response, as_buffer
 log = logging.getLogger(__name__)
 E = ErrorCode
 
-OFFSETS_TOPIC_CONFIGS = {"cleanup.policy": "compact", "segment.bytes": "104857600"}
+# Topic configs of __consumer_offsets at its creation; segment.bytes comes from
+# `offsets.topic.segment.bytes` (node.toml).
+OFFSETS_TOPIC_CONFIGS = {"cleanup.policy": "compact"}
 LOAD_FETCH_BYTES = 16 << 20
 RETRY_MS = 100
 LOAD_FETCH_TIMEOUT_MS = 1000
@@ -79,6 +81,8 @@ class GroupService:
         self.store = store
         self.node_id = config.node_id
         self.commit_timeout_ms = int(config.get("offsets.commit.timeout.ms"))
+        self.topic_configs = {**OFFSETS_TOPIC_CONFIGS,
+                              "segment.bytes": str(config.get("offsets.topic.segment.bytes"))}
         self.io = WorkerRequests(server)
         self.appender = OffsetsAppender(self._send_batch)
         self.coordinator = GroupCoordinator(GroupConfig.from_config(dict(config.settings)),
@@ -127,7 +131,7 @@ class GroupService:
             try:
                 self.controller.ensure_internal_topic(
                     OFFSETS_TOPIC, self.coordinator.config.num_partitions,
-                    dict(OFFSETS_TOPIC_CONFIGS))
+                    dict(self.topic_configs))
             except ControllerError as exc:
                 return {"error": int(E.COORDINATOR_NOT_AVAILABLE), **none, "message": str(exc)}
             self.refresh_ownership()
@@ -163,6 +167,19 @@ class GroupService:
             # A worker (re)registered on a new endpoint: do not wait for the old one to time out.
             if load.endpoint is not None and load.endpoint != self._endpoint(p):
                 self._load(p)
+        # A link to an endpoint no worker of this node serves on any more (the worker came
+        # back on another port) would only ever time out: fail its requests and close it.
+        live = set(self.controller.image.workers.values())
+        for endpoint in self.io.endpoints():
+            if endpoint not in live:
+                self.io.forget(endpoint)
+
+    def worker_registered(self, worker_id: int, old_endpoint: str | None,
+                          restarted: bool) -> None:
+        """WorkerHello of a worker of this node: a new process does not answer the requests
+        its predecessor was sent, so they are failed now (the caller retries), not timed out."""
+        if old_endpoint is not None and restarted:
+            self.io.forget(old_endpoint)
 
     def _endpoint(self, partition: int) -> str | None:
         topic = self._topic()
@@ -280,4 +297,5 @@ def install(coordinator: Any) -> None:
     service = GroupService(coordinator.server, coordinator.controller, coordinator.store,
                            coordinator.config)
     service.install()
+    coordinator.worker_hellos.append(service.worker_registered)
     coordinator.on_close.append(service.close)

@@ -52,6 +52,8 @@ class Coordinator:
     controller: Controller
     offsets: OffsetsView
     on_close: list[Callable[[], None]] = field(default_factory=list)
+    # called on each WorkerHello: (worker id, its endpoint before, a new process?)
+    worker_hellos: list[Callable[[int, str | None, bool], None]] = field(default_factory=list)
 
 
 def _load_plugins(coordinator: Coordinator) -> None:
@@ -100,6 +102,8 @@ def run_coordinator(config: NodeConfig, notify: Callable[[str], None] = lambda l
         controller,
         propagation,
         on_worker_synced=lambda wid, pid: notify(f"worker {wid} {pid}"),
+        on_hello=coordinator.worker_hellos,
+        cluster_id=meta.cluster_id,
     )
     workers.install()
     AdminApi(

@@ -36,6 +36,16 @@ def _parse(text: str) -> dict[str, str]:
     return out
 
 
+def read_meta_properties(data_dir: Path) -> MetaProperties | None:
+    """The data dir's meta.properties without writing anything; None when absent or damaged
+    (a worker reads it to name its cluster in WorkerHello)."""
+    try:
+        props = _parse((data_dir / FILE_NAME).read_text())
+        return MetaProperties(props["cluster.id"], int(props["node.id"]))
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def ensure_meta_properties(data_dir: Path, node_id: int) -> MetaProperties:
     """Read (or create) meta.properties; raise MetaPropertiesError on a node id mismatch."""
     path = data_dir / FILE_NAME

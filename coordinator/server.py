@@ -165,6 +165,11 @@ class CoordinatorServer:
         self._poller.register(source, zmq.POLLIN)
         self._readers[source] = on_readable
 
+    def remove_reader(self, source: zmq.Socket | int) -> None:
+        """Stop watching `source` (before closing it); unknown sources are ignored."""
+        if self._readers.pop(source, None) is not None:
+            self._poller.unregister(source)
+
     # ---- the loop ----------------------------------------------------------------------------
 
     def stop(self) -> None:

@@ -111,12 +111,17 @@ class WorkerApi:
         controller: Controller,
         propagation: Propagation,
         on_worker_synced: Callable[[int, int], None] | None = None,
+        on_hello: list[Callable[[int, str | None, bool], None]] | None = None,
+        cluster_id: str | None = None,
     ) -> None:
         self.server = server
         self.store = store
         self.controller = controller
         self.propagation = propagation
         self.on_worker_synced = on_worker_synced
+        self.on_hello = on_hello if on_hello is not None else []
+        self.cluster_id = cluster_id
+        self._data_dir = os.path.realpath(controller.config.data_dir)
         self.worker_pids: dict[int, int] = {}
         # worker id → metadata offset it must reach (committed offset at its hello) before it
         # counts as serving: a fetch at that offset proves it applied everything before it.
@@ -148,24 +153,49 @@ class WorkerApi:
 
     def worker_hello(self, call: Call) -> dict[str, Any]:
         b = call.request.body
-        if b["node_id"] != self.controller.config.node_id:
-            raise HandlerError(
-                ErrorCode.INVALID_REQUEST,
-                f"worker of node {b['node_id']} said hello to node "
-                f"{self.controller.config.node_id}",
-            )
+        self._check_belongs(b)
+        wid = b["worker_id"]
+        old_endpoint = self.controller.image.workers.get((self.controller.config.node_id, wid))
         try:
-            self.controller.register_worker(b["worker_id"], b["endpoint"])
+            self.controller.register_worker(wid, b["endpoint"])
         except ControllerError as exc:
             raise HandlerError(exc.code, exc.message) from None
-        wid = b["worker_id"]
-        if self.worker_pids.get(wid) != b["pid"]:
+        restarted = self.worker_pids.get(wid) != b["pid"]
+        if restarted:
             self.propagation.forget(wid)
         self.worker_pids[wid] = b["pid"]
         self._identities[call.identity] = wid
         log.info("worker %d (pid %d) serves on %s", wid, b["pid"], b["endpoint"])
         self._syncing[wid] = self.store.committed_offset
+        for listener in self.on_hello:
+            listener(wid, old_endpoint, restarted)
         return {"error": 0, "metadata_offset": self.store.committed_offset}
+
+    def _check_belongs(self, b: dict[str, Any]) -> None:
+        """Refuse a worker of another node, data dir or cluster (e.g. a stray worker of another
+        node that reached this endpoint): it would serve partitions this node does not own."""
+        node_id = self.controller.config.node_id
+        if b["node_id"] != node_id:
+            raise HandlerError(
+                ErrorCode.INVALID_REQUEST,
+                f"worker of node {b['node_id']} said hello to node {node_id}",
+            )
+        data_dir = b.get("data_dir")
+        if data_dir is not None and (
+            not isinstance(data_dir, str) or os.path.realpath(data_dir) != self._data_dir
+        ):
+            raise HandlerError(
+                ErrorCode.INVALID_REQUEST,
+                f"worker {b['worker_id']} of data dir {data_dir!r} said hello to node {node_id} "
+                f"of data dir {self._data_dir!r}",
+            )
+        cluster_id = b.get("cluster_id")
+        if cluster_id is not None and self.cluster_id is not None and cluster_id != self.cluster_id:
+            raise HandlerError(
+                ErrorCode.INVALID_REQUEST,
+                f"worker {b['worker_id']} of cluster {cluster_id!r} said hello to node "
+                f"{node_id} of cluster {self.cluster_id!r}",
+            )
 
     def metadata_log_fetch(self, call: Call) -> dict[str, Any] | None:
         b = call.request.body

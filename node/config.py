@@ -82,6 +82,7 @@ KEYS: dict[str, Key] = {
         # Consumer groups and transactions (coordinator/group_*).
         _int("offsets.topic.num.partitions", 50, 1, hi=10000),
         _int("offsets.topic.replication.factor", 1, 1, hi=1000),
+        _int("offsets.topic.segment.bytes", 104857600, 14, hi=2**31 - 1),
         _int("offsets.retention.minutes", 10080, 1),
         _int("offsets.commit.timeout.ms", 5000, 1),
         _int("offsets.retention.check.interval.ms", 600000, 1),
