@@ -13,6 +13,7 @@ describes that seam. With `group_id=None` the consumer is fully usable through
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
@@ -22,6 +23,7 @@ from typing import Any
 from qnode.sdk.connection import NetworkClient
 from qnode.sdk.errors import (
     ConsumerStateError,
+    CoordinatorError,
     InvalidConfigError,
     NetworkError,
     NoOffsetForPartitionError,
@@ -36,6 +38,7 @@ from qnode.sdk.offset_lookup import list_offsets
 from qnode.sdk.subscription import EARLIEST, LATEST, SubscriptionState
 from qnode.sdk.types import OffsetAndTimestamp, Record, TopicPartition
 
+log = logging.getLogger(__name__)
 PartitionsCallback = Callable[[list[TopicPartition]], Any]
 
 _ISOLATION = {"read_uncommitted": 0, "read_committed": 1}
@@ -108,6 +111,8 @@ class Consumer:
             isolation_level=self.isolation_level, check_crcs=check_crcs,
             retry_backoff_ms=retry_backoff_ms))
         self._closed = False
+        self._next_auto_commit = time.monotonic() + auto_commit_interval_ms / 1000.0
+        self._auto_committed: dict[TopicPartition, int] = {}
         self._coordinator: Any = None
         if group_id is not None:
             self._coordinator = self._make_coordinator()
@@ -250,6 +255,7 @@ class Consumer:
         while True:
             if self._coordinator is not None:
                 self._coordinator.poll(max(0.0, deadline - time.monotonic()))
+                self._maybe_auto_commit_manual()
             self._raise_errors()
             self._handle_out_of_range()
             if self._subs.needs_reset():
@@ -273,6 +279,24 @@ class Consumer:
             if left <= 0:
                 return records
             client.poll(min(left, self._wait_cap()) * 1000.0)
+
+    def _manual_group(self) -> bool:
+        """A group_id with assign() (no subscription): Kafka's "simple consumer group"."""
+        return self._coordinator is not None and not self._subs.subscription
+
+    def _maybe_auto_commit_manual(self) -> None:
+        # The group seam auto-commits what a subscription owns; a manually assigned consumer
+        # commits its positions here (asynchronously, generation -1 / no member id).
+        if not (self.config["enable_auto_commit"] and self._manual_group()):
+            return
+        now = time.monotonic()
+        if now < self._next_auto_commit:
+            return
+        self._next_auto_commit = now + self.config["auto_commit_interval_ms"] / 1000.0
+        positions = self._positions()
+        if positions and positions != self._auto_committed:
+            self._auto_committed = positions
+            self._coordinator.commit(positions, True)
 
     def _wait_cap(self) -> float:
         """How long poll() may sleep in zmq before it must look at its state again."""
@@ -332,7 +356,21 @@ class Consumer:
     # ------------------------------------------------------------------ offsets lookups
     def _reset_positions(self, tps: list[TopicPartition], timeout: float | None,
                          deadline: float | None = None) -> None:
-        """Resolve pending resets (or the default strategy) with ListOffsets."""
+        """Resolve pending resets (or the default strategy) with ListOffsets.
+
+        A manually assigned consumer with a group ("simple consumer group") first resumes
+        from the group's committed offsets; the default strategy applies only where there
+        is none (Kafka's behaviour). Explicit resets (seek_to_*, out of range) skip that."""
+        if deadline is not None:
+            timeout = max(0.05, deadline - time.monotonic())
+        try:
+            tps = self._resume_from_committed(tps, timeout)
+        except (RequestTimeoutError, NetworkError, CoordinatorError):
+            if deadline is not None:
+                return  # poll() keeps trying on its next call
+            raise
+        if not tps:
+            return
         targets: dict[TopicPartition, int] = {}
         for tp in tps:
             st = self._subs.state(tp)
@@ -354,6 +392,23 @@ class Consumer:
             st = self._subs.assignment.get(tp)
             if st is not None and st.position is None and offset >= 0:
                 self._subs.seek(tp, offset)
+
+    def _resume_from_committed(self, tps: list[TopicPartition],
+                               timeout: float | None) -> list[TopicPartition]:
+        """Seek manually assigned partitions with no position and no explicit reset to the
+        group's committed offset (OffsetFetch); returns those still without a position."""
+        if self._coordinator is None or self._subs.subscription:
+            return tps  # no group, or the group assignment already applied committed offsets
+        lookup = [tp for tp in tps if self._subs.state(tp).reset_to is None]
+        if not lookup:
+            return tps
+        committed = self._coordinator.committed(
+            lookup, self.default_api_timeout if timeout is None else timeout)
+        for tp, offset in committed.items():
+            st = self._subs.assignment.get(tp)
+            if offset is not None and st is not None and st.position is None:
+                self._subs.seek(tp, offset)
+        return [tp for tp in tps if self._subs.state(tp).position is None]
 
     def _list_offsets(self, targets: Mapping[TopicPartition, int],
                       timeout: float | None = None) -> dict[TopicPartition, tuple[int, int]]:
@@ -406,6 +461,13 @@ class Consumer:
         if self._closed:
             return
         try:
+            if (autocommit and self.config["enable_auto_commit"] and self._manual_group()
+                    and self._positions()):
+                try:
+                    self._coordinator.commit(self._positions(), False)
+                except QnodeError as exc:
+                    log.warning("auto-commit on close of group %s failed: %s",
+                                self.group_id, exc)
             if self._coordinator is not None:
                 self._coordinator.close(autocommit)
         finally:

@@ -157,11 +157,14 @@ class GroupMembership:
             self._pattern = re.compile(pattern) if pattern is not None else None
             self._next_metadata = 0.0
             self._need_join = True
+        self._start_thread()
+        self._kick.set()
+
+    def _start_thread(self) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, daemon=True,
                                             name=f"qnode-group-{self.settings.group_id}")
             self._thread.start()
-        self._kick.set()
 
     def subscription(self) -> list[str]:
         with self._lock:
@@ -229,6 +232,9 @@ class GroupMembership:
         later `poll()`."""
         if offsets:
             self._commits.append((dict(offsets), callback))
+            # A manually assigned consumer never subscribed: the thread then only sends
+            # commits (no topics, so it never joins), as generation -1 / member "".
+            self._start_thread()
             self._kick.set()
 
     def committed(self, partitions: Iterable[TopicPartition],
