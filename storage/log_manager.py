@@ -28,7 +28,7 @@ from qnode.storage.checkpoint import (
     write_checkpoint,
 )
 from qnode.storage.errors import LogClosedError, StorageError
-from qnode.storage.log import Log
+from qnode.storage.log import DEFAULT_MAPPED_SEGMENTS, Log
 from qnode.storage.log_config import LogConfig
 from qnode.storage.recovery import fsync_dir
 from qnode.storage.retention import apply_retention
@@ -133,8 +133,16 @@ class LogManager:
         retention_check_interval_ms: int = 300_000,
         cleaner_backoff_ms: int = 15_000,
         background_flush: bool = True,
+        file_checks_per_tick: int = 64,
+        mapped_segments: int = DEFAULT_MAPPED_SEGMENTS,
     ) -> None:
         self.data_dir = os.fspath(data_dir)
+        # `tick` looks for segment files deleted under a log in this many logs per tick,
+        # round robin (a stat per segment of every log on every tick costs milliseconds
+        # with a thousand logs; a flush still checks the segments it syncs).
+        self.file_checks_per_tick = max(1, file_checks_per_tick)
+        self._check_cursor = 0
+        self.mapped_segments = mapped_segments  # closed segments kept mapped per log
         self.checkpoint_name = checkpoint_name
         self.default_config = default_config or LogConfig()
         self.checkpoint_interval_ms = checkpoint_interval_ms
@@ -213,6 +221,7 @@ class LogManager:
                 recovery_point=self._recovery.get(tp) if existed else None,
                 log_start_offset=self._start.get(tp, 0) if existed else 0,
                 high_watermark=self._hw.get(tp, 0) if existed else 0,
+                mapped_segments=self.mapped_segments,
             )
             if not existed:
                 fsync_dir(self.data_dir)
@@ -299,11 +308,17 @@ class LogManager:
         retention_due = now_ms - self._last_retention >= self.retention_check_interval_ms \
             or self._last_retention < 0
         clean_due = now_ms - self._last_clean >= self.cleaner_backoff_ms or self._last_clean < 0
-        for tp, log in list(self._logs.items()):
+        logs = list(self._logs.items())
+        n = len(logs)
+        first = self._check_cursor % n if n else 0
+        k = min(self.file_checks_per_tick, n)
+        self._check_cursor = first + k
+        for i, (tp, log) in enumerate(logs):
             if log.closed:
                 continue
             try:
-                log.check_files()
+                if 0 <= (i - first) % n < k:  # this tick's round-robin slice
+                    log.check_files()
                 upto: int | None = -1
                 if log.flush_due(now_ms):
                     upto = None

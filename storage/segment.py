@@ -159,6 +159,8 @@ class Segment:
         self.log_path = segment_path(directory, base_offset, LOG_SUFFIX, suffix)
         flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
         self._fd = os.open(self.log_path, flags, 0o644)
+        st = os.fstat(self._fd)
+        self._ino, self._dev = st.st_ino, st.st_dev  # what `exists` compares the path with
         self.index: OffsetIndex | None = None
         self.time_index: TimeIndex | None = None
         self._mm: mmap.mmap | None = None
@@ -550,11 +552,15 @@ class Segment:
         return -1
 
     def exists(self) -> bool:
-        """False when the .log file was deleted or replaced under us."""
+        """False when the .log file was deleted or replaced under us (or is closed): one
+        stat of the path, compared with the file we hold open."""
+        if self._fd < 0:
+            return False
         try:
-            return os.fstat(self._fd).st_nlink > 0 and os.path.exists(self.log_path)
+            st = os.stat(self.log_path)
         except OSError:
             return False
+        return st.st_ino == self._ino and st.st_dev == self._dev
 
     # ------------------------------------------------------------------ writing
     def index_full(self) -> bool:
