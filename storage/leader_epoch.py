@@ -12,9 +12,15 @@ partition directory (`leader-epoch-checkpoint`):
     0 0               <- "epoch start_offset", epochs and offsets strictly increasing
     3 1200
 
-The file is replaced atomically (write a temp file, fsync, rename, fsync the directory), so
-a crash leaves either the old or the new checkpoint, never a torn one. `attach(log)` wires a
-cache to a `Log` (its hooks keep the two in step) as `log.leader_epoch_cache`.
+The file is replaced atomically (write a temp file, rename), so a process crash leaves either
+the old or the new checkpoint, never a torn one. A change (the first append of a new epoch,
+a truncation) writes the file but does not fsync it: as in Kafka (KAFKA-15046) the fsyncs of
+the file and the directory run with the log's next flush (`sync`, a `Log` on_flush hook), off
+the produce path. After a power loss the checkpoint may be stale or empty; it is re-derivable
+and `attach` re-derives it: an unreadable one is rebuilt from the batch headers, one that
+misses the newest epoch of the log too, and one past the log's ends is trimmed to them.
+`attach(log)` wires a cache to a `Log` (its hooks keep the two in step) as
+`log.leader_epoch_cache`.
 """
 
 from __future__ import annotations
@@ -62,8 +68,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_checkpoint(path: Path, entries: Iterable[EpochEntry]) -> None:
-    """Replace `path` atomically with the text checkpoint of `entries`."""
+def write_checkpoint(path: Path, entries: Iterable[EpochEntry], *, sync: bool = True) -> None:
+    """Replace `path` atomically with the text checkpoint of `entries`; durably (fsync of the
+    file and its directory) unless sync=False (`sync_checkpoint` later)."""
     items = list(entries)
     lines = [str(CHECKPOINT_VERSION), str(len(items))]
     lines += [f"{e.epoch} {e.start_offset}" for e in items]
@@ -71,8 +78,20 @@ def write_checkpoint(path: Path, entries: Iterable[EpochEntry]) -> None:
     with open(tmp, "wb") as f:
         f.write(("\n".join(lines) + "\n").encode("ascii"))
         f.flush()
-        os.fsync(f.fileno())
+        if sync:
+            os.fsync(f.fileno())
     os.replace(tmp, path)
+    if sync:
+        _fsync_dir(path.parent)
+
+
+def sync_checkpoint(path: Path) -> None:
+    """fsync a checkpoint written with sync=False, then its directory (the rename)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     _fsync_dir(path.parent)
 
 
@@ -118,6 +137,7 @@ class LeaderEpochCache:
         self._dir = Path(partition_dir)
         self._path = self._dir / CHECKPOINT_NAME
         self._entries: list[EpochEntry] = list(entries)
+        self._unsynced = 0  # checkpoint writes not fsynced yet
 
     @classmethod
     def open(cls, partition_dir: str | os.PathLike[str],
@@ -262,8 +282,30 @@ class LeaderEpochCache:
         self._entries = []
         self._flush()
 
+    @property
+    def unsynced(self) -> bool:
+        """A checkpoint write awaits its fsync (`sync`)."""
+        return self._unsynced > 0
+
     def _flush(self) -> None:
-        write_checkpoint(self._path, self._entries)
+        """Write the checkpoint; its fsyncs wait for `sync` (the log's next flush)."""
+        write_checkpoint(self._path, self._entries, sync=False)
+        self._unsynced += 1
+
+    def sync(self) -> None:
+        """Make the last checkpoint written durable (a no-op when it is). Runs on the log's
+        flush path, possibly in another thread than the writes: a write racing it stays
+        counted and is synced next time."""
+        pending = self._unsynced
+        if not pending:
+            return
+        try:
+            sync_checkpoint(self._path)
+        except FileNotFoundError:
+            if self._path.parent.exists():
+                raise
+            # the partition directory is gone (deleted): nothing to make durable
+        self._unsynced = max(0, self._unsynced - pending)
 
 
 def _log_epochs(log: Log) -> Iterator[tuple[int, int]]:
@@ -328,6 +370,7 @@ def attach(log: Log) -> LeaderEpochCache:
             pass
 
     log.hooks.on_append.append(on_append)
+    log.hooks.on_flush.append(cache.sync)
     log.hooks.on_truncate.append(cache.truncate_from_end)
     log.hooks.on_log_start.append(cache.truncate_from_start)
     log.leader_epoch_cache = cache

@@ -104,6 +104,8 @@ class LogHooks:
     on_truncate(new_end): after truncate_to; on_log_start(new_start): after the log start moved;
     on_close(): in a clean close, after the final flush (e.g. a last producer-state snapshot,
     so the next open replays nothing); an OSError there does not fail the close.
+    on_flush(): in every flush, after the data fsyncs (e.g. the fsync of a checkpoint written
+    on the append path); an error there fails the flush.
     """
 
     before_append: list[Callable[[BatchesInfo, Any], None]] = field(default_factory=list)
@@ -111,6 +113,7 @@ class LogHooks:
     on_truncate: list[Callable[[int], None]] = field(default_factory=list)
     on_log_start: list[Callable[[int], None]] = field(default_factory=list)
     on_close: list[Callable[[], None]] = field(default_factory=list)
+    on_flush: list[Callable[[], None]] = field(default_factory=list)
 
 
 _HEADER = struct.Struct(">qiibIhiqqqhii")  # RecordBatch v2 header (record_batch.HEADER)
@@ -784,6 +787,8 @@ class Log:
             if target <= rp and not self._dir_dirty:
                 if upto is None:
                     self._unflushed_messages = 0
+                for cb in self.hooks.on_flush:
+                    cb()
                 return
             segs = [s for s in self._segments if s.base_offset < target and
                     (s is self._segments[-1] or s.next_offset > rp)] or [self._segments[-1]]
@@ -805,6 +810,8 @@ class Log:
                     raise
         if dir_dirty:
             fsync_dir(self.directory)
+        for cb in self.hooks.on_flush:
+            cb()
         with self._lock:
             self._recovery_point = max(self._recovery_point, min(target, self._leo))
             self._last_flush_ms = _now_ms()
