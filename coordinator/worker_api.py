@@ -160,9 +160,13 @@ class WorkerApi:
             self.controller.register_worker(wid, b["endpoint"])
         except ControllerError as exc:
             raise HandlerError(exc.code, exc.message) from None
-        restarted = self.worker_pids.get(wid) != b["pid"]
-        if restarted:
+        before = self.worker_pids.get(wid)
+        if before != b["pid"]:
             self.propagation.forget(wid)
+        # Another process than the one this coordinator knew: its predecessor is gone, and so
+        # is every answer owed on the old connection. (A first hello since this coordinator
+        # started proves nothing: the worker may have outlived the previous coordinator.)
+        restarted = before is not None and before != b["pid"]
         self.worker_pids[wid] = b["pid"]
         self._identities[call.identity] = wid
         log.info("worker %d (pid %d) serves on %s", wid, b["pid"], b["endpoint"])
