@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,9 @@ class ReplicaSet:
         self.topic_defaults = dict(topic_defaults)
         self.replicas: dict[PartitionKey, Replica] = {}
         self.failed: dict[PartitionKey, str] = {}  # placed here but the log would not open
+        # placed here, log not opened yet (`open_pending` opens them a slice at a time, so a
+        # worker with many partitions serves the open ones and hears SIGTERM meanwhile)
+        self.pending: dict[PartitionKey, Placement] = {}
         self.dirty: set[PartitionKey] = set()  # changed since the fetch waiters looked
 
     # -- placement -------------------------------------------------------------------------
@@ -99,7 +103,8 @@ class ReplicaSet:
         return LogConfig.from_topic_config({**self.topic_defaults, **placement.configs})
 
     def reconcile(self) -> None:
-        """Open, re-configure and delete logs so they match the metadata placement."""
+        """Re-configure and delete logs so they match the metadata placement; the logs to open
+        are queued in `pending` (opened by `open_pending`, or all at once by `open_all`)."""
         owned = self.follower.owned()
         for key, replica in list(self.replicas.items()):
             want = owned.get(key)
@@ -108,12 +113,33 @@ class ReplicaSet:
         for key in list(self.failed):
             if key not in owned:
                 del self.failed[key]
+        for key in list(self.pending):
+            if key not in owned:
+                del self.pending[key]
         for key, want in owned.items():
             replica = self.replicas.get(key)
             if replica is None:
-                self._add(want)
+                self.pending[key] = want  # a log that would not open is tried again too
             else:
                 self._update(replica, want)
+
+    def open_pending(self, budget_s: float, stop: Callable[[], bool] = lambda: False) -> int:
+        """Open pending logs for about `budget_s` (at least one), stopping early when `stop()`
+        says so; returns how many were opened."""
+        deadline = time.monotonic() + budget_s
+        opened = 0
+        while self.pending and not stop():
+            key = next(iter(self.pending))
+            self._add(self.pending.pop(key))
+            opened += 1
+            if time.monotonic() >= deadline:
+                break
+        return opened
+
+    def open_all(self) -> None:
+        """Open every pending log now (tests and tools that need no serving meanwhile)."""
+        while self.pending:
+            self.open_pending(3600.0)
 
     def _add(self, want: Placement) -> None:
         key = want.key
@@ -203,6 +229,12 @@ class ReplicaSet:
         failed = self.failed.get((topic, partition))
         if failed is not None:
             return error_entry(partition, ErrorCode.KAFKA_STORAGE_ERROR, failed)
+        if (topic, partition) in self.pending:
+            return error_entry(
+                partition,
+                ErrorCode.NOT_LEADER_OR_FOLLOWER,  # retriable: the client asks again shortly
+                f"{topic}-{partition} is being opened on node {self.node_id}",
+            )
         code = self.follower.missing_error(topic, partition)
         if code == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION:
             return error_entry(partition, code, f"unknown topic or partition {topic}-{partition}")
@@ -233,6 +265,7 @@ class ReplicaSet:
 
     def close(self) -> None:
         """Flush every log and write the checkpoints (clean shutdown)."""
+        self.pending.clear()
         try:
             self.logs.close()
         finally:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from qnode.node.fetch_waiters import FetchWaiters, ParkedFetch
 from qnode.node.metadata_follower import MetadataFollower
@@ -62,7 +63,10 @@ log = logging.getLogger(__name__)
 _PRODUCE = int(ApiKey.PRODUCE)
 HELLO_RETRY_S = 1.0
 DRAIN_S = 1.0  # at most this long serving requests already queued when SIGTERM came
-METADATA_GRACE_S = 5.0  # a metadata fetch unanswered this long past its max wait: re-hello
+# a metadata fetch unanswered this long past its max wait: re-hello. Only a fallback: the
+# monitor of the coordinator DEALER says hello again as soon as a lost connection is back
+METADATA_GRACE_S = 5.0
+OPEN_SLICE_S = 0.02  # at most this long opening logs per loop turn (requests served between)
 METADATA_RETRY_S = 0.5  # after an error answer, ask again this much later
 TICK_DUTY = 0.02  # log maintenance takes at most this share of the loop...
 MAX_TICK_GAP_S = 2.0  # ...unless that would space ticks further apart than this
@@ -126,6 +130,13 @@ class Worker:
         host = config.advertised_host or config.listen_host
         self.endpoint = f"tcp://{host}:{bound.rsplit(':', 1)[1]}"
         self.coord = dealer_client(self.ctx, config.coordinator)
+        # Connection events of the coordinator DEALER: a coordinator restarted loses what was
+        # in flight to it (our hello, our parked MetadataLogFetch), so once the connection is
+        # back we say hello again at once instead of waiting out METADATA_GRACE_S.
+        self.coord_events = self.coord.get_monitor_socket(
+            zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+        )
+        self._coord_lost = False
         self.shm = ShmTable(
             shm_name(config.node_id, config.data_dir, config.worker_id), config.shm_capacity
         )
@@ -146,6 +157,7 @@ class Worker:
         self._meta_corr: int | None = None
         self._meta_deadline = 0.0
         self._meta_retry_at = 0.0
+        self._meta_fetch_when_open = False
         self._next_tick = 0.0
 
     # -- coordinator -------------------------------------------------------------------------
@@ -163,6 +175,7 @@ class Worker:
             "worker_id": c.worker_id,
             "endpoint": self.endpoint,
             "pid": os.getpid(),
+            "data_dir": os.path.abspath(c.data_dir),  # the coordinator checks it is its node's
         }
         self.coord.send_multipart(
             encode_request(
@@ -171,6 +184,12 @@ class Worker:
         )
 
     def _send_metadata_fetch(self, now: float) -> None:
+        if self.replicas.pending:
+            # asking for the next offset tells the coordinator everything below is applied,
+            # logs opened included: ask once the last pending log is open (`_open_slice`)
+            self._meta_corr = None
+            self._meta_fetch_when_open = True
+            return
         wait = self.config.metadata_max_wait_ms if self.follower.synced else 0
         self._meta_corr = self._next_corr()
         self._meta_deadline = now + wait / 1000 + METADATA_GRACE_S
@@ -210,6 +229,30 @@ class Worker:
                     self._send_metadata_fetch(now)
                 else:  # do not hammer a coordinator that answers errors: ask again later
                     self._meta_retry_at = now + METADATA_RETRY_S
+
+    def _on_coord_event(self, now: float) -> None:
+        """A connection event of the coordinator DEALER: after a loss, re-hello on reconnect."""
+        while self.coord_events.poll(0):
+            event = recv_monitor_message(self.coord_events)["event"]
+            if event == zmq.EVENT_DISCONNECTED:
+                self._coord_lost = True
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and self._coord_lost:
+                self._coord_lost = False
+                log.warning("connection to the coordinator is back: saying hello again")
+                self._meta_corr = None  # lost with the old connection
+                self._meta_retry_at = 0.0
+                self._hello_done = False
+                self._send_hello(now)
+
+    def _open_slice(self, now: float) -> None:
+        """Open a slice of the logs placed here but not open yet (see ReplicaSet.open_pending);
+        once all are open, send the metadata fetch that waited for them."""
+        self.replicas.open_pending(OPEN_SLICE_S, lambda: self.stopping)
+        self._wake_dirty()
+        if not self.replicas.pending and self._meta_fetch_when_open:
+            self._meta_fetch_when_open = False
+            if self._hello_done and self._meta_corr is None and not self._meta_retry_at:
+                self._send_metadata_fetch(now)
 
     def _on_metadata(self, error: int, body: dict[str, Any]) -> bool:
         """Apply a MetadataLogFetch answer; False when it was an error (retry later)."""
@@ -375,6 +418,8 @@ class Worker:
             self._next_tick = now + tick_gap(self.config.tick_interval_ms / 1000, spent)
 
     def _poll_timeout_ms(self, now: float) -> int:
+        if self.replicas.pending:
+            return 0  # logs still to open: serve what is queued, then open the next slice
         nearest = self._next_tick
         deadline = self.waiters.next_deadline()
         if deadline is not None:
@@ -392,6 +437,7 @@ class Worker:
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.coord, zmq.POLLIN)
+        poller.register(self.coord_events, zmq.POLLIN)
         if wakeup_fd is not None:
             poller.register(wakeup_fd, zmq.POLLIN)
         self._send_hello(time.monotonic())
@@ -400,8 +446,12 @@ class Worker:
             events = dict(poller.poll(self._poll_timeout_ms(now)))
             if self.router in events:
                 self._on_clients()
+            if self.coord_events in events:
+                self._on_coord_event(time.monotonic())
             if self.coord in events:
                 self._on_coordinator(time.monotonic())
+            if self.replicas.pending and not self.stopping:
+                self._open_slice(time.monotonic())
             if wakeup_fd is not None and wakeup_fd in events:
                 _drain_fd(wakeup_fd)
             self._timers(time.monotonic())
@@ -427,6 +477,8 @@ class Worker:
         finally:
             self.shm.close()
             self.router.close(linger=200)
+            self.coord.disable_monitor()
+            self.coord_events.close(0)
             self.coord.close(0)
         return clean
 
@@ -448,14 +500,15 @@ def run_worker(config: WorkerConfig) -> int:
         format=f"%(asctime)s worker-{config.worker_id} %(levelname)s %(name)s: %(message)s",
     )
     _raise_fd_limit()
-    worker = Worker(config)
-    # The hot path allocates many short-lived containers and makes no reference cycles: keep
-    # the start-up objects out of the collector and let it run far less often.
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
+    # Handlers first: a SIGTERM while the worker is still starting (opening its logs) must
+    # end it cleanly too, not kill it with its logs half recovered.
+    stop_requested: list[Worker | None] = [None]
+    asked = [False]
 
     def on_signal(signum: int, frame: Any) -> None:
-        worker.stop()
+        asked[0] = True
+        if stop_requested[0] is not None:
+            stop_requested[0].stop()
 
     r, w = os.pipe()
     os.set_blocking(r, False)
@@ -463,6 +516,19 @@ def run_worker(config: WorkerConfig) -> int:
     signal.set_wakeup_fd(w)  # a signal wakes the poll at once instead of at its timeout
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    try:
+        worker = Worker(config)
+    except BaseException:
+        signal.set_wakeup_fd(-1)
+        os.close(r)
+        os.close(w)
+        raise
+    stop_requested[0] = worker
+    worker.stopping = asked[0]
+    # The hot path allocates many short-lived containers and makes no reference cycles: keep
+    # the start-up objects out of the collector and let it run far less often.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
     log.info(
         "worker %d of node %d serving on %s", config.worker_id, config.node_id, worker.endpoint
     )
