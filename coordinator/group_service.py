@@ -4,13 +4,14 @@
 server's registry, drives the state machine's deadlines from the server loop, and keeps the
 in-memory cache in step with `__consumer_offsets`:
 
-- the topic (compacted, `offsets.topic.num.partitions`) is created by the controller on the
-  first FindCoordinator for a group;
+- the topic (compacted, `offsets.topic.num.partitions`, `offsets.topic.segment.bytes`) is
+  created by the controller on the first FindCoordinator for a group;
 - a group's coordinator is the leader of partition `partition_for(group) % N`; every partition
   this node leads is loaded (Fetch from its worker, replayed into the cache) before its groups
   are served — until then they get COORDINATOR_LOAD_IN_PROGRESS; a partition that moves away
   is unloaded (NOT_COORDINATOR);
-- writes are coalesced per partition per loop turn and sent with Produce acks=-1.
+- writes are coalesced per partition per loop turn and sent with Produce acks=-1; a write
+  whose worker died or was replaced fails at once (offsets_io.py) and the client retries.
 """
 
 from __future__ import annotations
