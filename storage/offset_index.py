@@ -12,6 +12,7 @@ import errno
 import mmap
 import os
 import struct
+from collections.abc import Callable
 
 from qnode.storage.errors import DiskFullError
 
@@ -88,9 +89,37 @@ class MappedIndex:
         if length > 0:
             self._mm = mmap.mmap(self._fd, length, access=mmap.ACCESS_WRITE)
 
+    def _view(self) -> mmap.mmap:
+        """The mapping, made again if `unmap` dropped it (a read-only index maps on use)."""
+        mm = self._mm
+        if mm is None:
+            assert not self.writable and self.entries, f"index {self.path} has no mapping"
+            fd = os.open(self.path, os.O_RDWR)
+            try:
+                mm = mmap.mmap(fd, self.entries * self.entry.size, access=mmap.ACCESS_WRITE)
+            finally:
+                os.close(fd)  # the mapping holds its own dup
+            self._mm = mm
+            if self.on_map is not None:
+                self.on_map()
+        return mm
+
+    # called when a read-only index maps itself again (its segment's owner bounds them)
+    on_map: Callable[[], None] | None = None
+
+    def unmap(self) -> None:
+        """Drop the mapping of a read-only index (the next lookup maps it again). Never
+        closed here: a reader in another thread may still hold it; the last reference
+        unmaps it."""
+        if not self.writable:
+            self._mm = None
+
+    @property
+    def mapped(self) -> bool:
+        return self._mm is not None
+
     def _rel(self, i: int) -> int:
-        assert self._mm is not None
-        return struct.unpack_from(">I", self._mm, i * self.entry.size + self._rel_pos)[0]
+        return struct.unpack_from(">I", self._view(), i * self.entry.size + self._rel_pos)[0]
 
     _rel_pos = 0  # byte position of the relative offset inside an entry
 
@@ -113,9 +142,8 @@ class MappedIndex:
         return lo
 
     def _is_zero(self, i: int) -> bool:
-        assert self._mm is not None
         esize = self.entry.size
-        return self._mm[i * esize : (i + 1) * esize] == bytes(esize)
+        return self._view()[i * esize : (i + 1) * esize] == bytes(esize)
 
     # ---------------------------------------------------------------- entries
     def reserve(self, n: int) -> None:
@@ -131,8 +159,8 @@ class MappedIndex:
         return self.entries >= self.max_entries
 
     def entry_at(self, i: int) -> tuple[int, ...]:
-        assert self._mm is not None and 0 <= i < self.entries
-        return self.entry.unpack_from(self._mm, i * self.entry.size)
+        assert 0 <= i < self.entries
+        return self.entry.unpack_from(self._view(), i * self.entry.size)
 
     def last(self) -> tuple[int, ...] | None:
         """The last entry's fields (cached: the append path reads it every time)."""
@@ -158,9 +186,8 @@ class MappedIndex:
         """Keep the first n entries; the dropped slots are zeroed so a reopen cannot see them."""
         if n >= self.entries:
             return
-        assert self._mm is not None
         esize = self.entry.size
-        self._mm[n * esize : self.entries * esize] = bytes((self.entries - n) * esize)
+        self._view()[n * esize : self.entries * esize] = bytes((self.entries - n) * esize)
         self.entries = n
         self._last = None
 
@@ -168,7 +195,9 @@ class MappedIndex:
         """Index of the last entry whose field `key_of_entry` is <= target, or -1."""
         lo, hi = 0, self.entries - 1
         found = -1
-        mm = self._mm
+        if hi < 0:
+            return -1
+        mm = self._mm if self._mm is not None else self._view()
         unpack = self.entry.unpack_from
         esize = self.entry.size
         while lo <= hi:

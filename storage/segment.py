@@ -189,6 +189,7 @@ class Segment:
                 segment_path(directory, base_offset, TIMEINDEX_SUFFIX, suffix),
                 base_offset, index_max_bytes, writable=active,
             )
+            self.index.on_map = self.time_index.on_map = self._index_mapped
             if self.size:
                 self.size = self._data_end(self.size)
             if active and capacity > 0:
@@ -269,15 +270,23 @@ class Segment:
         self._exposed = 0
 
     def unmap(self) -> None:
-        """Drop the read mapping of a closed segment (the next read maps it again); a no-op
-        for the write mapping of the active segment."""
+        """Drop the read mappings of a closed segment, its indexes' too (the next read maps
+        them again); a no-op for the write mappings of the active segment."""
         if not self._writing:
             self._drop_mapping()
+        for idx in (self.index, self.time_index):
+            if idx is not None:
+                idx.unmap()
+
+    def _index_mapped(self) -> None:
+        if self.on_map is not None:
+            self.on_map(self)
 
     @property
     def mapped(self) -> bool:
-        """Whether this segment holds a mapping of its file now."""
-        return self._mm is not None
+        """Whether this segment holds a mapping of its file or of an index now."""
+        return self._mm is not None or any(
+            idx is not None and idx.mapped for idx in (self.index, self.time_index))
 
     def _release(self, start: int, end: int) -> None:
         """Drop the page-table entries of [start, end) of the current mapping (rounded in to
@@ -721,6 +730,8 @@ class Segment:
                 self.time_index.append(self.max_timestamp, self.offset_of_max_timestamp)
             self.index.trim()
             self.time_index.trim()
+            self.index.unmap()  # mapped again by the first lookup (and bounded then)
+            self.time_index.unmap()
             self.active = False
             if self._writing:
                 self._writing = False

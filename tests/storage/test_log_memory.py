@@ -1,7 +1,8 @@
 """Memory and descriptors a log holds stay bounded as its backlog grows: a rolled segment
 drops its write mapping, the active one keeps only a window behind its tail mapped-resident,
-closed segments are mapped while read and only a few stay mapped, a closed segment holds
-three fds. Measured from /proc/self (maps, smaps, fd), as the kernel accounts them."""
+closed segments (data and indexes) are mapped while read and only a few stay mapped, a
+closed segment holds one fd. Measured from /proc/self (smaps, fd), as the kernel accounts
+them."""
 
 from __future__ import annotations
 
@@ -136,20 +137,24 @@ def test_unmapped_segments_map_again_on_read_and_lru_bounds_them(tmp_path):
     log.close()
 
 
-def test_closed_segment_holds_three_fds(tmp_path):
+def test_closed_segment_holds_one_fd_unless_read(tmp_path):
     cfg = LogConfig.from_topic_config({"segment.bytes": "3000"})
-    log = Log.open(tmp_path / "t-0", cfg)
+    log = Log.open(tmp_path / "t-0", cfg, mapped_segments=2)
     for _ in range(30):
         log.append(make_batch(10), 0)
     closed = len(log.closed_segments())
     assert closed >= 8
-    # active: .log fd + .index and .timeindex (fd and the mapping's dup each)
-    assert fds_under(tmp_path) <= 3 * closed + 5
+    # active: .log, .index, .timeindex (an fd and its mapping's dup each); a closed
+    # segment: its .log fd, plus (while mapped) one dup per mapping of .log/.index/.timeindex
+    assert fds_under(tmp_path) <= closed + 6
+    log.high_watermark = log.log_end_offset
+    assert read_all(log) == list(range(300))
+    assert fds_under(tmp_path) <= closed + 6 + 3 * 2
     log.truncate_to(log.closed_segments()[-1].base_offset + 5)  # unseal reopens an index fd
     log.append(make_batch(10), 0)
     assert read_all(log)[-1] == log.log_end_offset - 1
     log.close()
     log = Log.open(tmp_path / "t-0", cfg)
-    assert fds_under(tmp_path) <= 3 * len(log.closed_segments()) + 5
+    assert fds_under(tmp_path) <= len(log.closed_segments()) + 6
     log.close()
     assert fds_under(tmp_path) == 0
