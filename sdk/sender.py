@@ -50,6 +50,9 @@ _STALE_METADATA = frozenset({
 })
 
 
+_EXPIRE_EVERY_S = 0.05  # how often queued batches are checked against delivery.timeout.ms
+
+
 @dataclass(slots=True)
 class SenderConfig:
     acks: int
@@ -78,6 +81,7 @@ class Sender(threading.Thread):
         self._leaders: dict[PartitionKey, str] = {}  # leader endpoints for metadata_version
         self._leaders_version = -1
         self._all_leaders: frozenset[str] = frozenset()
+        self._next_expire = 0.0
         self.meta_cond = threading.Condition()
         self.wanted_topics: set[str] = set()
         self.topics: set[str] = set()  # every topic this producer has written to
@@ -150,7 +154,8 @@ class Sender(threading.Thread):
             acc.seal_due(now)
             if acc.ready:
                 self._send_ready(client, now)
-            self._expire(now)
+            if now >= self._next_expire:
+                self._expire(now)
             # Announce the wait before computing its length: a record appended from here on
             # sees the flag and wakes us, one appended before is in the linger deadline.
             acc.sender_waiting = True
@@ -359,6 +364,7 @@ class Sender(threading.Thread):
                         if b not in keep:
                             self.acc.complete(b, -1, error=err)
                 self.acc.requeue(keep, now + self.cfg.retry_backoff_ms / 1000.0)
+                self._next_expire = 0.0  # an older deadline is at a queue's head again
                 return
         if isinstance(err, UnknownTopicError) and err.retriable:
             err = UnknownTopicError(str(err), retriable=False)  # gone: retrying is futile
@@ -379,11 +385,18 @@ class Sender(threading.Thread):
             parts.append(child)
         batch.result.split([c.result for c in parts])
         self.acc.replace(batch, parts, now)
+        self._next_expire = 0.0
 
     def _expire(self, now: float) -> None:
-        """Fail queued batches past delivery.timeout.ms (in-flight ones expire on answer)."""
+        """Fail queued batches past delivery.timeout.ms (in-flight ones expire on answer).
+
+        A walk over every ready partition, so not on every loop (with 1,000 keyed
+        partitions it cost as much as the send itself): again at the earliest deadline seen,
+        or after _EXPIRE_EVERY_S for batches queued since (at most that late, as before when
+        an idle sender woke every 100 ms)."""
         acc = self.acc
         expired: list[ProducerBatch] = []
+        earliest = now + _EXPIRE_EVERY_S
         with acc.lock:
             for key in list(acc.ready):
                 q = acc.queues.get(key)
@@ -391,6 +404,9 @@ class Sender(threading.Thread):
                     expired.append(q.popleft())
                 if not q:
                     acc.ready.pop(key, None)
+                elif q[0].deadline < earliest:
+                    earliest = q[0].deadline
+        self._next_expire = earliest
         for b in expired:
             acc.complete(b, -1, error=RequestTimeoutError(
                 f"record for {b.topic}-{b.partition} not delivered within delivery.timeout.ms"))
