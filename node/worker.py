@@ -22,11 +22,13 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from qnode.coordinator.meta_properties import read_meta_properties
 from qnode.node.fetch_waiters import FetchWaiters, ParkedFetch
 from qnode.node.metadata_follower import MetadataFollower
 from qnode.node.partition_server import PartitionServer
@@ -177,6 +179,9 @@ class Worker:
             "pid": os.getpid(),
             "data_dir": os.path.abspath(c.data_dir),  # the coordinator checks it is its node's
         }
+        meta = read_meta_properties(Path(c.data_dir))  # written by the coordinator's first start
+        if meta is not None:
+            body["cluster_id"] = meta.cluster_id
         self.coord.send_multipart(
             encode_request(
                 ApiKey.WORKER_HELLO, 0, self._hello_corr, body, client_id=f"worker-{c.worker_id}"
