@@ -53,8 +53,8 @@ MAP_STEP = 64 << 20  # write mappings longer than this are a whole number of ste
 # around its readers) and drops the page-table entries of the rest (MADV_DONTNEED: on a
 # shared file mapping the pages, dirty or not, stay in the page cache; a later access
 # refaults them from there). Dropped every RELEASE_CHUNK bytes written or read.
-RESIDENT_WINDOW = 32 << 20
-RELEASE_CHUNK = 16 << 20
+RESIDENT_WINDOW = 16 << 20
+RELEASE_CHUNK = 8 << 20
 _STAMP = struct.Struct(">qii")  # baseOffset, batchLength, partitionLeaderEpoch
 _ZERO_CHUNK = 1 << 20
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
