@@ -144,6 +144,7 @@ class Sender(threading.Thread):
 
     def _loop(self, client: NetworkClient) -> None:
         acc = self.acc
+        rung = False
         while True:
             now = time.monotonic()
             if self._stopping and (self._force_close or not acc.pending()):
@@ -156,17 +157,23 @@ class Sender(threading.Thread):
                 self._send_ready(client, now)
             if now >= self._next_expire:
                 self._expire(now)
+            if rung:
+                # Reset the doorbell after the send, not before (one syscall off the latency
+                # path). Safe: send() rings only while `sender_waiting`, which is False from
+                # the poll's return until below, and what it appended before is sent above.
+                rung = False
+                try:
+                    os.eventfd_read(self._bell)
+                except BlockingIOError:
+                    pass
+                if self._stopping:
+                    continue  # stop() may have rung during this pass: look again at once
             # Announce the wait before computing its length: a record appended from here on
             # sees the flag and wakes us, one appended before is in the linger deadline.
             acc.sender_waiting = True
             timeout = self._poll_timeout(time.monotonic())
-            ready_fds = client.poll(timeout * 1000.0)
+            rung = bool(client.poll(timeout * 1000.0))
             acc.sender_waiting = False
-            if ready_fds:
-                try:
-                    os.eventfd_read(self._bell)  # resets the counter
-                except BlockingIOError:
-                    pass
 
     def _poll_timeout(self, now: float) -> float:
         t = 0.1
