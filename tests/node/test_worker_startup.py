@@ -75,3 +75,33 @@ def test_sigterm_while_opening_logs_exits_cleanly_and_keeps_data(
         assert w.stop(signal.SIGTERM, timeout=20) == 0, w.output()
     finally:
         w.kill()
+
+
+def test_hello_again_as_soon_as_a_restarted_coordinator_is_reachable(tmp_path: Path) -> None:
+    # a 60 s long-poll: the fallback timer (grace past the max wait) cannot be what re-hellos
+    first = MetadataFeed()
+    port = int(first.endpoint.rsplit(":", 1)[1])
+    end = first.add_topic("t", partitions=2)
+    records = list(first.records)
+    w = WorkerProcess(first, tmp_path / "data", metadata_max_wait_ms=60_000).start()
+    second = None
+    try:
+        first.wait_applied(0, end)
+        first.close()  # the coordinator dies with the worker's long-poll parked on it
+        second = MetadataFeed(port)
+        second.append(*({k: v for k, v in r.items() if k not in ("offset", "term")}
+                        for r in records))
+        end2 = second.add_topic("u")
+        second.wait_applied(0, end2, timeout=15)  # hello again, then followed the new log
+        assert second.hellos and second.hellos[-1]["worker_id"] == 0
+        client = Client(w.endpoint)
+        try:
+            client.wait_ready("u", 0)
+            assert client.produce("u", 0, make_batch([b"after"]))["base_offset"] == 0
+        finally:
+            client.close()
+        assert w.stop(signal.SIGTERM) == 0, w.output()
+    finally:
+        w.kill()
+        if second is not None:
+            second.close()

@@ -47,11 +47,15 @@ REPO = Path(__file__).resolve().parents[2]
 class MetadataFeed:
     """The coordinator side of WorkerHello + MetadataLogFetch, serving a test-made log."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
+        """`port`: 0 for a free one; a given port stands in for a restarted coordinator."""
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        if port:
+            self.sock.bind(f"tcp://127.0.0.1:{port}")
+        else:
+            port = self.sock.bind_to_random_port("tcp://127.0.0.1")
         self.endpoint = f"tcp://127.0.0.1:{port}"
         self.records: list[dict[str, Any]] = []
         self.hellos: list[dict[str, Any]] = []
