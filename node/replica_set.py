@@ -95,6 +95,7 @@ class ReplicaSet:
         # placed here, log not opened yet (`open_pending` opens them a slice at a time, so a
         # worker with many partitions serves the open ones and hears SIGTERM meanwhile)
         self.pending: dict[PartitionKey, Placement] = {}
+        self.asked: set[PartitionKey] = set()  # pending ones clients asked for: opened first
         self.dirty: set[PartitionKey] = set()  # changed since the fetch waiters looked
 
     # -- placement -------------------------------------------------------------------------
@@ -129,8 +130,11 @@ class ReplicaSet:
         deadline = time.monotonic() + budget_s
         opened = 0
         while self.pending and not stop():
-            key = next(iter(self.pending))
-            self._add(self.pending.pop(key))
+            key = self.asked.pop() if self.asked else next(iter(self.pending))
+            want = self.pending.pop(key, None)
+            if want is None:
+                continue  # asked for, then no longer placed here
+            self._add(want)
             opened += 1
             if time.monotonic() >= deadline:
                 break
@@ -230,6 +234,7 @@ class ReplicaSet:
         if failed is not None:
             return error_entry(partition, ErrorCode.KAFKA_STORAGE_ERROR, failed)
         if (topic, partition) in self.pending:
+            self.asked.add((topic, partition))
             return error_entry(
                 partition,
                 ErrorCode.NOT_LEADER_OR_FOLLOWER,  # retriable: the client asks again shortly
@@ -266,6 +271,7 @@ class ReplicaSet:
     def close(self) -> None:
         """Flush every log and write the checkpoints (clean shutdown)."""
         self.pending.clear()
+        self.asked.clear()
         try:
             self.logs.close()
         finally:
