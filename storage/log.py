@@ -7,7 +7,8 @@ active segment's mapping (stamped there, never in the caller's buffer). The comm
 one batch per call, takes a fast path: one header unpack, the exact checks of
 `validate_batches`, no per-batch objects unless hooks want them.
 `read` returns zero-copy memoryview slices of whole batches. Offset lookup: binary search over
-segment base offsets, then the segment's sparse index, then a short header walk.
+segment base offsets, then the segment's sparse index, then a short header walk. Closed
+segments are mapped while read: at most `mapped_segments` of them stay mapped (LRU).
 
 Concurrency: one writer at a time (a lock); readers work on a snapshot of the segment list
 and the log end offset, so a reader never sees a half-written batch.

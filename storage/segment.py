@@ -11,6 +11,11 @@ Reads are zero-copy memoryview slices of a mapping of the file; a truncation of 
 segment zeroes the cut range instead of shrinking the file, so a slice still being sent never
 faults (SIGBUS). The segment only ever looks at batch headers; CRCs are checked when
 recovering a tail.
+
+Memory: mapped pages count in RSS while mapped, so the active segment keeps only a window
+behind its tail mapped (older pages: MADV_DONTNEED, they stay in the page cache), sealing
+drops the write mapping, and a closed segment maps its data and indexes only when read (its
+owner, the Log, unmaps the least recently used: `on_map`, `unmap`).
 """
 
 from __future__ import annotations
