@@ -222,7 +222,8 @@ def read_verdict(rows: list[Row]) -> str:
     return (f"read-back of {b.read / GiB:.2f} GiB: anonymous "
             f"{(b.total('anon') - a.total('anon')) / MiB:+.1f} MiB, file-backed PSS "
             f"{(b.total('pss_file') - a.total('pss_file')) / MiB:+.1f} MiB (page cache of mapped "
-            f"segments), RSS {(b.total('rss') - a.total('rss')) / MiB:+.1f} MiB, segment files "
+            f"segments), RSS {(b.total('rss') - a.total('rss')) / MiB:+.1f} MiB (peak "
+            f"{max(r.total('rss') for r in reads) / MiB:.1f} MiB in all), segment files "
             f"mapped {a.total('mapped_files')} -> {b.total('mapped_files')}")
 
 
