@@ -250,6 +250,14 @@ class Sender(threading.Thread):
         requests: dict[str, list[tuple[PartitionKey, list[ProducerBatch]]]] = {}
         sizes: dict[str, int] = {}
         with acc.lock:
+            # A batch held open behind its partition's queued one (linger.ms=0 while that
+            # one waits) has a deadline too: seal it, so the walk below, which pops expired
+            # batches from each queue's head, reaches it (it is its queue's youngest).
+            for b in list(acc.held.values()):
+                if b.deadline <= now:
+                    acc.seal(b)
+                elif b.deadline < earliest:
+                    earliest = b.deadline
             for key in list(acc.ready):
                 q = acc.queues.get(key)
                 if not q:
@@ -395,7 +403,8 @@ class Sender(threading.Thread):
         self._next_expire = 0.0
 
     def _expire(self, now: float) -> None:
-        """Fail queued batches past delivery.timeout.ms (in-flight ones expire on answer).
+        """Fail queued and held batches past delivery.timeout.ms (in-flight ones expire on
+        answer).
 
         A walk over every ready partition, so not on every loop (with 1,000 keyed
         partitions it cost as much as the send itself): again at the earliest deadline seen,
@@ -405,6 +414,14 @@ class Sender(threading.Thread):
         expired: list[ProducerBatch] = []
         earliest = now + _EXPIRE_EVERY_S
         with acc.lock:
+            # A batch held open behind its partition's queued one (linger.ms=0 while that
+            # one waits) has a deadline too: seal it, so the walk below, which pops expired
+            # batches from each queue's head, reaches it (it is its queue's youngest).
+            for b in list(acc.held.values()):
+                if b.deadline <= now:
+                    acc.seal(b)
+                elif b.deadline < earliest:
+                    earliest = b.deadline
             for key in list(acc.ready):
                 q = acc.queues.get(key)
                 while q and q[0].deadline <= now:
