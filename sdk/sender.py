@@ -250,14 +250,6 @@ class Sender(threading.Thread):
         requests: dict[str, list[tuple[PartitionKey, list[ProducerBatch]]]] = {}
         sizes: dict[str, int] = {}
         with acc.lock:
-            # A batch held open behind its partition's queued one (linger.ms=0 while that
-            # one waits) has a deadline too: seal it, so the walk below, which pops expired
-            # batches from each queue's head, reaches it (it is its queue's youngest).
-            for b in list(acc.held.values()):
-                if b.deadline <= now:
-                    acc.seal(b)
-                elif b.deadline < earliest:
-                    earliest = b.deadline
             for key in list(acc.ready):
                 q = acc.queues.get(key)
                 if not q:
