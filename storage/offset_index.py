@@ -22,15 +22,18 @@ _OFFSET_ENTRY = struct.Struct(">II")
 ALLOCATION_CHUNK = 64 * 1024
 
 
-def allocate(fd: int, start: int, end: int) -> None:
+def allocate(fd: int, start: int, end: int, what: str = "index") -> None:
     """Reserve real blocks for [start, end) so a store through the mapping there cannot SIGBUS
-    on a full disk (it gets DiskFullError here instead); filesystems without fallocate keep
-    the sparse file (and Kafka's behaviour)."""
+    on a full disk (it gets DiskFullError here instead, naming `what` the bytes are for);
+    filesystems without fallocate keep the sparse file (and Kafka's behaviour). Used for the
+    indexes and for the active segment's log file."""
+    if end <= start:
+        return
     try:
         os.posix_fallocate(fd, start, end - start)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise DiskFullError(f"no space for {end - start} more index bytes: {exc}") from exc
+            raise DiskFullError(f"no space for {end - start} more {what} bytes: {exc}") from exc
         if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
             raise
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import crc32c
 
 from qnode.storage.errors import DiskFullError, StorageError
-from qnode.storage.offset_index import OffsetIndex
+from qnode.storage.offset_index import OffsetIndex, allocate
 from qnode.storage.time_index import TimeIndex
 
 # RecordBatch v2 header prefix, up to and including maxTimestamp (Kafka's layout):
@@ -84,21 +84,6 @@ class SegmentMissingError(StorageError):
 
 
 _LENGTH_MAGIC = struct.Struct(">ixxxxb")  # batchLength .. magic, from position 8
-
-
-def _allocate_file(fd: int, start: int, end: int) -> None:
-    """Put real blocks under file bytes [start, end) (DiskFullError when the disk is full);
-    a filesystem without fallocate keeps them sparse (a store there on a full disk would
-    SIGBUS, as with any mapped file)."""
-    if end <= start:
-        return
-    try:
-        os.posix_fallocate(fd, start, end - start)
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise DiskFullError(f"no space for {end - start} more log bytes: {exc}") from exc
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-            raise
 
 
 def _zeros(fd: int, start: int, end: int) -> bool:
@@ -394,7 +379,7 @@ class Segment:
         ahead = min(RESERVE_MAX, max(RESERVE_MIN, self.size))
         target = min(-(-(end + ahead) // FOLIO_ALIGN) * FOLIO_ALIGN, self._cap)
         try:
-            _allocate_file(self._fd, start, target)
+            allocate(self._fd, start, target, "log")
         except DiskFullError:
             return False
         # No MADV_POPULATE_WRITE of the chunk: measured, it saves nothing over the page
