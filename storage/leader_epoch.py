@@ -60,7 +60,8 @@ class EpochEntry:
     start_offset: int
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a directory's fsync makes a rename in it durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -82,17 +83,13 @@ def write_checkpoint(path: Path, entries: Iterable[EpochEntry], *, sync: bool = 
             os.fsync(f.fileno())
     os.replace(tmp, path)
     if sync:
-        _fsync_dir(path.parent)
+        _fsync_path(path.parent)
 
 
 def sync_checkpoint(path: Path) -> None:
     """fsync a checkpoint written with sync=False, then its directory (the rename)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    _fsync_dir(path.parent)
+    _fsync_path(path)
+    _fsync_path(path.parent)
 
 
 def read_checkpoint(path: Path) -> list[EpochEntry]:
