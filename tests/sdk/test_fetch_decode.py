@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
+from fetch_helpers import TP, state
+
 from qnode.sdk.fetcher import CompletedFetch
 from qnode.sdk.record_writer import build_batch, encode_record
-from qnode.sdk.subscription import SubscriptionState
-from qnode.sdk.types import TopicPartition
 from qnode.storage.batch_builder import ControlType, build_control_batch
 from qnode.storage.record_batch import stamp
-
-TP = TopicPartition("t", 0)
 
 
 def batch(base: int, n: int, pid: int = -1, transactional: bool = False) -> bytes:
@@ -24,13 +22,6 @@ def control(base: int, pid: int, kind: ControlType) -> bytes:
     data = bytearray(build_control_batch(kind, pid, 0, 0, timestamp_ms=5))
     stamp(data, 0, base, 0)
     return bytes(data)
-
-
-def state(position: int) -> SubscriptionState:
-    subs = SubscriptionState("earliest")
-    subs.assign([TP])
-    subs.seek(TP, position)
-    return subs
 
 
 def test_records_below_position_are_skipped_and_position_advances() -> None:

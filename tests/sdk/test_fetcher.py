@@ -6,18 +6,15 @@ import gc
 import struct
 
 import pytest
+from fetch_helpers import TP, state
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qnode.sdk.errors import CorruptRecordError
 from qnode.sdk.fetcher import CompletedFetch, FetchConfig, Fetcher
 from qnode.sdk.record_writer import build_batch, encode_record
-from qnode.sdk.subscription import SubscriptionState
-from qnode.sdk.types import TopicPartition
 from qnode.storage.batch_builder import BatchBuilder
 from qnode.storage.record_batch import CRC_OFFSET, LAST_OFFSET_DELTA_OFFSET, batch_crc, stamp
-
-TP = TopicPartition("t", 0)
 
 
 def builder_batch(base: int, n: int, size: int = 100) -> bytes:
@@ -37,13 +34,6 @@ def compacted_batch(base: int, deltas: list[int], last_delta: int) -> bytes:
     struct.pack_into(">I", data, CRC_OFFSET, batch_crc(data, 0, len(data)))
     stamp(data, 0, base, 0)
     return bytes(data)
-
-
-def state(position: int) -> SubscriptionState:
-    subs = SubscriptionState("earliest")
-    subs.assign([TP])
-    subs.seek(TP, position)
-    return subs
 
 
 @settings(max_examples=60, deadline=None)
