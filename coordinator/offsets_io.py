@@ -29,12 +29,11 @@ from collections.abc import Callable
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from qnode.coordinator.server import CoordinatorServer
 from qnode.transport.errors import ErrorCode
 from qnode.transport.frame import FrameError, Response, decode_response, encode_request
-from qnode.transport.sockets import dealer_client
+from qnode.transport.sockets import close_monitored, dealer_client, monitor_events
 
 # (response or None, error): error is NONE when a response arrived
 Done = Callable[[Response | None, ErrorCode], None]
@@ -110,16 +109,14 @@ class WorkerRequests:
 
     def _watch(self, link: _Link) -> None:
         """Socket monitor events of one link: a closed connection fails what it carried."""
-        while self._links.get(link.endpoint) is link:
-            try:
-                event = recv_monitor_message(link.monitor, zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if event["event"] == zmq.EVENT_DISCONNECTED:
+        for event in monitor_events(link.monitor):
+            if self._links.get(link.endpoint) is not link:
+                return  # closed meanwhile: its requests were failed then
+            if event == zmq.EVENT_DISCONNECTED:
                 link.lost = True
                 # Answers to these would come back on the connection that just closed.
                 self._fail(link, ErrorCode.NETWORK_EXCEPTION)
-            elif event["event"] == zmq.EVENT_CONNECTED:
+            elif event == zmq.EVENT_CONNECTED:
                 link.lost = False
 
     def forget(self, endpoint: str) -> None:
@@ -145,12 +142,7 @@ class WorkerRequests:
         self._server.remove_reader(link.sock)
         self._server.remove_reader(link.monitor)
         self._fail(link, code)
-        try:
-            link.sock.disable_monitor()
-        except zmq.ZMQError:
-            pass
-        link.monitor.close(0)
-        link.sock.close(0)
+        close_monitored(link.sock, link.monitor)
 
     def close(self) -> None:
         """Fail what is in flight and close the sockets (the server is stopping)."""

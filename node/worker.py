@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from qnode.coordinator.meta_properties import read_meta_properties
 from qnode.node.fetch_waiters import FetchWaiters, ParkedFetch
@@ -53,8 +52,10 @@ from qnode.transport.messages import parse_request
 from qnode.transport.sockets import (
     NOBLOCK,
     SocketOptions,
+    close_monitored,
     dealer_client,
     has_message,
+    monitor_events,
     recv_frames,
     router_server,
     send_frames,
@@ -237,8 +238,7 @@ class Worker:
 
     def _on_coord_event(self, now: float) -> None:
         """A connection event of the coordinator DEALER: after a loss, re-hello on reconnect."""
-        while self.coord_events.poll(0):
-            event = recv_monitor_message(self.coord_events)["event"]
+        for event in monitor_events(self.coord_events):
             if event == zmq.EVENT_DISCONNECTED:
                 self._coord_lost = True
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and self._coord_lost:
@@ -482,9 +482,7 @@ class Worker:
         finally:
             self.shm.close()
             self.router.close(linger=200)
-            self.coord.disable_monitor()
-            self.coord_events.close(0)
-            self.coord.close(0)
+            close_monitored(self.coord, self.coord_events)
         return clean
 
 

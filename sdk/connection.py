@@ -19,12 +19,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import parse_monitor_message
 
 from qnode.sdk.errors import NetworkError, QnodeError, RequestTimeoutError, error_for
 from qnode.transport.api import api_name
 from qnode.transport.frame import FrameError, Response, decode_response, encode_request
-from qnode.transport.sockets import NOBLOCK, has_message, recv_frames, send_frames
+from qnode.transport.sockets import (
+    NOBLOCK,
+    close_monitored,
+    has_message,
+    monitor_events,
+    recv_frames,
+    send_frames,
+)
 
 Callback = Callable[["InFlight"], None]
 
@@ -65,12 +71,8 @@ class _Connection:
 
     def close(self) -> None:
         self.closed = True
-        try:
-            self.socket.disable_monitor()
-        except zmq.ZMQError:
-            pass
-        self.monitor.close(0)
-        self.socket.close()  # with the socket's LINGER (0 unless a clean close set it)
+        # the socket closes with its own LINGER (0 unless a clean close set it)
+        close_monitored(self.socket, self.monitor, linger=None)
 
 
 class NetworkClient:
@@ -224,14 +226,7 @@ class NetworkClient:
                 return
 
     def _read_monitor(self, conn: _Connection) -> None:
-        while True:
-            try:
-                msg = conn.monitor.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            except zmq.ZMQError:
-                return
-            event = parse_monitor_message(msg)["event"]
+        for event in monitor_events(conn.monitor):
             if event == zmq.EVENT_CONNECTED:
                 conn.connected = True
             elif event == zmq.EVENT_DISCONNECTED:

@@ -8,11 +8,12 @@ Clients reconnect with backoff on their own (zmq does it; we only bound the inte
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 DEFAULT_MAX_MSG_BYTES = 104857600  # socket.request.max.bytes in node.toml
 DEFAULT_HWM = 100_000
@@ -147,3 +148,24 @@ def dealer_client(
         sock.close(0)
         raise
     return sock
+
+
+def monitor_events(monitor: zmq.Socket) -> Iterator[int]:
+    """The events queued on a socket monitor (`get_monitor_socket`), without blocking; ends
+    when none is left or the monitor is closed."""
+    while True:
+        try:
+            msg = monitor.recv_multipart(zmq.NOBLOCK)
+        except zmq.ZMQError:  # Again: drained; anything else: the monitor is gone
+            return
+        yield parse_monitor_message(msg)["event"]
+
+
+def close_monitored(sock: zmq.Socket, monitor: zmq.Socket, linger: int | None = 0) -> None:
+    """Close a socket and its monitor (linger None: the socket's own LINGER option)."""
+    try:
+        sock.disable_monitor()
+    except zmq.ZMQError:
+        pass  # already stopped, or the context is going away
+    monitor.close(0)
+    sock.close(linger)
