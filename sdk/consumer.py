@@ -397,7 +397,7 @@ class Consumer:
                                timeout: float | None) -> list[TopicPartition]:
         """Seek manually assigned partitions with no position and no explicit reset to the
         group's committed offset (OffsetFetch); returns those still without a position."""
-        if self._coordinator is None or self._subs.subscription:
+        if not self._manual_group():
             return tps  # no group, or the group assignment already applied committed offsets
         lookup = [tp for tp in tps if self._subs.state(tp).reset_to is None]
         if not lookup:
