@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-from crc32c import crc32c
 
 from qnode.coordinator import records as rec
 from qnode.coordinator.image import MetadataImage
 from qnode.storage.batch_builder import BatchBuilder
 from qnode.storage.batch_reader import read_batches
+from qnode.storage.checksum import crc32c
 from qnode.storage.log import Log
 from qnode.storage.log_config import LogConfig
 

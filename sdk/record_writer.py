@@ -15,8 +15,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-from crc32c import crc32c
-
+from qnode.storage.checksum import crc32c
 from qnode.storage.compression import compress
 from qnode.storage.record_batch import (
     HEADER_SIZE,

@@ -13,8 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from enum import IntEnum
 
-from crc32c import crc32c
-
+from qnode.storage.checksum import crc32c
 from qnode.storage.compression import Compression, check_supported, compress
 from qnode.storage.errors import InvalidRecordError
 from qnode.storage.record_batch import (

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from crc32c import crc32c
-
+from qnode.storage.checksum import crc32c
 from qnode.storage.compression import DEFAULT_MAX_DECOMPRESSED, compress, decompress
 from qnode.storage.errors import CorruptRecordError
 from qnode.storage.record_batch import (

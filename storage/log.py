@@ -26,9 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-import crc32c
-from crc32c import crc32c as _crc32c
-
+from qnode.storage.checksum import crc32c
 from qnode.storage.errors import (
     InvalidRecordError,
     LogClosedError,
@@ -169,7 +167,7 @@ def _scan_batches(data: bytes | bytearray | memoryview, max_batch_bytes: int,
         elif count > 0 and delta < count - 1:
             return None
         mv = data if isinstance(data, memoryview) else memoryview(data)
-        if crc32c.crc32c(mv[pos + 21:pos + size]) != crc:
+        if crc32c(mv[pos + 21:pos + size]) != crc:
             return None
         out.append((pos, size, _base, delta, max_ts, count))
         pos += size
@@ -191,7 +189,7 @@ def _one_valid_batch(data: Buffer, max_batch_bytes: int) -> tuple[int, ...] | No
             and (attrs & 7) in _READABLE_CODECS
             and (attrs & 7 or count * _MIN_RECORD_SIZE <= n - BATCH_HEADER_SIZE)
             and (h[9] >= 0 or not (attrs & 0x30 or h[11] >= 0))
-            and _crc32c(memoryview(data)[21:]) == h[4]):
+            and crc32c(memoryview(data)[21:]) == h[4]):
         return h
     return None
 

@@ -23,8 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import crc32c
-
+from qnode.storage.checksum import crc32c
 from qnode.storage.errors import StorageError
 
 NO_PRODUCER_ID = -1
@@ -100,7 +99,7 @@ def encode_snapshot(map_end_offset: int, producers: list[ProducerEntry]) -> byte
             parts.append(_BATCH.pack(b.first_seq, b.last_seq, b.first_offset, b.last_offset,
                                      b.timestamp))
     body = b"".join(parts)
-    return _HEAD.pack(SNAPSHOT_VERSION, crc32c.crc32c(body)) + body
+    return _HEAD.pack(SNAPSHOT_VERSION, crc32c(body)) + body
 
 
 def decode_snapshot(data: bytes) -> tuple[int, list[ProducerEntry]]:
@@ -111,7 +110,7 @@ def decode_snapshot(data: bytes) -> tuple[int, list[ProducerEntry]]:
     if version != SNAPSHOT_VERSION:
         raise CorruptSnapshotError(f"unsupported snapshot version {version}")
     body = memoryview(data)[_HEAD.size:]
-    if crc32c.crc32c(body) != crc:
+    if crc32c(body) != crc:
         raise CorruptSnapshotError("snapshot CRC-32C mismatch")
     try:
         map_end, count = _BODY_HEAD.unpack_from(body, 0)

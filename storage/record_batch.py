@@ -25,8 +25,7 @@ import struct
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from crc32c import crc32c
-
+from qnode.storage.checksum import crc32c
 from qnode.storage.compression import check_supported
 from qnode.storage.errors import CorruptRecordError, InvalidRecordError, RecordTooLargeError
 
