@@ -7,7 +7,7 @@ measured in the same run on the same disk.
    of the same number of bytes (bs=16k and bs=1M) to the same directory; one batch per
    `append` call (also with the worker's leader-epoch and producer-state hooks attached), and
    16 requests per `append_many` call (group commit: one write); runs alternate, each after a
-   sync, best of --repeat kept for each;
+   sync and (as root) a drop of the page cache, best of --repeat kept for each;
 2. cold read of the whole log through `Log.read` (1 MiB fetches, every byte copied out as a
    socket send would) vs a plain sequential `readinto` of the same files; the page cache is
    dropped before each (`/proc/sys/vm/drop_caches`, needs root; else the figures say "warm");
@@ -234,7 +234,7 @@ def main() -> None:
     ap.add_argument("--dir", default=None, help="directory on the disk to measure (default: a "
                     "temp dir under the current directory)")
     ap.add_argument("--write-mib", type=int, default=128)
-    ap.add_argument("--repeat", type=int, default=5, help="rounds of every writer")
+    ap.add_argument("--repeat", type=int, default=7, help="rounds of every writer")
     ap.add_argument("--reopen-gib", type=float, default=2.0)
     ap.add_argument("--skip-reopen", action="store_true")
     args = ap.parse_args()
@@ -251,7 +251,10 @@ def main() -> None:
         cpu_runs: dict[str, list[float]] = {k: [] for k in keys}
         for _ in range(args.repeat):  # alternate, so load drifts hit every writer alike
             for key in keys:
-                os.sync()  # no writeback of the previous run competes with this one
+                # Every writer starts from the same memory: no writeback of the previous run
+                # competing, and no page cache of other files to reclaim (with the cache full,
+                # reclaim made dd and the log alike 1-4x slower from one run to the next).
+                drop_caches()
                 if key.startswith("dd"):
                     rate, cpu_rate = dd_write(os.path.join(base, "dd.bin"), total,
                                               16384 if key == "dd16" else MIB)
@@ -269,11 +272,11 @@ def main() -> None:
             r = best[key]
             # the ratio within each round (runs seconds apart), median over rounds: robust
             # against a machine whose load changes during the benchmark
-            paired = statistics.median(a / max(d16, d1m) for a, d16, d1m in
-                                       zip(runs[key], runs["dd16"], runs["dd1m"], strict=True))
+            p16 = statistics.median(a / d for a, d in zip(runs[key], runs["dd16"], strict=True))
+            p1m = statistics.median(a / d for a, d in zip(runs[key], runs["dd1m"], strict=True))
             print(f"{label:24s}  {r / MIB:8.0f} MiB/s  {100 * r / best['dd16']:5.1f} % of dd 16k,"
-                  f" {100 * r / best['dd1m']:5.1f} % of dd 1M; median per-round ratio to the "
-                  f"better dd {100 * paired:5.1f} %")
+                  f" {100 * r / best['dd1m']:5.1f} % of dd 1M; median per-round ratio "
+                  f"{100 * p16:5.1f} % / {100 * p1m:5.1f} %")
         # On a shared, loaded box wall time swings 2-3x between runs seconds apart; the CPU
         # time each writer spends (user + system: dd's as a child) is what load disturbs least.
         cpu = {k: max(v) for k, v in cpu_runs.items()}

@@ -28,8 +28,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-import crc32c
-
+from qnode.storage.checksum import crc32c
 from qnode.storage.errors import DiskFullError, StorageError
 from qnode.storage.offset_index import OffsetIndex, allocate
 from qnode.storage.time_index import TimeIndex
@@ -45,6 +44,7 @@ CRC_START = 21  # the CRC covers attributes .. end of batch
 MAGIC_V2 = 2
 MAX_RELATIVE_OFFSET = 0xFFFFFFFF
 _MADV_POPULATE_READ = 22  # <linux/mman.h>; not exported by the mmap module of Python 3.11
+_MADV_POPULATE_WRITE = 23
 RESERVE_MIN = 64 * 1024  # blocks allocated ahead of the active segment's data: at least,
 RESERVE_MAX = 4 << 20  # at most, and in between as much as the segment already holds
 FOLIO_ALIGN = 2 << 20  # reservations end on this boundary (the largest page-cache folio)
@@ -52,6 +52,7 @@ FOLIO_ALIGN = 2 << 20  # reservations end on this boundary (the largest page-cac
 # a quarter fewer CPU cycles per byte copied in (one fault and one zero-fill per 2 MiB), and
 # a quiet partition whose segments stay small never pins 2 MiB of page cache.
 HUGE_FROM = 4 << 20
+POPULATE_FROM = HUGE_FROM  # and from here on, reserved chunks are mapped in one call
 MAP_STEP = 64 << 20  # write mappings longer than this are a whole number of steps
 # Mapped pages count in a process's RSS for as long as they stay mapped, page cache or not: a
 # segment keeps at most about this much of its mapping resident behind the active tail (or
@@ -160,6 +161,7 @@ class Segment:
         self._writing = False  # appends go through the mapping
         self._cap = 0  # length of the write mapping
         self._reserved = 0  # file bytes reserved (allocated) for the write mapping
+        self._populate_writes = True  # MADV_POPULATE_WRITE works here (until it fails once)
         self._exposed = 0  # end of the furthest view handed out from the current mapping
         self._retired: list[tuple[mmap.mmap, int]] = []  # mappings views may still hold
         self._released = 0  # the write mapping's pages below this are not kept mapped
@@ -382,8 +384,18 @@ class Segment:
             allocate(self._fd, start, target, "log")
         except DiskFullError:
             return False
-        # No MADV_POPULATE_WRITE of the chunk: measured, it saves nothing over the page
-        # faults of the copies and it dirties reserved zeros.
+        if start >= POPULATE_FROM and self._populate_writes:
+            # Map the chunk writable in one call instead of a fault per folio as the copies
+            # reach it. Measured (bare copy loop, 128 MiB runs, page cache full): it is not
+            # faster on average, but it removes the runs where the kernel's read-around of
+            # the faulting file failed to get pages under reclaim and every later fault took
+            # the slow one-page path (4-5x slower copies). The chunk's zeros become dirty
+            # early: harmless, they are the file's contents until the data lands.
+            try:
+                assert self._mm is not None
+                self._mm.madvise(_MADV_POPULATE_WRITE, start, target - start)
+            except (OSError, ValueError):
+                self._populate_writes = False  # before Linux 5.14, or refused: plain faults
         self._reserved = target
         return True
 
@@ -832,7 +844,7 @@ class Segment:
             if pos + size > end:
                 reason = f"torn batch at position {pos} ({size} bytes, {end - pos} on disk)"
                 break
-            if crc32c.crc32c(mv[pos + CRC_START : pos + size]) != crc:
+            if crc32c(mv[pos + CRC_START : pos + size]) != crc:
                 reason = f"CRC mismatch at position {pos}"
                 break
             if delta < 0 or base < nxt or base + delta - self.base_offset > MAX_RELATIVE_OFFSET:
