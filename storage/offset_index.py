@@ -38,6 +38,18 @@ def allocate(fd: int, start: int, end: int, what: str = "index") -> None:
             raise
 
 
+def no_read_around(mm: mmap.mmap, length: int | None = None) -> None:
+    """Fault one page at a time in the first `length` bytes (default: all) of a mapping that
+    is written where the file is still a hole or unwritten blocks. The kernel's read-around
+    on a fault fills read_ahead_kb of page cache (8 MiB on this VM's disk) with those zeros:
+    for a new segment's sparse 10 MiB indexes and the head of its log, 24 MiB of page cache
+    per partition, and ~3 ms of first-touch per file (the 1,000-partition produce bench)."""
+    try:
+        mm.madvise(mmap.MADV_RANDOM, 0, len(mm) if length is None else length)
+    except (OSError, ValueError):
+        pass  # advice only
+
+
 class MappedIndex:
     """A file of fixed-size entries, mapped read/write, whose valid entries form a prefix."""
 
@@ -90,7 +102,10 @@ class MappedIndex:
             self._mm.close()
             self._mm = None
         if length > 0:
-            self._mm = mmap.mmap(self._fd, length, access=mmap.ACCESS_WRITE)
+            mm = mmap.mmap(self._fd, length, access=mmap.ACCESS_WRITE)
+            if self.writable:
+                no_read_around(mm)
+            self._mm = mm
 
     def _view(self) -> mmap.mmap:
         """The mapping, made again if `unmap` dropped it (a read-only index maps on use)."""

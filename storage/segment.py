@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from qnode.storage.checksum import crc32c
 from qnode.storage.errors import DiskFullError, StorageError
-from qnode.storage.offset_index import OffsetIndex, allocate
+from qnode.storage.offset_index import OffsetIndex, allocate, no_read_around
 from qnode.storage.time_index import TimeIndex
 
 # RecordBatch v2 header prefix, up to and including maxTimestamp (Kafka's layout):
@@ -355,6 +355,7 @@ class Segment:
         self._mm = mm
         self._exposed = 0
         self._mapped = cap
+        no_read_around(mm, min(cap, HUGE_FROM))
         if cap > HUGE_FROM:
             try:  # 2 MiB page-cache folios past the first MiBs: a fault per 2 MiB copied
                 mm.madvise(mmap.MADV_HUGEPAGE, HUGE_FROM, cap - HUGE_FROM)
