@@ -8,7 +8,8 @@
   from the start with a `Consumer`; latency is the duration of each non-empty poll().
 - e2e: a consumer process reads while this process sends at `--rate` records/s with
   linger.ms=0; latency is send → the consumer's poll() returning the record (both clocks are
-  CLOCK_MONOTONIC of this host).
+  CLOCK_MONOTONIC of this host); then the floor: a raw pyzmq echo through a child process at
+  the same rate (the same two zmq legs, nothing done in the middle).
 Progress goes to stderr twice a second; the summary to stdout.
 """
 
@@ -443,6 +444,16 @@ def bench_e2e(
             rate,
         ).render()
     )
+    print(_floor_line(rate, min(records, 3000), record_size))
+
+
+def _floor_line(rate: float, count: int, size: int) -> str:
+    """The same two zmq legs with nothing in the middle, measured now (loadtest/raw_echo.py)."""
+    from qnode.loadtest.raw_echo import echo_round_trips
+
+    p = percentiles(echo_round_trips(rate, count, size), (50, 99, 99.9))
+    return (f"  floor, raw pyzmq DEALER → ROUTER echo → DEALER at the same rate ({count:,} "
+            f"samples): p50 {fmt_us(p[0])}, p99 {fmt_us(p[1])}, p999 {fmt_us(p[2])}")
 
 
 def register(app: typer.Typer) -> None:

@@ -145,6 +145,7 @@ def test_bench_commands(bootstrap: str) -> None:
     assert res.returncode == 0, res.stderr
     out = res.stdout.decode()
     assert "300 records" in out and "p99" in out
+    assert "floor, raw pyzmq" in out and "(300 samples)" in out
     assert b"e2e: 300/300" in res.stderr  # the progress line
     res = qnode("bench", "produce", "--prebuilt", "--seconds", "0.5", bootstrap=bootstrap)
     assert res.returncode == 0, res.stderr
