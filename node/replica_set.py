@@ -253,20 +253,26 @@ class ReplicaSet:
         self.publish(r)
         self.dirty.add((r.topic, r.partition))
 
-    def tick(self) -> None:
-        """Flush/retention/cleaning on the storage schedule; republish what moved."""
-        before = {
-            k: (r.log.log_start_offset, r.log.segment_generation) for k, r in self.replicas.items()
-        }
-        report = self.logs.tick(int(time.time() * 1000))
+    def tick(self, max_logs: int | None = None) -> None:
+        """Flush/retention/cleaning on the storage schedule (`max_logs` logs looked at per
+        call, LogManager.tick); republish what moved. Only retention (log start, segments)
+        and the cleaner (segments) change a log's published state in a tick; appends,
+        truncation and delete-records publish as they happen."""
+        report = self.logs.tick(int(time.time() * 1000), max_logs)
         for key, exc in report.errors.items():
             # the storage engine took this log offline (I/O fault): stop serving it
             if key in self.replicas:
                 self._remove(key, delete=False)
                 self.failed[key] = f"log {key[0]}-{key[1]} offline: {exc}"
-        for k, r in self.replicas.items():
-            if before[k] != (r.log.log_start_offset, r.log.segment_generation):
+        for key in {*report.deleted_segments, *report.cleaned}:
+            r = self.replicas.get(key)
+            if r is not None:
                 self.publish(r)
+
+    def tick_slices(self, max_logs: int) -> int:
+        """Ticks of `max_logs` one pass over every log takes (the worker ticks that much
+        more often)."""
+        return self.logs.sweep_slices(max_logs)
 
     def close(self) -> None:
         """Flush every log and write the checkpoints (clean shutdown)."""

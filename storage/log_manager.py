@@ -162,6 +162,9 @@ class LogManager:
         self._hw = self._read(HIGH_WATERMARK_CHECKPOINT)
         self._start = self._read(LOG_START_CHECKPOINT)
         self._last_checkpoint = self._last_retention = self._last_clean = -1
+        # where the current sweep of tick() over the logs is, and what it does to them
+        self._sweep_pos = 0
+        self._sweep_retention = self._sweep_clean = False
         # segment_generation of each compacted log when the cleaners last looked at it: a log
         # that rolled (or was truncated, or cleaned) since is looked at again on the next tick
         # instead of after the backoff, so compaction follows new closed segments promptly.
@@ -290,13 +293,18 @@ class LogManager:
                 shutil.rmtree(os.path.join(self.data_dir, name), ignore_errors=True)
 
     # ------------------------------------------------------------------ schedule
-    def tick(self, now_ms: int) -> TickReport:
+    def tick(self, now_ms: int, max_logs: int | None = None) -> TickReport:
         """Flush by flush.ms and after a roll (Kafka flushes a rolled segment, so recovery
         after a crash scans at most the active segment), run retention and the cleaners,
         write checkpoints, as due. Flushes run on the background flusher when there is one;
         `flushed` lists those done or queued. The cleaners look at every compacted log each
         `cleaner_backoff_ms`, and at one that rolled since they last looked at the next tick.
-        Segments removed `file.delete.delay.ms` ago are unlinked."""
+        Segments removed `file.delete.delay.ms` ago are unlinked.
+
+        `max_logs`: look at no more than this many logs per call, the next ones at the next
+        call (a sweep over all logs then takes `sweeps_slices(max_logs)` calls). An owner
+        serving requests between ticks keeps each pause short this way: a pass over 3,000
+        logs costs ~3.5 ms, which a request arriving meanwhile would wait for."""
         report = TickReport()
         if self._flusher is not None:
             for tp, exc in self._flusher.take_errors().items():
@@ -305,58 +313,80 @@ class LogManager:
                     log.close_without_flush()
                 report.errors[tp] = exc
                 self._offline[tp] = exc
-        retention_due = now_ms - self._last_retention >= self.retention_check_interval_ms \
-            or self._last_retention < 0
-        clean_due = now_ms - self._last_clean >= self.cleaner_backoff_ms or self._last_clean < 0
         logs = list(self._logs.items())
         n = len(logs)
+        if self._sweep_pos == 0 or self._sweep_pos >= n:
+            # a sweep starts: retention and cleaning are due for it, or not, as of now
+            self._sweep_pos = 0
+            self._sweep_retention = now_ms - self._last_retention >= \
+                self.retention_check_interval_ms or self._last_retention < 0
+            self._sweep_clean = now_ms - self._last_clean >= self.cleaner_backoff_ms \
+                or self._last_clean < 0
+            if self._sweep_retention:
+                self._last_retention = now_ms
+            if self._sweep_clean:
+                self._last_clean = now_ms
+        start = self._sweep_pos
+        stop = n if max_logs is None else min(n, start + max(1, max_logs))
+        self._sweep_pos = 0 if stop >= n else stop
         first = self._check_cursor % n if n else 0
         k = min(self.file_checks_per_tick, n)
         self._check_cursor = first + k
-        for i, (tp, log) in enumerate(logs):
-            if log.closed:
-                continue
-            try:
-                if 0 <= (i - first) % n < k:  # this tick's round-robin slice
-                    log.check_files()
-                upto: int | None = -1
-                if log.flush_due(now_ms):
-                    upto = None
-                elif log.unflushed_rolled:
-                    upto = log.active_segment_base
-                if upto != -1:
-                    report.flushed.append(tp)
-                    if self._flusher is not None:
-                        self._flusher.submit(tp, log, upto)
-                    else:
-                        log.flush(upto)
-                if retention_due:
-                    res = apply_retention(log, now_ms)
-                    if res.deleted_segments:
-                        report.deleted_segments[tp] = res.deleted_segments
-                if log.config.compact_enabled and self.cleaners and (
-                        clean_due or self._cleaner_seen.get(tp) != log.segment_generation):
-                    self._cleaner_seen[tp] = log.segment_generation
-                    for clean in self.cleaners:
-                        if clean(log, now_ms):
-                            report.cleaned.append(tp)
-            except (StorageError, OSError) as exc:
-                # An I/O fault takes this log offline (Kafka: the log dir fails); others go on.
-                report.errors[tp] = exc
-                self._offline[tp] = exc
-                self._logs.pop(tp, None)
-                log.close_without_flush()
-        if retention_due:
-            self._last_retention = now_ms
+        for j in range(k):  # the file checks go round on their own, k logs per tick
+            tp, log = logs[(first + j) % n]
+            self._guarded(tp, log, report, log.check_files)
+        for i in range(start, stop):
+            tp, log = logs[i]
+            self._guarded(tp, log, report, lambda t=tp, lg=log: self._maintain(t, lg, now_ms,
+                                                                                report))
         report.removed_files = self.segment_deleter.run(now_ms)
-        if clean_due:
-            self._last_clean = now_ms
         if now_ms - self._last_checkpoint >= self.checkpoint_interval_ms \
                 or self._last_checkpoint < 0:
             self.checkpoint()
             self._last_checkpoint = now_ms
             report.checkpointed = True
         return report
+
+    def _guarded(self, tp: TopicPartition, log: Log, report: TickReport,
+                 work: Callable[[], object]) -> None:
+        if log.closed:
+            return
+        try:
+            work()
+        except (StorageError, OSError) as exc:
+            # An I/O fault takes this log offline (Kafka: the log dir fails); others go on.
+            report.errors[tp] = exc
+            self._offline[tp] = exc
+            self._logs.pop(tp, None)
+            log.close_without_flush()
+
+    def sweep_slices(self, max_logs: int) -> int:
+        """Calls of `tick(now, max_logs)` one sweep over every log takes."""
+        return max(1, -(-len(self._logs) // max(1, max_logs)))
+
+    def _maintain(self, tp: TopicPartition, log: Log, now_ms: int, report: TickReport) -> None:
+        """One log's share of a tick: flush as due, retention and cleaning as the sweep says."""
+        upto: int | None = -1
+        if log.flush_due(now_ms):
+            upto = None
+        elif log.unflushed_rolled:
+            upto = log.active_segment_base
+        if upto != -1:
+            report.flushed.append(tp)
+            if self._flusher is not None:
+                self._flusher.submit(tp, log, upto)
+            else:
+                log.flush(upto)
+        if self._sweep_retention:
+            res = apply_retention(log, now_ms)
+            if res.deleted_segments:
+                report.deleted_segments[tp] = res.deleted_segments
+        if log.config.compact_enabled and self.cleaners and (
+                self._sweep_clean or self._cleaner_seen.get(tp) != log.segment_generation):
+            self._cleaner_seen[tp] = log.segment_generation
+            for clean in self.cleaners:
+                if clean(log, now_ms):
+                    report.cleaned.append(tp)
 
     def flush_all(self) -> None:
         for _, log in self:

@@ -182,3 +182,30 @@ def test_cleaner_looks_at_a_compacted_log_again_once_it_rolled(tmp_path):
     assert report.cleaned == [("c", 0)]
     assert mgr.tick(3000).cleaned == []  # nothing new: no clean, and no repeat
     mgr.close()
+
+
+def test_tick_in_slices_visits_every_log_once_per_sweep(tmp_path):
+    cfg = LogConfig.from_topic_config({"flush.ms": "1000", "retention.bytes": "1"})
+    mgr = LogManager(tmp_path, "w6")
+    logs = [mgr.open_log("s", p, cfg) for p in range(5)]
+    for log in logs:
+        log.append(make_batch(), 0)
+    assert mgr.sweep_slices(2) == 3
+    now = max(log._last_flush_ms for log in logs) + 2000  # noqa: SLF001 - the log's clock
+    seen = []
+    for _ in range(3):  # one sweep: 2 + 2 + 1 logs
+        seen.append(sorted(p for _, p in mgr.tick(now, max_logs=2).flushed))
+    assert seen == [[0, 1], [2, 3], [4]]
+    assert sorted(sum(seen, [])) == list(range(5))
+    mgr.wait_for_flushes()
+    assert all(log.recovery_point == 10 for log in logs)
+    for log in logs:  # retention is decided per sweep: the next sweep deletes what rolled
+        log.append(make_batch(), 0)
+        log.roll()
+        log.high_watermark = log.log_end_offset  # retention never passes the HW
+    deleted: set[int] = set()
+    for _ in range(3):
+        deleted |= {p for _, p in mgr.tick(now + 400_000, max_logs=2).deleted_segments}
+    assert deleted == set(range(5))
+    assert all(log.log_start_offset > 0 for log in logs)
+    mgr.close()
