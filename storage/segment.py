@@ -65,6 +65,35 @@ _STAMP = struct.Struct(">qii")  # baseOffset, batchLength, partitionLeaderEpoch
 _ZERO_CHUNK = 1 << 20
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
+def stamped_iov(data: Sequence[Buffer], stamps: Sequence[Stamp]) -> list[Buffer]:
+    """`data` as a write vector with each stamp's 16 header bytes (base offset, length,
+    leader epoch) in place of the caller's: the caller's buffers are never modified."""
+    if not stamps:
+        return list(data)
+    out: list[Buffer] = []
+    pos = 0
+    si = 0
+    ns = len(stamps)
+    for b in data:
+        mv = b if isinstance(b, memoryview) else memoryview(b)
+        blen = len(mv)
+        off = 0
+        while si < ns and stamps[si][0] < pos + blen:
+            at, base, length, epoch = stamps[si]
+            at -= pos
+            assert off <= at and at + _STAMP.size <= blen, "a batch header spans two buffers"
+            if at > off:
+                out.append(mv[off:at])
+            out.append(_STAMP.pack(base, length, epoch))
+            off = at + _STAMP.size
+            si += 1
+        if off < blen:
+            out.append(mv[off:])
+        pos += blen
+    assert si == ns, "a stamp past the data"
+    return out
+
+
 LOG_SUFFIX = ".log"
 INDEX_SUFFIX = ".index"
 TIMEINDEX_SUFFIX = ".timeindex"
@@ -367,14 +396,15 @@ class Segment:
         self._released = 0
         self._release_at = min(self._release_at, self.size + RESIDENT_WINDOW + RELEASE_CHUNK)
 
-    def _reserve(self, end: int) -> bool:
+    def _reserve(self, end: int, populate: bool = False) -> bool:
         """Put real blocks under the file up to past `end`, before anything is stored there
         through the mapping. False when the disk has no room for that: the caller then
         writes with pwrite, which says ENOSPC where a store into the mapping would SIGBUS.
 
         The reserved end is a multiple of FOLIO_ALIGN: the first store into a page-cache
         folio (large folios; 2 MiB ones past HUGE_FROM) reserves blocks for the whole folio,
-        so no folio the copies touch may reach past what fallocate made real."""
+        so no folio the copies touch may reach past what fallocate made real. `populate`: the
+        caller copies through the mapping (append_batch), so map the new chunk in one call."""
         if end > self._cap:  # an append past the mapping: a longer mapping (rare)
             self.capacity = max(self.capacity, end)
             self._map_for_write(self._reserved)
@@ -385,7 +415,7 @@ class Segment:
             allocate(self._fd, start, target, "log")
         except DiskFullError:
             return False
-        if start >= POPULATE_FROM and self._populate_writes:
+        if populate and start >= POPULATE_FROM and self._populate_writes:
             # Map the chunk writable in one call instead of a fault per folio as the copies
             # reach it. Measured (bare copy loop, 128 MiB runs, page cache full): it is not
             # faster on average, but it removes the runs where the kernel's read-around of
@@ -598,26 +628,13 @@ class Segment:
         if isinstance(data, (bytes, bytearray, memoryview)):
             data = [data]
         n = sum(len(b) for b in data) if size is None else size
-        if self._writing and (start + n <= self._reserved or self._reserve(start + n)):
-            mv = self._mv
-            assert mv is not None
-            pos = start
-            for b in data:
-                end = pos + len(b)
-                mv[pos:end] = b
-                pos = end
-            pack = _STAMP.pack_into
-            for at, base, length, epoch in stamps:
-                pack(mv, start + at, base, length, epoch)
-            if pos >= self._release_at:
-                self._release_behind(pos)
-        else:
-            if stamps:  # positional writes (no mapping): stamp a private copy
-                buf = bytearray(b"".join(data))
-                for at, base, length, epoch in stamps:
-                    _STAMP.pack_into(buf, at, base, length, epoch)
-                data = [buf]
-            self._pwrite(data, n, start)
+        if self._writing and start + n > self._reserved:
+            self._reserve(start + n)  # no room: pwrite below says ENOSPC, nothing is kept
+        # Several batches go out in one pwritev, not through the mapping: measured here
+        # (16 x 16 KiB per call, runs after the page cache was dropped), 1,809 MiB/s steady
+        # against 347-1,071 MiB/s through the mapping, whose faults zero every new page-cache
+        # folio before the copy overwrites it; write() never zeroes a page it fills whole.
+        self._pwrite(stamped_iov(data, stamps), n, start)
         self.size = start + n
         interval = self.index_interval_bytes
         since = self.bytes_since_index
@@ -660,7 +677,7 @@ class Segment:
                         () if leader_epoch < 0 else
                         ((0, base_offset, n - LOG_OVERHEAD, leader_epoch),))
             return
-        if end > self._reserved and not self._reserve(end):
+        if end > self._reserved and not self._reserve(end, populate=True):
             self.append(data, [(0, n, base_offset, last_offset, max_ts)], n,
                         () if leader_epoch < 0 else
                         ((0, base_offset, n - LOG_OVERHEAD, leader_epoch),))
