@@ -65,6 +65,9 @@ class PrebuiltResult:
     batch_bytes: int
     partitions: int
     inflight: int
+    dd_bytes: int = 0  # the page-cache ceiling: dd of as many bytes into dd_dir, same run
+    dd_seconds: float = 0.0
+    dd_dir: str = ""
 
     @property
     def mb_per_s(self) -> float:
@@ -89,6 +92,16 @@ class PrebuiltResult:
             f"{self.records_per_s:,.0f} records/s\n"
             f"raw pyzmq PUSH->PULL, same frames (best round): {self.raw_mb_per_s:.0f} MB/s\n"
             f"broker / raw = {self.ratio * 100:.0f} % (target >= 50 %)"
+            + self._dd_line()
+        )
+
+    def _dd_line(self) -> str:
+        if not self.dd_seconds:
+            return ""
+        dd = self.dd_bytes / self.dd_seconds / 1e6
+        return (
+            f"\ndd bs=16k of the same bytes into {self.dd_dir} (what this machine's page cache "
+            f"takes in now): {dd:.0f} MB/s; broker = {self.mb_per_s / dd * 100:.0f} % of it"
         )
 
 
@@ -378,13 +391,17 @@ def run_prebuilt(
     rounds: int = 3,
     progress: Progress | None = None,
     per_request: int = 8,
+    dd_dir: str | None = None,
 ) -> PrebuiltResult:
     """Produce ready-made batches to the node at `bootstrap`, and the raw baseline.
 
     Each request carries one batch for each of up to `per_request` partitions led by the same
     worker (as a Kafka producer sends one request per broker). The time is split in `rounds`
     alternating broker/raw rounds and the best round of each is kept, so a burst of other
-    load on the machine does not decide the ratio.
+    load on the machine does not decide the ratio. With `dd_dir` (a directory on the node's
+    disk), `dd` then writes as many bytes as the best round into it: every byte the broker
+    stores goes into the page cache, so that rate bounds it. On fresh memory of this VM it is
+    ~300 MB/s (first touch of each page); on a page cache already full, ~2 GB/s.
     """
     batch, records = prebuilt_batch(batch_bytes, record_size)
     per_round = seconds / (2 * rounds)
@@ -423,6 +440,10 @@ def run_prebuilt(
     finally:
         raw.close()
         ctx.term()
+    dd_bytes, dd_seconds = 0, 0.0
+    if dd_dir:
+        dd_bytes = max(best[0] * len(batch) // 16384, 1) * 16384
+        dd_seconds = dd_bytes / _dd_rate(dd_dir, dd_bytes)
     return PrebuiltResult(
         batches=best[0],
         records=best[0] * records,
@@ -433,7 +454,23 @@ def run_prebuilt(
         batch_bytes=len(batch),
         partitions=partitions,
         inflight=inflight,
+        dd_bytes=dd_bytes,
+        dd_seconds=dd_seconds,
+        dd_dir=dd_dir or "",
     )
+
+
+def _dd_rate(directory: str, nbytes: int) -> float:
+    """Bytes/s of `dd bs=16k` writing `nbytes` to a new file in `directory` (then removed)."""
+    from qnode.loadtest.bench_log import dd_write
+
+    path = os.path.join(directory, f".qnode-bench-dd.{os.getpid()}")
+    try:
+        rate, _ = dd_write(path, nbytes, 16384)
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+    return rate
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -449,6 +486,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-request", type=int, default=8, help="batches (partitions) per request")
     ap.add_argument("--acks", type=int, default=1, choices=(1, -1))
     ap.add_argument("--workers", type=int, default=1, help="workers of a node started here")
+    ap.add_argument("--dd-dir", default=None, help="a directory on the node's disk: dd there "
+                    "measures the page cache's intake in the same run (default: the data dir "
+                    "of a node started here, else skipped)")
     ap.add_argument(
         "--data-dir",
         help="data dir of a node started here (default: a temporary "
@@ -484,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
             acks=args.acks,
             rounds=args.rounds,
             per_request=args.per_request,
+            dd_dir=args.dd_dir or (str(data_dir) if node is not None else None),
         )
         print(res.summary())
     finally:

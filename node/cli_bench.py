@@ -359,6 +359,10 @@ def bench_produce(
         False, "--prebuilt", help="broker path alone: ready-made batches, vs raw pyzmq"
     ),
     seconds: float = typer.Option(5.0, "--seconds", help="duration of a --prebuilt run"),
+    dd_dir: str = typer.Option(
+        ".", "--dd-dir", help="--prebuilt: a directory on the node's disk where dd measures "
+        "the page cache's intake in the same run ('' to skip)"
+    ),
     topic: str = typer.Option(None, "--topic"),
     bootstrap: str = BootstrapOpt,
 ) -> None:
@@ -379,6 +383,7 @@ def bench_produce(
             record_size,
             acks=parse_acks(acks),
             progress=lambda b, n: progress.update(b),
+            dd_dir=dd_dir or None,
         )
         progress.close()
         print(res.summary())

@@ -131,7 +131,7 @@ def test_default_bootstrap_comes_from_the_environment(bootstrap: str) -> None:
     assert "Controller: 0" in out and bootstrap in out and "Offline partitions: 0" in out
 
 
-def test_bench_commands(bootstrap: str) -> None:
+def test_bench_commands(bootstrap: str, tmp_path) -> None:
     res = qnode("bench", "produce", "--records", "20000", "--partitions", "2",
                 bootstrap=bootstrap)
     assert res.returncode == 0, res.stderr
@@ -147,9 +147,12 @@ def test_bench_commands(bootstrap: str) -> None:
     assert "300 records" in out and "p99" in out
     assert "floor, raw pyzmq" in out and "(300 samples)" in out
     assert b"e2e: 300/300" in res.stderr  # the progress line
-    res = qnode("bench", "produce", "--prebuilt", "--seconds", "0.5", bootstrap=bootstrap)
+    res = qnode("bench", "produce", "--prebuilt", "--seconds", "0.5", "--dd-dir", str(tmp_path),
+                bootstrap=bootstrap)
     assert res.returncode == 0, res.stderr
     assert "broker / raw" in res.stdout.decode()
+    assert "dd bs=16k of the same bytes into" in res.stdout.decode()
+    assert os.listdir(tmp_path) == []  # dd's file is gone
 
 
 def test_consume_as_a_group_resumes_from_its_commit(bootstrap: str) -> None:
