@@ -484,6 +484,9 @@ class Segment:
             return
         a = start - start % mmap.PAGESIZE
         try:
+            # read-ahead first: the head of an active segment's mapping faults one page at a
+            # time (no_read_around), so a cold scan there would read the disk page by page
+            self._mm.madvise(mmap.MADV_WILLNEED, a, min(end, self._mapped) - a)
             self._mm.madvise(_MADV_POPULATE_READ, a, min(end, self._mapped) - a)
         except (OSError, ValueError):
             try:
