@@ -32,6 +32,7 @@ from qnode.storage.checksum import crc32c
 from qnode.storage.errors import DiskFullError, StorageError
 from qnode.storage.offset_index import OffsetIndex, allocate, no_read_around
 from qnode.storage.time_index import TimeIndex
+from qnode.storage.write_vector import STAMP, Buffer, Stamp, stamped_iov
 
 # RecordBatch v2 header prefix, up to and including maxTimestamp (Kafka's layout):
 # baseOffset i64, batchLength i32, partitionLeaderEpoch i32, magic i8, crc u32,
@@ -61,38 +62,8 @@ MAP_STEP = 64 << 20  # write mappings longer than this are a whole number of ste
 # refaults them from there). Dropped every RELEASE_CHUNK bytes written or read.
 RESIDENT_WINDOW = 16 << 20
 RELEASE_CHUNK = 8 << 20
-_STAMP = struct.Struct(">qii")  # baseOffset, batchLength, partitionLeaderEpoch
 _ZERO_CHUNK = 1 << 20
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
-
-def stamped_iov(data: Sequence[Buffer], stamps: Sequence[Stamp]) -> list[Buffer]:
-    """`data` as a write vector with each stamp's 16 header bytes (base offset, length,
-    leader epoch) in place of the caller's: the caller's buffers are never modified."""
-    if not stamps:
-        return list(data)
-    out: list[Buffer] = []
-    pos = 0
-    si = 0
-    ns = len(stamps)
-    for b in data:
-        mv = b if isinstance(b, memoryview) else memoryview(b)
-        blen = len(mv)
-        off = 0
-        while si < ns and stamps[si][0] < pos + blen:
-            at, base, length, epoch = stamps[si]
-            at -= pos
-            assert off <= at and at + _STAMP.size <= blen, "a batch header spans two buffers"
-            if at > off:
-                out.append(mv[off:at])
-            out.append(_STAMP.pack(base, length, epoch))
-            off = at + _STAMP.size
-            si += 1
-        if off < blen:
-            out.append(mv[off:])
-        pos += blen
-    assert si == ns, "a stamp past the data"
-    return out
-
 
 LOG_SUFFIX = ".log"
 INDEX_SUFFIX = ".index"
@@ -104,9 +75,6 @@ SWAP = ".swap"
 
 # (position in the appended buffer, size, base offset, last offset, max timestamp)
 BatchMeta = tuple[int, int, int, int, int]
-# (position in the appended buffer, base offset, batchLength, leader epoch) to stamp
-Stamp = tuple[int, int, int, int]
-Buffer = bytes | bytearray | memoryview
 
 
 class SegmentMissingError(StorageError):
@@ -687,7 +655,7 @@ class Segment:
             return  # a disk too full for a reservation: pwrite says ENOSPC cleanly
         self._mv[start:end] = data  # type: ignore[index]
         if leader_epoch >= 0:
-            _STAMP.pack_into(self._mm, start, base_offset, n - LOG_OVERHEAD,  # type: ignore
+            STAMP.pack_into(self._mm, start, base_offset, n - LOG_OVERHEAD,  # type: ignore
                              leader_epoch)
         self.size = end
         if end >= self._release_at:

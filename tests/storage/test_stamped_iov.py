@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from qnode.storage.segment import stamped_iov
+from qnode.storage.write_vector import stamped_iov
 
 _STAMP = struct.Struct(">qii")
 
