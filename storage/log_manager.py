@@ -330,7 +330,9 @@ class LogManager:
         stop = n if max_logs is None else min(n, start + max(1, max_logs))
         self._sweep_pos = 0 if stop >= n else stop
         first = self._check_cursor % n if n else 0
-        k = min(self.file_checks_per_tick, n)
+        # file checks per sweep stay file_checks_per_tick however many calls a sweep takes
+        slices = 1 if max_logs is None else self.sweep_slices(max_logs)
+        k = min(-(-self.file_checks_per_tick // slices), n)
         self._check_cursor = first + k
         for j in range(k):  # the file checks go round on their own, k logs per tick
             tp, log = logs[(first + j) % n]
