@@ -68,6 +68,7 @@ class PrebuiltResult:
     dd_bytes: int = 0  # the page-cache ceiling: dd of as many bytes into dd_dir, same run
     dd_seconds: float = 0.0
     dd_dir: str = ""
+    dd_note: str = ""  # why there is no dd figure, when dd was asked for and failed
 
     @property
     def mb_per_s(self) -> float:
@@ -97,7 +98,7 @@ class PrebuiltResult:
 
     def _dd_line(self) -> str:
         if not self.dd_seconds:
-            return ""
+            return f"\n{self.dd_note}" if self.dd_note else ""
         dd = self.dd_bytes / self.dd_seconds / 1e6
         return (
             f"\ndd bs=16k of the same bytes into {self.dd_dir} (what this machine's page cache "
@@ -440,10 +441,13 @@ def run_prebuilt(
     finally:
         raw.close()
         ctx.term()
-    dd_bytes, dd_seconds = 0, 0.0
+    dd_bytes, dd_seconds, dd_note = 0, 0.0, ""
     if dd_dir:
         dd_bytes = max(best[0] * len(batch) // 16384, 1) * 16384
-        dd_seconds = dd_bytes / _dd_rate(dd_dir, dd_bytes)
+        try:
+            dd_seconds = dd_bytes / _dd_rate(dd_dir, dd_bytes)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            dd_note = f"dd into {dd_dir} failed ({exc}): no page-cache figure"
     return PrebuiltResult(
         batches=best[0],
         records=best[0] * records,
@@ -457,6 +461,7 @@ def run_prebuilt(
         dd_bytes=dd_bytes,
         dd_seconds=dd_seconds,
         dd_dir=dd_dir or "",
+        dd_note=dd_note,
     )
 
 

@@ -371,6 +371,10 @@ def bench_produce(
     name = _topic_name("produce", topic)
     if prebuilt:
         from qnode.loadtest.bench_broker import run_prebuilt
+
+        if dd_dir and not (os.path.isdir(dd_dir) and os.access(dd_dir, os.W_OK)):
+            raise ValueError(f"--dd-dir {dd_dir!r} is not a writable directory "
+                             "('' skips the dd figure)")
         from qnode.sdk.producer import parse_acks
 
         progress = Progress("prebuilt", 0, unit="bytes")

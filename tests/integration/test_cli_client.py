@@ -153,6 +153,10 @@ def test_bench_commands(bootstrap: str, tmp_path) -> None:
     assert "broker / raw" in res.stdout.decode()
     assert "dd bs=16k of the same bytes into" in res.stdout.decode()
     assert os.listdir(tmp_path) == []  # dd's file is gone
+    res = qnode("bench", "produce", "--prebuilt", "--dd-dir", str(tmp_path / "missing"),
+                bootstrap=bootstrap)
+    assert res.returncode != 0
+    assert b"is not a writable directory" in res.stdout + res.stderr
 
 
 def test_consume_as_a_group_resumes_from_its_commit(bootstrap: str) -> None:
