@@ -194,6 +194,15 @@ def _one_valid_batch(data: Buffer, max_batch_bytes: int) -> tuple[int, ...] | No
     return None
 
 
+def _hook_info(h: tuple[int, ...], n: int) -> BatchesInfo:
+    """What the append hooks get for one batch whose header fields `h` the fast path read:
+    the BatchesInfo validate_batches would have built for it."""
+    hdr = _new_tuple(BatchHeader, (0, n, h[0]) + h[2:])
+    max_ts = h[8]
+    return _new_tuple(BatchesInfo, ([hdr], n, h[12], h[6] + 1, max_ts if max_ts > -1 else -1,
+                                    0 if max_ts > -1 else -1))
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -376,11 +385,7 @@ class Log:
         hooks = self.hooks
         info = None
         if hooks.before_append or hooks.on_append:
-            # the hooks get the batch header as validate_batches would have built it
-            hdr = _new_tuple(BatchHeader, (0, n, h[0]) + h[2:])
-            info = _new_tuple(BatchesInfo, ([hdr], n, h[12], h[6] + 1,
-                                            max_ts if max_ts > -1 else -1,
-                                            0 if max_ts > -1 else -1))
+            info = _hook_info(h, n)
             for check in hooks.before_append:
                 check(info, data)
         seg = self._segments[-1]
@@ -424,12 +429,22 @@ class Log:
             metas: list[BatchMeta] = []
             stamps: list[Stamp] = []
             nxt, size, max_ts = self._leo, 0, -1
-            fast = assign_offsets and self._one_batch_fast and not (
-                self.hooks.before_append or self.hooks.on_append)
+            fast = assign_offsets and self._one_batch_fast
+            hooks = self.hooks
+            with_hooks = bool(hooks.before_append or hooks.on_append)
             for data, epoch in items:
                 h = _one_valid_batch(data, self._max_batch) if fast else None
                 if h is not None:  # one batch, checked as append's fast path checks it
                     n = h[1] + 12
+                    info = None
+                    if with_hooks:  # as the general path: checked now, told after the write
+                        info = _hook_info(h, n)
+                        try:
+                            for check in hooks.before_append:
+                                check(info, data)
+                        except StorageError as exc:
+                            out.append(exc)
+                            continue
                     last = nxt + h[6]
                     ts = h[8] if h[8] > -1 else -1
                     iov.append(data)
@@ -441,7 +456,7 @@ class Log:
                     if ts > max_ts:
                         max_ts = ts
                     out.append(res)
-                    done.append((res, None, epoch))
+                    done.append((res, info, epoch))
                     continue
                 try:
                     p = _Prepared(*self._prepare(data, epoch, assign_offsets, nxt, now, size))

@@ -149,3 +149,26 @@ def test_log_append_time_stamps_and_reseals(tmp_path):
     batch.verify()  # CRC recomputed
     assert [rec.timestamp for rec in batch.records()] == [123456] * 3
     log.close()
+
+
+def test_append_many_runs_the_hooks_per_item_as_append_does(tmp_path, small_config):
+    log = Log.open(tmp_path / "t-0", small_config)
+    seen_before: list[tuple[int, int]] = []
+    told: list[tuple[int, int, int]] = []
+
+    def check(info, data):  # refuse the second item, as a producer-state check would
+        seen_before.append((info.record_count, info.batches[0].size))
+        if len(seen_before) == 2:
+            raise InvalidRecordError("refused by the hook")
+
+    log.hooks.before_append.append(check)
+    log.hooks.on_append.append(lambda res, info, epoch: told.append(
+        (res.base_offset, info.record_count, epoch)))
+    a, b, c = make_batch(2), make_batch(3), make_batch(4)
+    results = log.append_many([(a, 5), (b, 5), (c, 6)])
+    assert [type(r).__name__ for r in results] == ["AppendResult", "InvalidRecordError",
+                                                   "AppendResult"]
+    assert seen_before == [(2, len(a)), (3, len(b)), (4, len(c))]
+    assert told == [(0, 2, 5), (2, 4, 6)]  # after the write, only for what was written
+    assert read_all(log) == list(range(6))
+    log.close()
