@@ -173,15 +173,20 @@ class NodeProcess:
         log.close()
         self.returncode = None
         self.seen_pids.add(self.proc.pid)
-        threading.Thread(target=self._read_stdout, args=(self.proc,), daemon=True).start()
+        # The reader gets this process's queue, not `self._lines`: after a kill -9 the old
+        # reader may see its EOF only once restart() has spawned the next process, and its
+        # end-of-output must not tell wait_ready that the new one exited (it then waited on
+        # a running process until the test timed out).
+        threading.Thread(target=self._read_stdout, args=(self.proc, self._lines),
+                         daemon=True).start()
         return self.proc
 
-    def _read_stdout(self, proc: subprocess.Popen) -> None:
+    def _read_stdout(self, proc: subprocess.Popen, lines: queue.Queue[str | None]) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
             self.stdout_lines.append(line.rstrip("\n"))
-            self._lines.put(line.rstrip("\n"))
-        self._lines.put(None)
+            lines.put(line.rstrip("\n"))
+        lines.put(None)
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> NodeProcess:
         deadline = time.monotonic() + timeout
@@ -194,7 +199,10 @@ class NodeProcess:
             except queue.Empty:
                 continue
             if line is None:
-                code = self.proc.wait() if self.proc else None
+                try:
+                    code = self.proc.wait(10) if self.proc else None
+                except subprocess.TimeoutExpired:
+                    code = "nothing (still running, its output closed)"
                 pytest.fail(f"qnode start exited with {code} before ready\n{self.log_tail()}")
             if " ready on " in line:
                 self.child_pids()  # remember them for cleanup
