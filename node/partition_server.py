@@ -26,7 +26,14 @@ from qnode.node.replica_set import (
     storage_error_code,
 )
 from qnode.storage import producer_state
-from qnode.storage.record_batch import LENGTH_OFFSET, LOG_OVERHEAD, PRODUCER_ID_OFFSET, iter_batches
+from qnode.storage.errors import InvalidRecordError
+from qnode.storage.record_batch import (
+    CONTROL_MASK,
+    LENGTH_OFFSET,
+    LOG_OVERHEAD,
+    PRODUCER_ID_OFFSET,
+    iter_batches,
+)
 from qnode.transport.errors import ErrorCode
 
 log = logging.getLogger(__name__)
@@ -172,7 +179,14 @@ class PartitionServer:
         lg = r.log
         try:
             psm = lg.producer_state or producer_state.attach(lg)
-            dup = psm.check_batches(iter_batches(buf))
+            headers = list(iter_batches(buf))
+            for h in headers:  # a control batch has a producer id: it always comes this way
+                if h.attributes & CONTROL_MASK:
+                    raise InvalidRecordError(
+                        f"batch at position {h.position} is a control batch: clients may not "
+                        "write them (only the transaction coordinator writes COMMIT/ABORT markers)"
+                    )
+            dup = psm.check_batches(iter(headers))
             if dup is not None:
                 entry.update(
                     error=0,

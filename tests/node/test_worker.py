@@ -14,6 +14,7 @@ from worker_harness import Client, MetadataFeed, WorkerProcess, make_batch
 
 from qnode.coordinator import records as rec
 from qnode.node.shm_table import ShmTableReader
+from qnode.storage.batch_builder import ControlType, build_control_batch
 from qnode.storage.batch_reader import read_batches
 from qnode.transport.api import ApiKey
 from qnode.transport.errors import ErrorCode
@@ -141,6 +142,9 @@ def test_errors_per_partition(feed: MetadataFeed, client: Client) -> None:
     body = {"acks": 1, "topics": [{"name": "mine", "partitions": [{"partition": 0, "frame": 3}]}]}
     r = client.call(ApiKey.PRODUCE, body, [make_batch([b"x"])])
     assert r.body["topics"][0]["partitions"][0]["error"] == ErrorCode.INVALID_REQUEST
+    # a transaction marker from a client (Kafka: only the transaction coordinator writes them)
+    p = client.produce("mine", 0, build_control_batch(ControlType.ABORT, 7, 0, 0))
+    assert p["error"] == ErrorCode.INVALID_RECORD and "control batch" in p["message"]
     # nothing bad was appended
     part, data = client.fetch("mine", 0, 0)
     assert part["high_watermark"] == 0 and data == b""
