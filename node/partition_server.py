@@ -26,12 +26,12 @@ from qnode.node.replica_set import (
     storage_error_code,
 )
 from qnode.storage import producer_state
-from qnode.storage.errors import InvalidRecordError
 from qnode.storage.record_batch import (
     CONTROL_MASK,
     LENGTH_OFFSET,
     LOG_OVERHEAD,
     PRODUCER_ID_OFFSET,
+    TRANSACTIONAL_MASK,
     iter_batches,
 )
 from qnode.transport.errors import ErrorCode
@@ -63,6 +63,21 @@ def _may_be_idempotent(buf: Any) -> bool:
     if n < PRODUCER_ID_OFFSET + 8:
         return False  # not even a header: the append refuses it
     return _I64(buf, PRODUCER_ID_OFFSET)[0] >= 0 or _I32(buf, LENGTH_OFFSET)[0] + LOG_OVERHEAD < n
+
+
+def _refused_from_client(headers: Sequence[Any]) -> tuple[ErrorCode, str] | None:
+    """Why a client may not append these batches, or None. Control and transactional batches
+    carry a producer id, so they always reach the idempotent path that walks the headers."""
+    for h in headers:
+        if h.attributes & CONTROL_MASK:
+            return (ErrorCode.INVALID_RECORD, f"batch at position {h.position} is a control "
+                    "batch: only the transaction coordinator writes COMMIT/ABORT markers")
+        if h.attributes & TRANSACTIONAL_MASK:
+            # Kafka (KIP-890) answers this when the partition is not in the producer's
+            # ongoing transaction; with no transaction coordinator yet, it never is
+            return (ErrorCode.INVALID_TXN_STATE, f"batch at position {h.position} is "
+                    "transactional, and transactions are not available in this qnode version")
+    return None
 
 
 def _every_partition(body: dict[str, Any], code: ErrorCode, message: str) -> dict[str, Any]:
@@ -180,12 +195,10 @@ class PartitionServer:
         try:
             psm = lg.producer_state or producer_state.attach(lg)
             headers = list(iter_batches(buf))
-            for h in headers:  # a control batch has a producer id: it always comes this way
-                if h.attributes & CONTROL_MASK:
-                    raise InvalidRecordError(
-                        f"batch at position {h.position} is a control batch: clients may not "
-                        "write them (only the transaction coordinator writes COMMIT/ABORT markers)"
-                    )
+            refused = _refused_from_client(headers)
+            if refused is not None:
+                entry.update(_err(entry["partition"], *refused, **_NO_APPEND))
+                return
             dup = psm.check_batches(iter(headers))
             if dup is not None:
                 entry.update(

@@ -14,7 +14,7 @@ from worker_harness import Client, MetadataFeed, WorkerProcess, make_batch
 
 from qnode.coordinator import records as rec
 from qnode.node.shm_table import ShmTableReader
-from qnode.storage.batch_builder import ControlType, build_control_batch
+from qnode.storage.batch_builder import BatchBuilder, ControlType, build_control_batch
 from qnode.storage.batch_reader import read_batches
 from qnode.transport.api import ApiKey
 from qnode.transport.errors import ErrorCode
@@ -145,6 +145,11 @@ def test_errors_per_partition(feed: MetadataFeed, client: Client) -> None:
     # a transaction marker from a client (Kafka: only the transaction coordinator writes them)
     p = client.produce("mine", 0, build_control_batch(ControlType.ABORT, 7, 0, 0))
     assert p["error"] == ErrorCode.INVALID_RECORD and "control batch" in p["message"]
+    tb = BatchBuilder(producer_id=7, producer_epoch=0, base_sequence=0, transactional=True)
+    tb.append(None, b"in a transaction")
+    txn = tb.build()
+    p = client.produce("mine", 0, txn)
+    assert p["error"] == ErrorCode.INVALID_TXN_STATE and "transactions" in p["message"]
     # nothing bad was appended
     part, data = client.fetch("mine", 0, 0)
     assert part["high_watermark"] == 0 and data == b""
