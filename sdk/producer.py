@@ -158,6 +158,7 @@ class Producer:
         """
         if timestamp_ms is None:
             timestamp_ms = _time_ns() // 1_000_000
+        batch = None
         if partition is None and key is None and headers is None \
                 and value.__class__ is bytes:
             # The hot path: a keyless record for the topic's current sticky batch.
@@ -184,10 +185,6 @@ class Producer:
                         batch = None
                 else:
                     batch = None
-            if batch is not None:
-                if wake:  # outside the lock: the woken sender's first step is to take it
-                    self._acc.wake()
-                return RecordFuture(batch.result, od, timestamp_ms)
         elif partition is None and headers is None and key.__class__ is bytes \
                 and value.__class__ is bytes:
             # A keyed record for its partition's open batch (with many partitions, most
@@ -209,10 +206,10 @@ class Producer:
                         wake = self._linger_zero and self._acc.sender_waiting
                     else:
                         batch = None
-                if batch is not None:
-                    if wake:
-                        self._acc.wake()
-                    return RecordFuture(batch.result, od, timestamp_ms)
+        if batch is not None:  # one of the two fast paths took the record
+            if wake:  # outside the lock: the woken sender's first step is to take it
+                self._acc.wake()
+            return RecordFuture(batch.result, od, timestamp_ms)
         return self._send_slow(topic, value, key, partition, headers, timestamp_ms)
 
     def _send_slow(self, topic: str, value: Any, key: Any, partition: int | None,
