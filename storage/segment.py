@@ -446,21 +446,18 @@ class Segment:
                 pass
 
     def _populate(self, start: int, end: int) -> None:
-        """Map [start, end) in one go before a scan (MADV_POPULATE_READ, Linux 5.14+): one
-        syscall instead of a page fault every few pages. Best effort."""
+        """Read [start, end) ahead and map it in one go before a scan (MADV_POPULATE_READ,
+        Linux 5.14+): one syscall instead of a page fault every few pages. Best effort."""
+        # read-ahead first: the head of an active segment's mapping faults one page at a
+        # time (no_read_around), so a cold scan there would read the disk page by page
+        self.advise_sequential(start, end)
         if self._mm is None or end <= start:
             return
         a = start - start % mmap.PAGESIZE
         try:
-            # read-ahead first: the head of an active segment's mapping faults one page at a
-            # time (no_read_around), so a cold scan there would read the disk page by page
-            self._mm.madvise(mmap.MADV_WILLNEED, a, min(end, self._mapped) - a)
             self._mm.madvise(_MADV_POPULATE_READ, a, min(end, self._mapped) - a)
         except (OSError, ValueError):
-            try:
-                self._mm.madvise(mmap.MADV_WILLNEED, a, min(end, self._mapped) - a)
-            except (OSError, ValueError):
-                pass
+            pass  # before Linux 5.14: the read-ahead alone
 
     def header_at(self, pos: int) -> tuple[int, int, int, int, int, int, int, int, int]:
         """(base, length, leader epoch, magic, crc, attributes, last delta, base ts, max ts)."""
