@@ -302,17 +302,13 @@ class LogManager:
         Segments removed `file.delete.delay.ms` ago are unlinked.
 
         `max_logs`: look at no more than this many logs per call, the next ones at the next
-        call (a sweep over all logs then takes `sweeps_slices(max_logs)` calls). An owner
+        call (a sweep over all logs then takes `sweep_slices(max_logs)` calls). An owner
         serving requests between ticks keeps each pause short this way: a pass over 3,000
         logs costs ~3.5 ms, which a request arriving meanwhile would wait for."""
         report = TickReport()
         if self._flusher is not None:
             for tp, exc in self._flusher.take_errors().items():
-                log = self._logs.pop(tp, None)
-                if log is not None:
-                    log.close_without_flush()
-                report.errors[tp] = exc
-                self._offline[tp] = exc
+                self._take_offline(tp, exc, report)
         logs = list(self._logs.items())
         n = len(logs)
         if self._sweep_pos == 0 or self._sweep_pos >= n:
@@ -356,10 +352,14 @@ class LogManager:
         try:
             work()
         except (StorageError, OSError) as exc:
-            # An I/O fault takes this log offline (Kafka: the log dir fails); others go on.
-            report.errors[tp] = exc
-            self._offline[tp] = exc
-            self._logs.pop(tp, None)
+            self._take_offline(tp, exc, report)
+
+    def _take_offline(self, tp: TopicPartition, exc: Exception, report: TickReport) -> None:
+        """An I/O fault takes this log offline (Kafka: the log dir fails); others go on."""
+        report.errors[tp] = exc
+        self._offline[tp] = exc
+        log = self._logs.pop(tp, None)
+        if log is not None:
             log.close_without_flush()
 
     def sweep_slices(self, max_logs: int) -> int:
