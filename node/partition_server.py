@@ -27,11 +27,11 @@ from qnode.node.replica_set import (
 )
 from qnode.storage import producer_state
 from qnode.storage.record_batch import (
-    CONTROL_MASK,
     LENGTH_OFFSET,
     LOG_OVERHEAD,
     PRODUCER_ID_OFFSET,
     TRANSACTIONAL_MASK,
+    check_client_batch,
     iter_batches,
 )
 from qnode.transport.errors import ErrorCode
@@ -66,12 +66,11 @@ def _may_be_idempotent(buf: Any) -> bool:
 
 
 def _refused_from_client(headers: Sequence[Any]) -> tuple[ErrorCode, str] | None:
-    """Why a client may not append these batches, or None. Control and transactional batches
-    carry a producer id, so they always reach the idempotent path that walks the headers."""
+    """Why a client may not append these batches, or None; a control batch raises
+    InvalidRecordError (check_client_batch). Control and transactional batches carry a
+    producer id, so they always reach the idempotent path that walks the headers."""
     for h in headers:
-        if h.attributes & CONTROL_MASK:
-            return (ErrorCode.INVALID_RECORD, f"batch at position {h.position} is a control "
-                    "batch: only the transaction coordinator writes COMMIT/ABORT markers")
+        check_client_batch(h)
         if h.attributes & TRANSACTIONAL_MASK:
             # Kafka (KIP-890) answers this when the partition is not in the producer's
             # ongoing transaction; with no transaction coordinator yet, it never is

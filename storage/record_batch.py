@@ -259,10 +259,8 @@ def validate_batches(
         if crc32c(mv[pos + ATTRIBUTES_OFFSET : pos + hdr.size]) != hdr.crc:
             check_crc(mv, hdr)  # raises with the full message
         _check_counts(hdr, producer_batches)
-        if not allow_control and hdr.attributes & CONTROL_MASK:
-            raise InvalidRecordError(
-                f"batch at position {pos} is a control batch: clients may not write them"
-            )
+        if not allow_control:
+            check_client_batch(hdr)
         codec = hdr.attributes & COMPRESSION_MASK
         if codec not in _READABLE_CODECS:
             check_supported(codec)  # raises UnsupportedCompressionError with a clear message
@@ -274,6 +272,15 @@ def validate_batches(
             max_ts_batch = len(batches) - 1
         pos += hdr.size
     return BatchesInfo(batches, n, record_count, offset_count, max_ts, max_ts_batch)
+
+
+def check_client_batch(hdr: BatchHeader) -> None:
+    """Refuse what a client may not write: COMMIT/ABORT markers are the transaction
+    coordinator's alone (InvalidRecordError, INVALID_RECORD on the wire)."""
+    if hdr.attributes & CONTROL_MASK:
+        raise InvalidRecordError(
+            f"batch at position {hdr.position} is a control batch: clients may not write them"
+        )
 
 
 _READABLE_CODECS = frozenset({0, 1, 3, 4})
