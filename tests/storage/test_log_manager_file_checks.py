@@ -7,19 +7,25 @@ import os
 
 from storage_log_helpers import make_batch
 
-from qnode.storage import LogConfig, SegmentMissingError
+from qnode.storage import Log, LogConfig, SegmentMissingError
 from qnode.storage.log_manager import LogManager
 
 CFG = LogConfig.from_topic_config({"segment.bytes": "3000"})
 
 
-def test_deleted_segment_found_within_one_round_of_ticks(tmp_path):
-    mgr = LogManager(tmp_path, "w", file_checks_per_tick=2, background_flush=False)
-    logs = [mgr.open_log("t", p, CFG) for p in range(5)]
+def _logs_with_closed_segments(mgr: LogManager, n: int) -> list[Log]:
+    """Partitions 0..n-1 of topic t, each with rolled (closed) segments, flushed."""
+    logs = [mgr.open_log("t", p, CFG) for p in range(n)]
     for log in logs:
         for _ in range(8):
             log.append(make_batch(10), 0)
         log.flush()
+    return logs
+
+
+def test_deleted_segment_found_within_one_round_of_ticks(tmp_path):
+    mgr = LogManager(tmp_path, "w", file_checks_per_tick=2, background_flush=False)
+    logs = _logs_with_closed_segments(mgr, 5)
     now = 10**13
     mgr.tick(now)  # nothing missing: nothing offline
     assert not mgr.offline()
@@ -39,11 +45,7 @@ def test_deleted_segment_found_within_one_round_of_ticks(tmp_path):
 
 def test_one_tick_checks_only_its_slice(tmp_path):
     mgr = LogManager(tmp_path, "w", file_checks_per_tick=1, background_flush=False)
-    logs = [mgr.open_log("t", p, CFG) for p in range(4)]
-    for log in logs:
-        for _ in range(8):
-            log.append(make_batch(10), 0)
-        log.flush()
+    logs = _logs_with_closed_segments(mgr, 4)
     for log in logs:
         os.unlink(log.closed_segments()[0].log_path)
     seen = []
