@@ -67,6 +67,7 @@ KEYS: dict[str, Key] = {
         Key("workers", "int", None, "an integer >= 1 (default: the number of cores)", 1, 1024),
         Key("peers", "list", [], "a list of ID@tcp://HOST:PORT (other voters of the cluster)"),
         _int("worker.port.base", 0, 0, "0 (random free ports) or a port 1024..65000", 65000),
+        _int("worker.busy.poll.us", 0, 0, "0 (off) or microseconds up to 1000000", 1000000),
         _int("socket.request.max.bytes", 104857600, 1024, hi=2**31 - 1),
         _int("replica.lag.time.max.ms", 30000, 1),
         Key("auto.create.topics.enable", "bool", False, "true or false"),

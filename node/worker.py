@@ -92,6 +92,7 @@ class WorkerConfig:
     logs_per_tick: int = 256  # logs one maintenance tick looks at (~0.3 ms)
     metadata_max_wait_ms: int = 1000
     batch: int = 64  # client messages handled per loop iteration
+    busy_poll_us: int = 0  # worker.busy.poll.us: keep polling this long after a request
     log_level: str = "INFO"
 
     def to_json(self) -> str:
@@ -118,6 +119,7 @@ class WorkerConfig:
             advertised_host=socket.gethostname() if wildcard else None,
             topic_defaults=dict(node.topic_defaults),
             max_request_bytes=node.socket_request_max_bytes,
+            busy_poll_us=node.get("worker.busy.poll.us"),
         )
 
 
@@ -450,10 +452,18 @@ class Worker:
         if wakeup_fd is not None:
             poller.register(wakeup_fd, zmq.POLLIN)
         self._send_hello(time.monotonic())
+        busy_s = self.config.busy_poll_us / 1e6
+        busy_until = 0.0
         while not self.stopping:
             now = time.monotonic()
-            events = dict(poller.poll(self._poll_timeout_ms(now)))
+            # worker.busy.poll.us: for a while after a request, look again without sleeping.
+            # On a VM whose idle vCPUs halt, the next request then finds this vCPU awake
+            # instead of paying its wake-up (tens of µs per hand-off, several per request).
+            timeout = 0 if now < busy_until else self._poll_timeout_ms(now)
+            events = dict(poller.poll(timeout))
             if self.router in events:
+                if busy_s:
+                    busy_until = time.monotonic() + busy_s
                 self._on_clients()
             if self.coord_events in events:
                 self._on_coord_event(time.monotonic())
