@@ -98,6 +98,7 @@ def test_overrides_win_and_round_trip_json(tmp_path: Path) -> None:
         ),
         ('peers = ["x"]', ["'peers'", "ID@tcp://HOST:PORT"]),
         ('message.timestamp.type = "Now"', ["'message.timestamp.type'", "LogAppendTime"]),
+        ("worker.busy.poll.us = -5", ["'worker.busy.poll.us'", "-5", "0 (off)"]),
     ],
 )
 def test_bad_values_name_key_value_and_allowed(tmp_path: Path, text: str, needles) -> None:

@@ -1,9 +1,11 @@
 """Workers inside a real node (`qnode start`: supervisor, real coordinator): placement from
-the metadata log, produce/fetch on the endpoints the metadata names, long-poll, and a worker
-killed -9 mid-produce that the supervisor restarts with every acknowledged record."""
+the metadata log, produce/fetch on the endpoints the metadata names, long-poll, a worker
+killed -9 mid-produce that the supervisor restarts with every acknowledged record, and
+worker.busy.poll.us (serving as before, spinning only after a request)."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
@@ -128,3 +130,55 @@ def test_worker_kill_9_mid_produce_keeps_acknowledged_records(node_factory) -> N
         assert values[: len(acked)] == acked
     finally:
         boot.close()
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def test_busy_poll_serves_long_polls_and_spins_only_after_requests(node_factory) -> None:
+    n = node_factory(workers=1, config={"worker.busy.poll.us": 400_000})
+    boot = Client(n.bootstrap)
+    try:
+        ep = _create(boot, "busy", 1)[0]["endpoint"]
+        worker = n.child_pids()["worker 0"]
+        c = Client(ep)
+        consumer = Client(ep)
+        try:
+            # a long poll parked while the worker spins is still answered by the append...
+            consumer.send(ApiKey.FETCH, consumer.fetch_body("busy", 0, 0, max_wait_ms=5000))
+            time.sleep(0.1)
+            assert c.produce("busy", 0, make_batch([b"a"]))["error"] == 0
+            part, data = _fetch_reply(consumer)
+            assert _values(data) == [b"a"]
+            # ...and one nothing satisfies still waits out its max wait, not less
+            t0 = time.monotonic()
+            consumer.send(ApiKey.FETCH, consumer.fetch_body("busy", 0, 1, max_wait_ms=300))
+            part, data = _fetch_reply(consumer)
+            assert part["error"] == 0 and data == b"" and time.monotonic() - t0 >= 0.29
+            # the worker spins after a request (CPU time grows while no request comes)...
+            time.sleep(0.5)  # past the window: idle again
+            before = _cpu_seconds(worker)
+            assert c.produce("busy", 0, make_batch([b"b"]))["error"] == 0
+            time.sleep(0.3)
+            spun = _cpu_seconds(worker) - before
+            assert spun >= 0.05, f"worker used {spun:.3f} s of CPU in the busy-poll window"
+            # ...and then sleeps: nearly no CPU in the next idle half second
+            time.sleep(0.3)
+            before = _cpu_seconds(worker)
+            time.sleep(0.5)
+            idle = _cpu_seconds(worker) - before
+            assert idle < 0.1, f"worker used {idle:.3f} s of CPU while idle"
+        finally:
+            c.close()
+            consumer.close()
+    finally:
+        boot.close()
+    assert n.stop() == 0  # SIGTERM while spinning or not: a clean stop
+
+
+def _fetch_reply(client: Client) -> tuple[dict[str, Any], bytes]:
+    resp = client.recv(timeout=5)
+    part = resp.body["topics"][0]["partitions"][0]
+    return part, b"".join(bytes(resp.data[k].buffer) for k in part["frames"])
