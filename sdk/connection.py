@@ -13,6 +13,7 @@ late to a restarted node.
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -90,7 +91,8 @@ class NetworkClient:
         self._poller = zmq.Poller()
         self._extra_fds: list[int] = []
         self._corr = itertools.count(1)
-        self._next_deadline_check = 0.0
+        # no pending request is due before this (a lower bound: `_expire` skips its walk)
+        self._next_deadline_check = math.inf
         self.closed = False
 
     # ------------------------------------------------------------------ connections
@@ -161,6 +163,8 @@ class NetworkClient:
             return req
         if expect_response:
             conn.pending[corr] = req
+            if req.deadline < self._next_deadline_check:
+                self._next_deadline_check = req.deadline
         else:
             self._finish(req, None, None)
         return req
@@ -245,6 +249,8 @@ class NetworkClient:
         return best
 
     def _expire(self, now: float) -> None:
+        if now < self._next_deadline_check:
+            return  # nothing can be due yet: no walk over every pending request
         for conn in list(self._conns.values()):
             if any(req.deadline <= now for req in conn.pending.values()):
                 late = [r for r in conn.pending.values() if r.deadline <= now]
@@ -253,6 +259,8 @@ class NetworkClient:
                 # may still come, or the peer is wedged); rebuild it and fail the rest too.
                 self._drop(conn, RequestTimeoutError(
                     f"{api_name(first.api_key)} to {conn.endpoint} timed out"))
+        earliest = self._earliest_deadline()
+        self._next_deadline_check = math.inf if earliest is None else earliest
 
     @staticmethod
     def _finish(req: InFlight, resp: Response | None, err: QnodeError | None) -> None:
