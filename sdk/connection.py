@@ -8,12 +8,23 @@ monitor reports disconnects and refused connects, so a killed worker is noticed 
 after `request_timeout_ms`). A lost or timed-out connection is closed and rebuilt on next use,
 which also drops whatever was still queued for the dead peer: no stale request is delivered
 late to a restarted node.
+
+A `shared` client may be lent to a second thread between the owner's polls (the producer's
+send() with linger.ms=0 sends its record itself instead of waking the sender thread: see
+sdk/sender.py). zmq sockets may change threads behind a full memory barrier, which `lock`
+is: whoever holds it may use the sockets, and the owner holds it except while it waits.
+So that its wait touches no socket, the owner waits on
+each DEALER's ZMQ_FD (the socket's mailbox) instead of the socket; that fd signals only new
+commands, so whoever used a socket last checks ZMQ_EVENTS before anyone sleeps (zmq's rule
+for ZMQ_FD). The poller belongs to the owner alone: connections opened or dropped by a
+borrower are (un)registered by the owner on its next turn.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -80,13 +91,18 @@ class NetworkClient:
     """Connections of one thread to many endpoints, with correlation ids and deadlines."""
 
     def __init__(self, client_id: str = "qnode-sdk", request_timeout_ms: int = 30000,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, *, shared: bool = False) -> None:
         self._own_ctx = context is None
         self.ctx = context or zmq.Context(io_threads=1)
         self.client_id = client_id
         self.request_timeout_ms = request_timeout_ms
+        self.shared = shared
+        self.lock = threading.Lock()  # a shared client: held by whoever uses the sockets
+        self.borrowed = False  # a borrower holds the lock: leave the poller to the owner
+        self._unpolled: list[_Connection] = []  # opened by a borrower, not yet registered
+        self._dead: list[_Connection] = []  # dropped by a borrower, not yet closed
         self._conns: dict[str, _Connection] = {}
-        self._by_socket: dict[zmq.Socket, _Connection] = {}
+        self._by_socket: dict[Any, _Connection] = {}  # the socket, or its fd when shared
         self._by_monitor: dict[zmq.Socket, _Connection] = {}
         self._poller = zmq.Poller()
         self._extra_fds: list[int] = []
@@ -101,21 +117,58 @@ class NetworkClient:
         if conn is None:
             conn = _Connection(self.ctx, endpoint)
             self._conns[endpoint] = conn
-            self._by_socket[conn.socket] = conn
-            self._by_monitor[conn.monitor] = conn
-            self._poller.register(conn.socket, zmq.POLLIN)
-            self._poller.register(conn.monitor, zmq.POLLIN)
+            if self.borrowed:
+                self._unpolled.append(conn)
+            else:
+                self._watch(conn)
         return conn
+
+    def _watch(self, conn: _Connection) -> None:
+        key = conn.socket.getsockopt(zmq.FD) if self.shared else conn.socket
+        self._by_socket[key] = conn
+        self._by_monitor[conn.monitor] = conn
+        self._poller.register(key, zmq.POLLIN)
+        self._poller.register(conn.monitor, zmq.POLLIN)
+
+    def _unwatch(self, conn: _Connection) -> None:
+        for key in [k for k, c in self._by_socket.items() if c is conn]:
+            del self._by_socket[key]
+            self._poller.unregister(key)
+        if self._by_monitor.pop(conn.monitor, None) is not None:
+            self._poller.unregister(conn.monitor)
+
+    def _sync_poller(self) -> None:
+        """The owner takes over what a borrower opened or dropped (lock held)."""
+        while self._unpolled:
+            conn = self._unpolled.pop()
+            if not conn.closed:
+                self._watch(conn)
+        while self._dead:
+            conn = self._dead.pop()
+            self._unwatch(conn)
+            conn.close()
+
+    def needs_owner(self) -> bool:
+        """After a borrower's sends: whether the owner must look before it can sleep (an
+        answer already queued, whose ZMQ_FD signal the send consumed, or connections to
+        (un)register)."""
+        return bool(self._unpolled or self._dead) or any(
+            has_message(c.socket) for c in self._conns.values())
 
     def _drop(self, conn: _Connection, error: QnodeError) -> None:
         """Close a connection and fail everything still waiting on it."""
         if self._conns.get(conn.endpoint) is conn:
             del self._conns[conn.endpoint]
-        self._by_socket.pop(conn.socket, None)
-        self._by_monitor.pop(conn.monitor, None)
-        self._poller.unregister(conn.socket)
-        self._poller.unregister(conn.monitor)
-        conn.close()
+        if conn in self._unpolled:
+            self._unpolled.remove(conn)
+            conn.close()
+        elif self.borrowed:
+            # its fd may be in the owner's wait: the owner closes it (`_sync_poller`)
+            conn.closed = True
+            self._dead.append(conn)
+        else:
+            self._unwatch(conn)
+            conn.close()
         pending = list(conn.pending.values())
         conn.pending.clear()
         for req in pending:
@@ -182,25 +235,47 @@ class NetworkClient:
 
     # ------------------------------------------------------------------ the loop
     def poll(self, timeout_ms: float) -> list[int]:
-        """Wait up to `timeout_ms` for answers and deliver them; returns readable extra fds."""
-        now = time.monotonic()
+        """Wait up to `timeout_ms` for answers and deliver them; returns readable extra fds.
+        (A shared client's owner: `wait_ms`, then `wait` without the lock, then `handle`.)"""
+        return self.handle(self.wait(self.wait_ms(timeout_ms)))
+
+    def wait_ms(self, timeout_ms: float) -> float:
+        """How long the next `wait` may sleep: at most `timeout_ms`, until the nearest request
+        deadline, and not at all when a shared client's socket already holds an answer."""
+        if self.shared:
+            self._sync_poller()
+            if any(has_message(c.socket) for c in self._conns.values()):
+                return 0.0
         wait = timeout_ms
         deadline = self._earliest_deadline()
         if deadline is not None:
-            wait = max(0.0, min(wait, (deadline - now) * 1000.0 + 1))
-        events = self._poller.poll(wait)
+            wait = max(0.0, min(wait, (deadline - time.monotonic()) * 1000.0 + 1))
+        return wait
+
+    def wait(self, wait_ms: float) -> list[tuple[Any, int]]:
+        """Sleep until something is readable (a shared client: without its lock)."""
+        return self._poller.poll(wait_ms)
+
+    def handle(self, events: list[tuple[Any, int]]) -> list[int]:
+        """Deliver what `wait` found; returns the readable extra fds."""
         ready_fds: list[int] = []
         for sock, _ in events:
+            conn = self._by_socket.get(sock)
+            if conn is not None:
+                if not self.shared:
+                    self._read(conn)
+                continue
             if isinstance(sock, int):
                 ready_fds.append(sock)
                 continue
-            conn = self._by_socket.get(sock)
-            if conn is not None:
-                self._read(conn)
-                continue
             conn = self._by_monitor.get(sock)
-            if conn is not None:
+            if conn is not None and not conn.closed:
                 self._read_monitor(conn)
+        if self.shared:
+            # every socket: a borrower's send may have taken the signal of an answer
+            for conn in list(self._conns.values()):
+                if not conn.closed and has_message(conn.socket):
+                    self._read(conn)
         self._expire(time.monotonic())
         return ready_fds
 
@@ -275,6 +350,7 @@ class NetworkClient:
         if self.closed:
             return
         self.closed = True
+        self._sync_poller()
         for conn in list(self._conns.values()):
             if linger_ms:
                 conn.socket.setsockopt(zmq.LINGER, linger_ms)

@@ -126,7 +126,7 @@ class Producer:
         self._acc = Accumulator(
             batch_size=batch_size, linger_ms=linger_ms, buffer_memory=buffer_memory,
             max_block_ms=max_block_ms, delivery_timeout_ms=delivery_timeout_ms,
-            wake=lambda: self._sender.wake())
+            wake=lambda: self._sender.kick())
         self._sender = Sender(self._acc, self._metadata, SenderConfig(
             acks=self.acks, retries=retries, retry_backoff_ms=retry_backoff_ms,
             request_timeout_ms=request_timeout_ms,
@@ -380,7 +380,10 @@ class Producer:
             self._sender.join()
 
     def metrics(self) -> dict[str, Any]:
-        return dict(self._acc.stats())
+        out = dict(self._acc.stats())
+        # linger.ms=0: sends made by send() itself instead of the sender thread (Sender.kick)
+        out["caller_passes"] = self._sender.caller_passes
+        return out
 
     # transactions: API.md names; the coordinator side lands with the transactions issue.
     def init_transactions(self) -> None:

@@ -6,6 +6,13 @@ per leader worker (all ready batches of a partition concatenated in one data fra
 `max.request.size`, at most `max.in.flight.requests.per.connection` requests per worker),
 then wait for answers, the next linger deadline, or a wake-up from `send()`.
 
+With linger.ms=0 a record is due at once, and waking this thread for it is a thread wake-up
+(tens of µs on a VM whose idle vCPUs halt) plus a pass of the loop. So `send()` first tries
+`kick()`: when this thread is parked in its wait and the client's lock is free, the caller
+makes that pass itself (seal, drain, send) on the shared client, and wakes this thread only if
+something is left for it. Answers are still read here. (`qnode bench e2e`, 8 paired runs of
+10,000 records: p50 271 µs median against 292 µs with the wake-up.)
+
 Errors: a retriable partition error (NOT_LEADER, UNKNOWN_TOPIC while metadata propagates, a
 lost connection, a timeout) puts the partition's batches back at the head of its queue after
 `retry.backoff.ms` and marks metadata stale; the batch fails once `retries` or
@@ -78,6 +85,7 @@ class Sender(threading.Thread):
         # (measured: wakes a poller ~15 % sooner than a pipe, and costs the ringing thread
         # less; an inproc PAIR was slower than both; a Condition cannot wait on sockets).
         self._bell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._bell_open = True  # never write to the number once closed: it may be reused
         self._leaders: dict[PartitionKey, str] = {}  # leader endpoints for metadata_version
         self._leaders_version = -1
         self._all_leaders: frozenset[str] = frozenset()
@@ -96,13 +104,48 @@ class Sender(threading.Thread):
         self.producer_epoch = -1
         self.fatal: QnodeError | None = None
         self.started_ok = threading.Event()
+        self._client: NetworkClient | None = None  # set while the loop runs: kick() uses it
+        self.caller_passes = 0  # kick() passes that sent from the caller's thread
 
     # ------------------------------------------------------------------ other threads
     def wake(self) -> None:
+        if not self._bell_open:
+            return
         try:
             os.eventfd_write(self._bell, 1)
         except OSError:
             pass  # closed (the counter cannot overflow at 1 per send)
+
+    def kick(self) -> None:
+        """send() appended a due record while this thread waits: send it from the calling
+        thread if the client is free, else (or if anything is left over) wake this thread."""
+        client = self._client
+        acc = self.acc
+        if client is not None and client.lock.acquire(False):
+            try:
+                if self._client is client and acc.sender_waiting and not self._stopping:
+                    now = time.monotonic()
+                    client.borrowed = True
+                    try:
+                        acc.seal_due(now)
+                        if acc.ready:
+                            self._send_ready(client, now)
+                            self.caller_passes += 1
+                    except Exception as exc:  # a bug: as in the sender thread, fail all
+                        log.exception("producer send pass failed")
+                        self.fatal = QnodeError(f"producer sender failed: {exc!r}")
+                        self._fail_all(self.fatal)
+                        self.stop(force=True)
+                        return
+                    finally:
+                        client.borrowed = False
+                    # Left for the thread: batches it must drain later, a linger deadline
+                    # it has not seen, an answer or connections only it may take in.
+                    if not (acc.ready or acc.lingering or client.needs_owner()):
+                        return
+            finally:
+                client.lock.release()
+        self.wake()
 
     def request_metadata(self, topic: str) -> None:
         with self.meta_cond:
@@ -118,7 +161,7 @@ class Sender(threading.Thread):
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> None:
-        client = NetworkClient(self.cfg.client_id, self.cfg.request_timeout_ms)
+        client = NetworkClient(self.cfg.client_id, self.cfg.request_timeout_ms, shared=True)
         client.register_fd(self._bell)
         try:
             if self.cfg.idempotent:
@@ -130,20 +173,30 @@ class Sender(threading.Thread):
                 finally:
                     self.started_ok.set()
             self.started_ok.set()
-            self._loop(client)
+            with client.lock:
+                self._client = client
+                try:
+                    self._loop(client)
+                finally:
+                    self._client = None
         except Exception as exc:  # a bug: fail everything rather than hang the app
             log.exception("producer sender thread failed")
             self.fatal = QnodeError(f"producer sender thread failed: {exc!r}")
             self._fail_all(self.fatal)
         finally:
             # A clean close lets fire-and-forget (acks=0) requests still queued in zmq go out.
-            client.close(linger_ms=0 if self._force_close else 2000)
+            with client.lock:
+                client.close(linger_ms=0 if self._force_close else 2000)
+            self.acc.sender_waiting = False  # (a failed wait left it set) no more kicks
+            self._bell_open = False
             os.close(self._bell)
             with self.meta_cond:
                 self.meta_cond.notify_all()
 
     def _loop(self, client: NetworkClient) -> None:
+        """The sender's turns; called holding `client.lock`, released only while waiting."""
         acc = self.acc
+        lock = client.lock
         rung = False
         while True:
             now = time.monotonic()
@@ -171,9 +224,14 @@ class Sender(threading.Thread):
             # Announce the wait before computing its length: a record appended from here on
             # sees the flag and wakes us, one appended before is in the linger deadline.
             acc.sender_waiting = True
-            timeout = self._poll_timeout(time.monotonic())
-            rung = bool(client.poll(timeout * 1000.0))
+            wait_ms = client.wait_ms(self._poll_timeout(time.monotonic()) * 1000.0)
+            lock.release()  # kick() may send from another thread while we wait
+            try:
+                events = client.wait(wait_ms)
+            finally:
+                lock.acquire()
             acc.sender_waiting = False
+            rung = bool(client.handle(events))
 
     def _poll_timeout(self, now: float) -> float:
         t = 0.1

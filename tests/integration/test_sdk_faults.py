@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import pytest
 from conftest import NodeProcess
 
 from qnode.sdk import Admin, Consumer, Producer, TopicPartition
@@ -21,12 +22,14 @@ def read_values(bootstrap: str, topic: str, partitions: int, expect: int,
         return out
 
 
-def test_producer_rides_over_a_worker_kill9(node_factory: Callable[..., NodeProcess]) -> None:
+@pytest.mark.parametrize("linger_ms", [1, 0])  # 0: send() sends from the caller's thread
+def test_producer_rides_over_a_worker_kill9(node_factory: Callable[..., NodeProcess],
+                                            linger_ms: int) -> None:
     node = node_factory(workers=2)
     with Admin(node.bootstrap) as admin:
         admin.create_topic("survive", partitions=4)
     total = 6000
-    with Producer(node.bootstrap, acks=1, linger_ms=1, request_timeout_ms=5000,
+    with Producer(node.bootstrap, acks=1, linger_ms=linger_ms, request_timeout_ms=5000,
                   delivery_timeout_ms=60000, retry_backoff_ms=50) as p:
         futures = []
         killed = None
@@ -40,6 +43,8 @@ def test_producer_rides_over_a_worker_kill9(node_factory: Callable[..., NodeProc
         p.flush(60)
         failed = [f.exception() for f in futures if f.failed()]
         assert not failed, f"{len(failed)} records failed, first: {failed[0]}"
+        if linger_ms == 0:
+            assert p.metrics()["caller_passes"] > 0
     assert killed is not None
     node.wait_child_restarted("worker", killed, worker_id=0)
     values = read_values(node.bootstrap, "survive", 4, total)

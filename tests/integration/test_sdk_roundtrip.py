@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
@@ -292,3 +293,47 @@ def test_flush_waits_for_earlier_records_only(bootstrap: str, admin: Admin) -> N
         finally:
             stop.set()
             t.join(10)
+
+
+def test_linger_zero_sends_from_many_threads_in_order(bootstrap: str, admin: Admin) -> None:
+    """linger.ms=0: send() sends from the caller's thread when the sender thread is idle
+    (Sender.kick), the sender thread when it is not. Threads racing for that must still
+    deliver every record once, in each partition in send order."""
+    admin.create_topic("linger0", partitions=2)
+    threads, per_thread = 4, 400
+    errors: list[BaseException] = []
+    with Producer(bootstrap, acks=1, linger_ms=0) as p:
+
+        def run(t: int) -> None:
+            try:
+                futures = [p.send("linger0", b"%d-%04d" % (t, i), partition=t % 2)
+                           for i in range(per_thread)]
+                for i, f in enumerate(futures):
+                    f.result(30)
+                    if i % 50 == 0:
+                        time.sleep(0.001)  # let the sender thread go idle now and then
+            except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+                errors.append(exc)
+
+        workers = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(60)
+        assert not errors, errors[0]
+        # one record at a time, the sender thread parked in its wait: send() sends it
+        before = p.metrics()["caller_passes"]
+        for i in range(20):
+            time.sleep(0.005)
+            p.send("linger0", b"solo-%d" % i, partition=0).result(10)
+        assert p.metrics()["caller_passes"] - before >= 10
+    records = consume_all(bootstrap, "linger0", 2, threads * per_thread + 20)
+    assert len(records) == threads * per_thread + 20  # once each: no duplicates
+    for part in (0, 1):
+        values = [r.value for r in records if r.partition == part]
+        for t in range(threads):
+            mine = [v for v in values if v.startswith(b"%d-" % t)]
+            if t % 2 == part:
+                assert mine == [b"%d-%04d" % (t, i) for i in range(per_thread)]
+            else:
+                assert mine == []

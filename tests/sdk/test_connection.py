@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -153,3 +154,65 @@ def test_closed_client_refuses(client: NetworkClient) -> None:
     client.close()
     with pytest.raises(NetworkError):
         client.send("tcp://127.0.0.1:1", ApiKey.METADATA, {})
+
+
+def test_shared_client_lent_between_waits() -> None:
+    """A shared client: its owner waits on the sockets' ZMQ_FDs without holding the lock
+    (here with a 10 s timeout, so only those fds or the bell can end a wait in time); a
+    second thread takes the lock and sends, opening the connection itself. Every answer
+    must reach the owner promptly: the connection is registered on the owner's next turn,
+    and an answer whose fd signal a send consumed is still read (zmq's ZMQ_FD rule)."""
+    peer = Peer()
+    c = NetworkClient("test", 5000, shared=True)
+    bell = os.eventfd(0, os.EFD_NONBLOCK)
+    c.register_fd(bell)
+    got: list[int] = []
+    stop = threading.Event()
+
+    def owner() -> None:
+        with c.lock:
+            while not stop.is_set():
+                wait_ms = c.wait_ms(10_000)
+                c.lock.release()
+                try:
+                    events = c.wait(wait_ms)
+                finally:
+                    c.lock.acquire()
+                if bell in c.handle(events):
+                    os.eventfd_read(bell)
+
+    def lend(n: int) -> None:
+        with c.lock:
+            c.borrowed = True
+            try:
+                c.send(peer.endpoint, ApiKey.METADATA, {"n": n},
+                       callback=lambda r: got.append(r.response.body["echo"]))
+            finally:
+                c.borrowed = False
+            if c.needs_owner():
+                os.eventfd_write(bell, 1)
+
+    def answered(count: int) -> bool:
+        deadline = time.monotonic() + 3
+        while len(got) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return sorted(got) == list(range(count))
+
+    thread = threading.Thread(target=owner)
+    thread.start()
+    try:
+        time.sleep(0.1)  # the owner is in its wait: the borrower opens the connection
+        lend(0)
+        assert answered(1)
+        for n in range(1, 60):
+            lend(n)
+            time.sleep(0.002 if n % 3 else 0)
+        assert answered(60)
+        assert any(isinstance(k, int) for k in c._by_socket)  # polled by its fd
+    finally:
+        stop.set()
+        os.eventfd_write(bell, 1)
+        thread.join(5)
+        c.close()
+        os.close(bell)
+        peer.close()
