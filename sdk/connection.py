@@ -13,11 +13,11 @@ A `shared` client may be lent to a second thread between the owner's polls (the 
 send() with linger.ms=0 sends its record itself instead of waking the sender thread: see
 sdk/sender.py). zmq sockets may change threads behind a full memory barrier, which `lock`
 is: whoever holds it may use the sockets, and the owner holds it except while it waits.
-So that its wait touches no socket, the owner waits on
-each DEALER's ZMQ_FD (the socket's mailbox) instead of the socket; that fd signals only new
-commands, so whoever used a socket last checks ZMQ_EVENTS before anyone sleeps (zmq's rule
-for ZMQ_FD). The poller belongs to the owner alone: connections opened or dropped by a
-borrower are (un)registered by the owner on its next turn.
+So that its wait touches no socket, the owner waits on each DEALER's ZMQ_FD (the socket's
+mailbox) instead of the socket; that fd signals only new commands, so whoever used a socket
+last checks ZMQ_EVENTS before anyone sleeps (zmq's rule for ZMQ_FD). The poller belongs to
+the owner alone: connections opened or dropped by a borrower are (un)registered by the owner
+on its next turn.
 """
 
 from __future__ import annotations
