@@ -390,11 +390,6 @@ class LogManager:
                 if clean(log, now_ms):
                     report.cleaned.append(tp)
 
-    def flush_all(self) -> None:
-        for _, log in self:
-            if not log.closed:
-                log.flush()
-
     def wait_for_flushes(self) -> None:
         """Block until the background flusher has nothing queued (tests, shutdown)."""
         if self._flusher is not None:

@@ -276,11 +276,6 @@ class MappedIndex:
             os.close(self._fd)
             self._fd = -1
 
-    def close_trimmed(self) -> None:
-        if self._fd >= 0 and self.writable:
-            self.trim()
-        self.close()
-
 
 class OffsetIndex(MappedIndex):
     """relative offset -> position, one entry per `index.interval.bytes` of log."""
