@@ -282,6 +282,19 @@ def _e2e_consumer(
     conn.close()
 
 
+def _node_setting(bootstrap: str, key: str) -> str | None:
+    """A node config value as the node reports it (DescribeConfigs), None if it cannot say."""
+    from qnode.sdk import Admin
+    from qnode.sdk.errors import QnodeError
+
+    try:
+        with Admin(bootstrap) as admin:
+            entries = admin.describe_configs("", [key], resource_type="node")
+    except QnodeError:
+        return None
+    return next((e.value for e in entries if e.name == key), None)
+
+
 def run_e2e(
     bootstrap: str,
     topic: str,
@@ -294,6 +307,8 @@ def run_e2e(
     from qnode.sdk import Producer
 
     _ensure_topic(bootstrap, topic, partitions)
+    # the figure depends on it (README, Benchmarks): say under which setting it was taken
+    busy_poll = _node_setting(bootstrap, "worker.busy.poll.us")
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
     timeout_s = records / rate + 30
@@ -335,7 +350,8 @@ def run_e2e(
     # The first record is the warm-up (connections, metadata): not part of the sample.
     lat_us = [ns / 1000.0 for ns in lat_ns[1:]]
     return Summary(
-        f"e2e at {rate:,.0f} records/s (linger.ms=0, acks={acks})",
+        f"e2e at {rate:,.0f} records/s (linger.ms=0, acks={acks}"
+        + (f", node worker.busy.poll.us={busy_poll})" if busy_poll is not None else ")"),
         len(lat_us),
         len(lat_us) * record_size,
         elapsed,

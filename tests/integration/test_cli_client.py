@@ -145,6 +145,7 @@ def test_bench_commands(bootstrap: str, tmp_path) -> None:
     assert res.returncode == 0, res.stderr
     out = res.stdout.decode()
     assert "300 records" in out and "p99" in out
+    assert "node worker.busy.poll.us=0" in out  # the setting the figure was taken under
     assert "floor, raw pyzmq" in out and "(300 samples)" in out
     assert b"e2e: 300/300" in res.stderr  # the progress line
     res = qnode("bench", "produce", "--prebuilt", "--seconds", "0.5", "--dd-dir", str(tmp_path),
