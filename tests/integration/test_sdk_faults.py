@@ -67,13 +67,14 @@ def test_clients_reconnect_after_a_node_restart(node_factory: Callable[..., Node
     assert read_values(node.bootstrap, "again", 1, 2) == [b"before", b"after"]
 
 
+@pytest.mark.parametrize("linger_ms", [1, 0])  # 0: sequences assigned on send()'s thread
 def test_idempotent_producer_writes_each_record_once_across_a_worker_kill9(
-        node_factory: Callable[..., NodeProcess]) -> None:
+        node_factory: Callable[..., NodeProcess], linger_ms: int) -> None:
     node = node_factory(workers=2)
     with Admin(node.bootstrap) as admin:
         admin.create_topic("exactly", partitions=2)
     total = 4000
-    with Producer(node.bootstrap, acks="all", enable_idempotence=True, linger_ms=1,
+    with Producer(node.bootstrap, acks="all", enable_idempotence=True, linger_ms=linger_ms,
                   request_timeout_ms=5000, delivery_timeout_ms=60000,
                   retry_backoff_ms=50) as p:
         futures = []
@@ -87,6 +88,7 @@ def test_idempotent_producer_writes_each_record_once_across_a_worker_kill9(
         p.flush(60)
         failed = [f.exception() for f in futures if f.failed()]
         assert not failed, f"{len(failed)} records failed, first: {failed[0]}"
+        assert linger_ms or p.metrics()["caller_passes"] > 0
     assert killed is not None
     values = read_values(node.bootstrap, "exactly", 2, total)
     assert sorted(values) == [b"%06d" % i for i in range(total)]  # no loss, no duplicate
