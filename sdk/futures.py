@@ -43,7 +43,8 @@ class BatchResult:
 
     def complete(self, base_offset: int, log_append_time: int = -1,
                  error: BaseException | None = None) -> None:
-        """Resolve every record of the batch (sender thread); runs the callbacks."""
+        """Resolve every record of the batch; runs the callbacks (on the sender thread, or
+        on send()'s when its own pass at linger.ms=0 failed the batch at once)."""
         with self._lock:
             if self.done:
                 return
