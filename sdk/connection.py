@@ -65,7 +65,7 @@ class InFlight:
 
 
 class _Connection:
-    __slots__ = ("endpoint", "socket", "monitor", "pending", "connected", "closed")
+    __slots__ = ("endpoint", "socket", "monitor", "pending", "connected", "closed", "key")
 
     def __init__(self, ctx: zmq.Context, endpoint: str) -> None:
         self.endpoint = endpoint
@@ -80,6 +80,7 @@ class _Connection:
         self.pending: dict[int, InFlight] = {}
         self.connected = False
         self.closed = False
+        self.key: Any = None  # what the poller watches: the socket, or its fd when shared
 
     def close(self) -> None:
         self.closed = True
@@ -124,16 +125,15 @@ class NetworkClient:
         return conn
 
     def _watch(self, conn: _Connection) -> None:
-        key = conn.socket.getsockopt(zmq.FD) if self.shared else conn.socket
-        self._by_socket[key] = conn
+        conn.key = conn.socket.getsockopt(zmq.FD) if self.shared else conn.socket
+        self._by_socket[conn.key] = conn
         self._by_monitor[conn.monitor] = conn
-        self._poller.register(key, zmq.POLLIN)
+        self._poller.register(conn.key, zmq.POLLIN)
         self._poller.register(conn.monitor, zmq.POLLIN)
 
     def _unwatch(self, conn: _Connection) -> None:
-        for key in [k for k, c in self._by_socket.items() if c is conn]:
-            del self._by_socket[key]
-            self._poller.unregister(key)
+        if self._by_socket.pop(conn.key, None) is not None:
+            self._poller.unregister(conn.key)
         if self._by_monitor.pop(conn.monitor, None) is not None:
             self._poller.unregister(conn.monitor)
 
@@ -152,8 +152,10 @@ class NetworkClient:
         """After a borrower's sends: whether the owner must look before it can sleep (an
         answer already queued, whose ZMQ_FD signal the send consumed, or connections to
         (un)register)."""
-        return bool(self._unpolled or self._dead) or any(
-            has_message(c.socket) for c in self._conns.values())
+        return bool(self._unpolled or self._dead) or self._answer_queued()
+
+    def _answer_queued(self) -> bool:
+        return any(has_message(c.socket) for c in self._conns.values())
 
     def _drop(self, conn: _Connection, error: QnodeError) -> None:
         """Close a connection and fail everything still waiting on it."""
@@ -244,13 +246,14 @@ class NetworkClient:
         deadline, and not at all when a shared client's socket already holds an answer."""
         if self.shared:
             self._sync_poller()
-            if any(has_message(c.socket) for c in self._conns.values()):
+            if self._answer_queued():
                 return 0.0
-        wait = timeout_ms
-        deadline = self._earliest_deadline()
-        if deadline is not None:
-            wait = max(0.0, min(wait, (deadline - time.monotonic()) * 1000.0 + 1))
-        return wait
+        # the bound `_expire` keeps, not a walk over every pending request: at worst one
+        # early wake-up, after which `_expire` makes the bound exact again
+        deadline = self._next_deadline_check
+        if deadline == math.inf:
+            return timeout_ms
+        return max(0.0, min(timeout_ms, (deadline - time.monotonic()) * 1000.0 + 1))
 
     def wait(self, wait_ms: float) -> list[tuple[Any, int]]:
         """Sleep until something is readable (a shared client: without its lock)."""
