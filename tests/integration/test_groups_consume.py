@@ -124,7 +124,9 @@ def test_static_member_restart_keeps_assignment_without_rebalance(node):
         a.subscribe(["s"])
         b.subscribe(["s"])
         deadline = time.monotonic() + 20
-        while len(a.assignment()) + len(b.assignment()) != 4 or not a.assignment():
+        # both members hold partitions: `a` alone holding all 4 is the state before b joined
+        while len(a.assignment()) + len(b.assignment()) != 4 or not a.assignment() \
+                or not b.assignment():
             assert time.monotonic() < deadline
             a.poll(0.05)
             b.poll(0.05)
