@@ -10,7 +10,7 @@ import threading
 import time
 from typing import Any
 
-from worker_harness import Client, make_batch
+from worker_harness import Client, fetch_reply, make_batch
 
 from qnode.node.shm_table import ShmTableReader, shm_name
 from qnode.storage.batch_reader import read_batches
@@ -67,9 +67,7 @@ def test_produce_fetch_long_poll_through_a_real_node(node) -> None:
                 c.produce("real", pid, make_batch([b"y%d" % pid]))
                 resp = consumer.recv(timeout=5)
                 assert time.monotonic() - t0 < 2
-                part = resp.body["topics"][0]["partitions"][0]
-                data = b"".join(bytes(resp.data[k].buffer) for k in part["frames"])
-                assert _values(data) == [b"y%d" % pid]
+                assert _values(fetch_reply(resp)[1]) == [b"y%d" % pid]
                 consumer.close()
             finally:
                 c.close()
@@ -150,12 +148,12 @@ def test_busy_poll_serves_long_polls_and_spins_only_after_requests(node_factory)
             consumer.send(ApiKey.FETCH, consumer.fetch_body("busy", 0, 0, max_wait_ms=5000))
             time.sleep(0.1)
             assert c.produce("busy", 0, make_batch([b"a"]))["error"] == 0
-            part, data = _fetch_reply(consumer)
+            part, data = fetch_reply(consumer.recv(timeout=5))
             assert _values(data) == [b"a"]
             # ...and one nothing satisfies still waits out its max wait, not less
             t0 = time.monotonic()
             consumer.send(ApiKey.FETCH, consumer.fetch_body("busy", 0, 1, max_wait_ms=300))
-            part, data = _fetch_reply(consumer)
+            part, data = fetch_reply(consumer.recv(timeout=5))
             assert part["error"] == 0 and data == b"" and time.monotonic() - t0 >= 0.29
             # the worker spins after a request (CPU time grows while no request comes)...
             time.sleep(0.5)  # past the window: idle again
@@ -176,9 +174,3 @@ def test_busy_poll_serves_long_polls_and_spins_only_after_requests(node_factory)
     finally:
         boot.close()
     assert n.stop() == 0  # SIGTERM while spinning or not: a clean stop
-
-
-def _fetch_reply(client: Client) -> tuple[dict[str, Any], bytes]:
-    resp = client.recv(timeout=5)
-    part = resp.body["topics"][0]["partitions"][0]
-    return part, b"".join(bytes(resp.data[k].buffer) for k in part["frames"])

@@ -301,10 +301,7 @@ class Client:
         }
 
     def fetch(self, topic: str, partition: int, offset: int, **kw: Any) -> tuple[dict, bytes]:
-        resp = self.call(ApiKey.FETCH, self.fetch_body(topic, partition, offset, **kw))
-        part = resp.body["topics"][0]["partitions"][0]
-        data = b"".join(bytes(resp.data[k].buffer) for k in part["frames"])
-        return part, data
+        return fetch_reply(self.call(ApiKey.FETCH, self.fetch_body(topic, partition, offset, **kw)))
 
     def wait_ready(self, topic: str, partition: int, timeout: float = 10) -> None:
         """Until the worker serves the partition (ListOffsets answers without error)."""
@@ -323,6 +320,12 @@ class Client:
     def close(self) -> None:
         self.sock.close(0)
         self.ctx.term()
+
+
+def fetch_reply(resp: Any) -> tuple[dict, bytes]:
+    """(the first partition's entry, its data) of a one-partition Fetch response."""
+    part = resp.body["topics"][0]["partitions"][0]
+    return part, b"".join(bytes(resp.data[k].buffer) for k in part["frames"])
 
 
 def make_batch(values: Sequence[bytes], key: bytes | None = None) -> bytes:
