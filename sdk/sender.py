@@ -132,9 +132,7 @@ class Sender(threading.Thread):
                             self._send_ready(client, now)
                             self.caller_passes += 1
                     except Exception as exc:  # a bug: as in the sender thread, fail all
-                        log.exception("producer send pass failed")
-                        self.fatal = QnodeError(f"producer sender failed: {exc!r}")
-                        self._fail_all(self.fatal)
+                        self._fail_fatal("producer send pass failed", exc)
                         self.stop(force=True)
                         return
                     finally:
@@ -180,9 +178,7 @@ class Sender(threading.Thread):
                 finally:
                     self._client = None
         except Exception as exc:  # a bug: fail everything rather than hang the app
-            log.exception("producer sender thread failed")
-            self.fatal = QnodeError(f"producer sender thread failed: {exc!r}")
-            self._fail_all(self.fatal)
+            self._fail_fatal("producer sender thread failed", exc)
         finally:
             # A clean close lets fire-and-forget (acks=0) requests still queued in zmq go out.
             with client.lock:
@@ -484,6 +480,12 @@ class Sender(threading.Thread):
         for b in expired:
             acc.complete(b, -1, error=RequestTimeoutError(
                 f"record for {b.topic}-{b.partition} not delivered within delivery.timeout.ms"))
+
+    def _fail_fatal(self, what: str, exc: Exception) -> None:
+        """A bug in a send pass: log it, remember it, fail every queued record with it."""
+        log.exception(what)
+        self.fatal = QnodeError(f"{what}: {exc!r}")
+        self._fail_all(self.fatal)
 
     def _fail_all(self, err: QnodeError) -> None:
         for b in self.acc.drain_all_queued():
