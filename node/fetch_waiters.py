@@ -26,6 +26,7 @@ class ParkedFetch:
     body: dict[str, Any]
     deadline: float  # monotonic seconds
     keys: tuple[PartitionKey, ...]
+    doorbell: tuple[bytes, bytes] | None = None  # (address, token): answer as a datagram
     done: bool = field(default=False)
 
 

@@ -36,6 +36,7 @@ from qnode.node.shm_table import DEFAULT_CAPACITY, ShmTable, shm_name
 from qnode.storage.cleaner import Cleaner, CleanerConfig
 from qnode.storage.log_manager import LogManager
 from qnode.transport.api import WORKER_APIS, ApiKey, api_versions_body
+from qnode.transport.doorbell import DoorbellError, DoorbellSender, parse_doorbell
 from qnode.transport.errors import ErrorCode
 from qnode.transport.frame import (
     FrameError,
@@ -156,6 +157,7 @@ class Worker:
         )
         self.server = PartitionServer(self.replicas)
         self.waiters = FetchWaiters()
+        self.doorbells = DoorbellSender()
         self._corr = 0
         self._hello_corr: int | None = None
         self._hello_at = 0.0
@@ -360,15 +362,31 @@ class Worker:
         self._reply(identity, encode_response(key, req.version, req.correlation_id, body))
 
     def _fetch(self, identity: bytes, version: int, corr: int, body: dict[str, Any]) -> None:
+        bell = body["doorbell"]
+        if bell is not None:
+            try:
+                bell = parse_doorbell(bell)
+            except DoorbellError as exc:
+                header = RequestHeader(ApiKey.FETCH, version, corr, "")
+                self._reply(identity, error_response(header, ErrorCode.INVALID_REQUEST, str(exc)))
+                return
         res = self.server.fetch(body)
         if res.error or res.bytes >= body["min_bytes"] or body["max_wait_ms"] <= 0 or self.stopping:
-            self._reply(
-                identity, encode_response(ApiKey.FETCH, version, corr, res.body, res.frames)
-            )
+            frames = encode_response(ApiKey.FETCH, version, corr, res.body, res.frames)
+            self._reply_fetch(identity, bell, frames)
             return
         keys = tuple((t["name"], p["partition"]) for t in body["topics"] for p in t["partitions"])
         deadline = time.monotonic() + body["max_wait_ms"] / 1000
-        self.waiters.park(ParkedFetch(identity, version, corr, body, deadline, keys))
+        self.waiters.park(ParkedFetch(identity, version, corr, body, deadline, keys, bell))
+
+    def _reply_fetch(
+        self, identity: bytes, bell: tuple[bytes, bytes] | None, frames: list[Any]
+    ) -> None:
+        """A Fetch answer: as a datagram to the consumer's doorbell when it names one and the
+        datagram goes (same host, small answer), else through zmq."""
+        if bell is not None and self.doorbells.send(bell[0], bell[1], frames):
+            return
+        self._reply(identity, frames)
 
     def _answer(self, f: ParkedFetch, force: bool) -> bool:
         """Answer a parked fetch if it is satisfied (or `force`); True when answered."""
@@ -386,10 +404,9 @@ class Worker:
             return False
         if not f.done:
             self.waiters.remove(f)
-        self._reply(
-            f.identity,
-            encode_response(ApiKey.FETCH, f.api_version, f.correlation_id, res.body, res.frames),
-        )
+        corr = f.correlation_id
+        frames = encode_response(ApiKey.FETCH, f.api_version, corr, res.body, res.frames)
+        self._reply_fetch(f.identity, f.doorbell, frames)
         return True
 
     def _wake_dirty(self) -> None:
@@ -495,6 +512,7 @@ class Worker:
             clean = False
         finally:
             self.shm.close()
+            self.doorbells.close()
             self.router.close(linger=200)
             close_monitored(self.coord, self.coord_events)
         return clean

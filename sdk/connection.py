@@ -18,6 +18,10 @@ mailbox) instead of the socket; that fd signals only new commands, so whoever us
 last checks ZMQ_EVENTS before anyone sleeps (zmq's rule for ZMQ_FD). The poller belongs to
 the owner alone: connections opened or dropped by a borrower are (un)registered by the owner
 on its next turn.
+
+A client may also take answers on a doorbell (transport/doorbell.py): a Unix datagram socket
+that a same-host worker sends small Fetch answers to instead of zmq. Such an answer completes
+its request as a zmq answer would; the worker then sends nothing through zmq for it.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import zmq
 
 from qnode.sdk.errors import NetworkError, QnodeError, RequestTimeoutError, error_for
 from qnode.transport.api import api_name
+from qnode.transport.doorbell import DoorbellReceiver
 from qnode.transport.frame import FrameError, Response, decode_response, encode_request
 from qnode.transport.sockets import (
     NOBLOCK,
@@ -110,6 +115,8 @@ class NetworkClient:
         self._corr = itertools.count(1)
         # no pending request is due before this (a lower bound: `_expire` skips its walk)
         self._next_deadline_check = math.inf
+        self._doorbell: DoorbellReceiver | None = None
+        self.doorbell_answers = 0  # answers that came on the doorbell, not through zmq
         self.closed = False
 
     # ------------------------------------------------------------------ connections
@@ -185,6 +192,18 @@ class NetworkClient:
         """Also wake `poll()` when `fd` is readable (the producer's wake-up pipe)."""
         self._poller.register(fd, zmq.POLLIN)
         self._extra_fds.append(fd)
+
+    def enable_doorbell(self) -> str | None:
+        """Bind a doorbell; returns the value a request names it with (None: none here).
+        Only for a client no other thread borrows: the datagrams are read in `handle`."""
+        assert not self.shared, "a shared client's borrowers could not see doorbell answers"
+        if self._doorbell is None:
+            try:
+                self._doorbell = DoorbellReceiver()
+            except OSError:  # no abstract Unix sockets (not Linux): answers come by zmq
+                return None
+            self._poller.register(self._doorbell.fileno(), zmq.POLLIN)
+        return self._doorbell.value
 
     def in_flight(self, endpoint: str) -> int:
         conn = self._conns.get(endpoint)
@@ -262,6 +281,7 @@ class NetworkClient:
     def handle(self, events: list[tuple[Any, int]]) -> list[int]:
         """Deliver what `wait` found; returns the readable extra fds."""
         ready_fds: list[int] = []
+        bell = self._doorbell
         for sock, _ in events:
             conn = self._by_socket.get(sock)
             if conn is not None:
@@ -269,7 +289,10 @@ class NetworkClient:
                     self._read(conn)
                 continue
             if isinstance(sock, int):
-                ready_fds.append(sock)
+                if bell is not None and sock == bell.fileno():
+                    self._read_doorbell(bell)
+                else:
+                    ready_fds.append(sock)
                 continue
             conn = self._by_monitor.get(sock)
             if conn is not None and not conn.closed:
@@ -306,6 +329,23 @@ class NetworkClient:
             self._finish(req, resp, err)
             if conn.closed:  # a callback dropped this connection
                 return
+
+    def _read_doorbell(self, bell: DoorbellReceiver) -> None:
+        for frames in bell.receive():
+            try:
+                resp = decode_response(frames)
+            except FrameError:
+                continue
+            corr = resp.correlation_id
+            for conn in self._conns.values():  # correlation ids are unique per client
+                req = conn.pending.pop(corr, None)
+                if req is not None:
+                    self.doorbell_answers += 1
+                    err = None
+                    if resp.error_code:
+                        err = error_for(resp.error_code, resp.body.get("message"))
+                    self._finish(req, resp, err)
+                    break
 
     def _read_monitor(self, conn: _Connection) -> None:
         for event in monitor_events(conn.monitor):
@@ -363,6 +403,10 @@ class NetworkClient:
                 self._poller.unregister(fd)
             except KeyError:
                 pass
+        if self._doorbell is not None:
+            self._poller.unregister(self._doorbell.fileno())
+            self._doorbell.close()
+            self._doorbell = None
         if self._own_ctx:
             self.ctx.term()
 

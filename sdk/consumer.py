@@ -69,6 +69,7 @@ class Consumer:
         max_partition_fetch_bytes: int = 1048576,
         max_poll_records: int = 500,
         check_crcs: bool = True,
+        fetch_doorbell: bool = True,
         request_timeout_ms: int = 30000,
         retry_backoff_ms: int = 100,
         metadata_max_age_ms: int = 300000,
@@ -103,13 +104,15 @@ class Consumer:
         self.retry_backoff = retry_backoff_ms / 1000.0
         self.isolation_level = _ISOLATION[isolation_level]
         self._client = NetworkClient(self.client_id, request_timeout_ms)
+        # small answers of a worker on this host come as Unix datagrams (transport/doorbell.py)
+        doorbell = self._client.enable_doorbell() if fetch_doorbell else None
         self._metadata = Metadata(bootstrap, retry_backoff_ms, metadata_max_age_ms)
         self._subs = SubscriptionState(auto_offset_reset)
         self._fetcher = Fetcher(self._client, self._metadata, self._subs, FetchConfig(
             min_bytes=fetch_min_bytes, max_wait_ms=fetch_max_wait_ms, max_bytes=fetch_max_bytes,
             max_partition_bytes=max_partition_fetch_bytes,
             isolation_level=self.isolation_level, check_crcs=check_crcs,
-            retry_backoff_ms=retry_backoff_ms))
+            retry_backoff_ms=retry_backoff_ms, doorbell=doorbell))
         self._closed = False
         self._next_auto_commit = time.monotonic() + auto_commit_interval_ms / 1000.0
         self._auto_committed: dict[TopicPartition, int] = {}
@@ -316,6 +319,11 @@ class Consumer:
         backoffs = [st.retry_at - now for st in self._subs.assignment.values()
                     if st.retry_at > now]
         return max(0.001, min(backoffs)) if backoffs else 1.0
+
+    def metrics(self) -> dict[str, Any]:
+        """Counters of this consumer's fetch path."""
+        return {"fetch_doorbell": self._fetcher.cfg.doorbell is not None,
+                "doorbell_answers": self._client.doorbell_answers}
 
     def __iter__(self) -> Iterator[Record]:
         """Blocking iterator over records, until close()."""

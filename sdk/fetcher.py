@@ -38,6 +38,7 @@ from qnode.storage.record_batch import (
 )
 from qnode.transport.api import ApiKey
 from qnode.transport.errors import ErrorCode
+from qnode.transport.frame import as_buffer
 
 _MAX_BUFFERED = 2  # fetched responses waiting per partition (one being read, one ahead)
 
@@ -57,6 +58,7 @@ class FetchConfig:
     isolation_level: int  # 0 read_uncommitted, 1 read_committed
     check_crcs: bool
     retry_backoff_ms: int
+    doorbell: str | None = None  # NetworkClient.enable_doorbell(): named in every Fetch
 
 
 class CompletedFetch:
@@ -207,6 +209,8 @@ class Fetcher:
                     "min_bytes": self.cfg.min_bytes, "max_bytes": self.cfg.max_bytes,
                     "isolation_level": self.cfg.isolation_level,
                     "topics": [{"name": t, "partitions": p} for t, p in topics.items()]}
+            if self.cfg.doorbell is not None:
+                body["doorbell"] = self.cfg.doorbell
             self.in_flight.add(ep)
             self.client.send(ep, ApiKey.FETCH, body, callback=self._on_fetch, context=parts,
                              timeout_ms=self.client.request_timeout_ms + self.cfg.max_wait_ms)
@@ -254,9 +258,9 @@ class Fetcher:
                 if not idx:
                     continue
                 if len(idx) == 1:
-                    data: Any = frames[idx[0]].buffer
+                    data: Any = as_buffer(frames[idx[0]])
                 else:
-                    data = b"".join(frames[k].buffer for k in idx)
+                    data = b"".join(as_buffer(frames[k]) for k in idx)
                 headers = list(iter_batches(data, allow_partial_tail=True))
                 if not headers:
                     continue

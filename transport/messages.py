@@ -35,6 +35,8 @@ FETCH_V0 = {
     "min_bytes": Default(int, 1),
     "max_bytes": Default(int, DEFAULT_FETCH_MAX_BYTES),
     "isolation_level": Default(int, 0),
+    # a same-host consumer's Unix datagram socket for the answer (transport/doorbell.py)
+    "doorbell": Default(Opt(str), None),
     "topics": _topics(
         {
             "fetch_offset": int,

@@ -337,3 +337,33 @@ def test_linger_zero_sends_from_many_threads_in_order(bootstrap: str, admin: Adm
                 assert mine == [b"%d-%04d" % (t, i) for i in range(per_thread)]
             else:
                 assert mine == []
+
+
+@pytest.mark.parametrize("doorbell", [True, False])
+def test_caught_up_consumer_takes_answers_on_its_doorbell(
+    bootstrap: str, admin: Admin, doorbell: bool
+) -> None:
+    topic = f"bell-{doorbell}"
+    admin.create_topic(topic, partitions=1)
+    with Consumer(bootstrap=bootstrap, auto_offset_reset="latest", fetch_max_wait_ms=2000,
+                  fetch_doorbell=doorbell) as consumer, \
+            Producer(bootstrap, linger_ms=0) as producer:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        consumer.position(tp)
+        got: list[bytes] = []
+        # small records one at a time (each a parked fetch woken by it), then answers over
+        # 64 KiB, which go through zmq whatever the consumer asked
+        values = [b"v%d" % i for i in range(20)] + [bytes([i]) * 70_000 for i in range(4)]
+        for v in values:
+            producer.send(topic, v).result(10)
+            end = time.monotonic() + 10
+            while len(got) < values.index(v) + 1 and time.monotonic() < end:
+                got += [r.value for r in consumer.poll(0.5)]
+        assert got == values
+        m = consumer.metrics()
+        assert m["fetch_doorbell"] is doorbell
+        if doorbell:
+            assert m["doorbell_answers"] >= 20
+        else:
+            assert m["doorbell_answers"] == 0

@@ -4,20 +4,23 @@ errors, metadata-driven placement, clean SIGTERM."""
 from __future__ import annotations
 
 import os
+import select
 import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from worker_harness import Client, MetadataFeed, WorkerProcess, make_batch
+from worker_harness import Client, MetadataFeed, WorkerProcess, fetch_reply, make_batch
 
 from qnode.coordinator import records as rec
 from qnode.node.shm_table import ShmTableReader
 from qnode.storage.batch_builder import BatchBuilder, ControlType, build_control_batch
 from qnode.storage.batch_reader import read_batches
 from qnode.transport.api import ApiKey
+from qnode.transport.doorbell import DoorbellReceiver
 from qnode.transport.errors import ErrorCode
+from qnode.transport.frame import Response, decode_response
 
 # `feed` and `worker` are the harness's fixtures (worker_harness.py, loaded by conftest).
 
@@ -351,3 +354,74 @@ def test_acks_all_needs_min_insync_and_bad_acks_refused(feed: MetadataFeed, clie
     assert p["error"] == 0 and p["base_offset"] == 0
     part, _ = client.fetch("all", 0, 0)
     assert part["high_watermark"] == 1
+
+
+def _doorbell_answer(receiver: DoorbellReceiver, timeout: float = 5) -> Response:
+    if not select.select([receiver.fileno()], [], [], timeout)[0]:
+        raise TimeoutError("no doorbell answer")
+    (frames,) = receiver.receive()
+    return decode_response(frames)
+
+
+def test_fetch_naming_a_doorbell_is_answered_by_datagram_only(
+    feed: MetadataFeed, worker: WorkerProcess, client: Client
+) -> None:
+    feed.add_topic("t")
+    client.wait_ready("t", 0)
+    consumer = Client(worker.endpoint)
+    receiver = DoorbellReceiver()
+    try:
+        # parked, then woken by an append: the answer comes on the doorbell
+        corr = consumer.send(
+            ApiKey.FETCH, {**consumer.fetch_body("t", 0, 0, max_wait_ms=5000),
+                           "doorbell": receiver.value})
+        time.sleep(0.2)
+        client.produce("t", 0, make_batch([b"ring"]))
+        resp = _doorbell_answer(receiver)
+        assert resp.correlation_id == corr
+        part, data = fetch_reply(resp)
+        assert part["error"] == 0 and part["high_watermark"] == 1
+        assert _values(data) == [b"ring"]
+        # answered at once (data already there): the doorbell too
+        corr = consumer.send(
+            ApiKey.FETCH, {**consumer.fetch_body("t", 0, 0), "doorbell": receiver.value})
+        resp = _doorbell_answer(receiver)
+        assert resp.correlation_id == corr and _values(fetch_reply(resp)[1]) == [b"ring"]
+        assert not consumer.sock.poll(300)  # and nothing through zmq for either
+    finally:
+        receiver.close()
+        consumer.close()
+
+
+def test_fetch_answer_goes_through_zmq_when_the_doorbell_cannot_take_it(
+    feed: MetadataFeed, worker: WorkerProcess, client: Client
+) -> None:
+    feed.add_topic("t")
+    client.wait_ready("t", 0)
+    client.produce("t", 0, make_batch([b"x" * 1000] * 80))  # an answer over 64 KiB
+    receiver = DoorbellReceiver()
+    gone = DoorbellReceiver()
+    gone.close()  # a consumer that went away, or one on another host
+    try:
+        body = {**client.fetch_body("t", 0, 0), "doorbell": receiver.value}
+        part, data = fetch_reply(client.call(ApiKey.FETCH, body))
+        assert part["error"] == 0 and len(_values(data)) == 80
+        client.produce("t", 0, make_batch([b"small"]))
+        body = {**client.fetch_body("t", 0, 80), "doorbell": gone.value}
+        part, data = fetch_reply(client.call(ApiKey.FETCH, body))
+        assert part["error"] == 0 and _values(data) == [b"small"]
+        assert receiver.receive() == []
+    finally:
+        receiver.close()
+
+
+def test_fetch_with_a_malformed_doorbell_is_invalid_request(
+    feed: MetadataFeed, client: Client
+) -> None:
+    feed.add_topic("t")
+    client.wait_ready("t", 0)
+    resp = client.call(ApiKey.FETCH, {**client.fetch_body("t", 0, 0), "doorbell": "/tmp/fifo"})
+    assert resp.error_code == ErrorCode.INVALID_REQUEST
+    assert "doorbell must be" in resp.body["message"]
+    resp = client.call(ApiKey.FETCH, {**client.fetch_body("t", 0, 0), "doorbell": 5})
+    assert resp.error_code == ErrorCode.INVALID_REQUEST and "doorbell" in resp.body["message"]

@@ -35,6 +35,7 @@ from qnode.storage.batch_builder import BatchBuilder
 from qnode.transport.api import ApiKey
 from qnode.transport.frame import (
     Response,
+    as_buffer,
     decode_request,
     decode_response,
     encode_request,
@@ -325,7 +326,7 @@ class Client:
 def fetch_reply(resp: Any) -> tuple[dict, bytes]:
     """(the first partition's entry, its data) of a one-partition Fetch response."""
     part = resp.body["topics"][0]["partitions"][0]
-    return part, b"".join(bytes(resp.data[k].buffer) for k in part["frames"])
+    return part, b"".join(bytes(as_buffer(resp.data[k])) for k in part["frames"])
 
 
 def make_batch(values: Sequence[bytes], key: bytes | None = None) -> bytes:
