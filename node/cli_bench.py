@@ -254,7 +254,8 @@ def run_consume(
 
 # ---------------------------------------------------------------------------------- e2e
 def _e2e_consumer(
-    bootstrap: str, topic: str, partitions: int, records: int, conn: Any, timeout_s: float
+    bootstrap: str, topic: str, partitions: int, records: int, conn: Any, timeout_s: float,
+    doorbell: bool,
 ) -> None:
     from qnode.sdk import Consumer, TopicPartition
 
@@ -264,6 +265,7 @@ def _e2e_consumer(
         auto_offset_reset="latest",
         fetch_max_wait_ms=500,
         max_poll_records=1000,
+        fetch_doorbell=doorbell,
     ) as consumer:
         consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
         for p in range(partitions):  # resolve "latest" before the producer starts
@@ -278,7 +280,8 @@ def _e2e_consumer(
             if batch:
                 t = now_ns()
                 lat.extend(t - unpack(r.value)[0] for r in batch if r.value)
-    conn.send(lat)
+        answers = consumer.metrics()["doorbell_answers"]
+    conn.send((lat, answers))
     conn.close()
 
 
@@ -303,6 +306,7 @@ def run_e2e(
     partitions: int,
     acks: str,
     rate: float,
+    doorbell: bool = True,
 ) -> Summary:
     from qnode.sdk import Producer
 
@@ -315,7 +319,7 @@ def run_e2e(
     proc = ctx.Process(
         target=_e2e_consumer,
         daemon=True,
-        args=(bootstrap, topic, partitions, records + 1, child, timeout_s),
+        args=(bootstrap, topic, partitions, records + 1, child, timeout_s, doorbell),
     )
     proc.start()
     try:
@@ -341,7 +345,7 @@ def run_e2e(
         progress.close()
         if not parent.poll(timeout_s):
             raise RuntimeError("the e2e consumer process did not report")
-        lat_ns: list[int] = parent.recv()
+        lat_ns, answers = parent.recv()
     finally:
         proc.join(10)
         if proc.is_alive():
@@ -350,7 +354,8 @@ def run_e2e(
     # The first record is the warm-up (connections, metadata): not part of the sample.
     lat_us = [ns / 1000.0 for ns in lat_ns[1:]]
     return Summary(
-        f"e2e at {rate:,.0f} records/s (linger.ms=0, acks={acks}"
+        f"e2e at {rate:,.0f} records/s (linger.ms=0, acks={acks}, "
+        + (f"{answers:,} fetch answers by doorbell" if doorbell else "no doorbell")
         + (f", node worker.busy.poll.us={busy_poll})" if busy_poll is not None else ")"),
         len(lat_us),
         len(lat_us) * record_size,
@@ -451,6 +456,9 @@ def bench_e2e(
     acks: str = typer.Option("1", "--acks"),
     rate: float = typer.Option(1000, "--rate", help="records/s sent"),
     topic: str = typer.Option(None, "--topic"),
+    doorbell: bool = typer.Option(
+        True, "--doorbell/--no-doorbell",
+        help="the consumer's fetch_doorbell (same-host answers as Unix datagrams)"),
     bootstrap: str = BootstrapOpt,
 ) -> None:
     """End-to-end latency (send → consumer poll) at a fixed rate, linger.ms=0."""
@@ -467,6 +475,7 @@ def bench_e2e(
             partitions,
             acks,
             rate,
+            doorbell,
         ).render()
     )
     print(_floor_line(rate, min(records, 3000), record_size))
