@@ -478,6 +478,11 @@ class Worker:
             # instead of paying its wake-up (tens of µs per hand-off, several per request).
             timeout = 0 if now < busy_until else self._poll_timeout_ms(now)
             events = dict(poller.poll(timeout))
+            if not events and not timeout:
+                # a thread woken onto this vCPU (a consumer our doorbell datagram woke) runs
+                # now, not after our time slice: with the yield, e2e p50 with doorbell and
+                # busy poll 300-358 µs, without it 369-393 µs (paired runs, one node)
+                os.sched_yield()
             if self.router in events:
                 if busy_s:
                     busy_until = time.monotonic() + busy_s
