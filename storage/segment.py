@@ -359,7 +359,10 @@ class Segment:
             except (OSError, ValueError, AttributeError):
                 pass
         self._cap = cap
-        self._reserved = file_size
+        # Blocks past the mapping are no reservation *for* it: a remap after a cut to a short
+        # size maps less than the file held, and an append between the two ends must go
+        # through `_reserve` (which maps further), not into a store past the mapping.
+        self._reserved = min(file_size, cap)
         self._writing = True
         self._released = 0
         self._release_at = min(self._release_at, self.size + RESIDENT_WINDOW + RELEASE_CHUNK)

@@ -62,3 +62,26 @@ def test_append_then_read_back(ops, segment_bytes, interval):
             assert [r.offset for r in full] == list(range(len(values)))
         finally:
             log.close()
+
+
+def test_append_after_truncating_a_viewed_reopened_segment_to_empty() -> None:
+    """Found by the property above: a reopened segment (mapped for writes, its reservation
+    taken from the file), viewed, then cut to 0 was remapped shorter than that reservation;
+    the next append past the new mapping but within the stale reservation stored out of it."""
+    cfg = LogConfig.from_topic_config({"segment.bytes": "200", "index.interval.bytes": "0"})
+    with tempfile.TemporaryDirectory() as d:
+        log = Log.open(d, cfg)
+        try:
+            log.append(make_batch(18, size=216, ts=0), 0)
+            log.close_without_flush()
+            log = Log.open(d, cfg)
+            view = log.read(0, 1)  # a view outlives the truncation: the cut remaps
+            assert b"".join(bytes(s) for s in view.slices)
+            assert log.truncate_to(1) == 0  # the batch holding offset 1 goes whole
+            r = log.append(make_batch(17, size=229, ts=0), 0)
+            assert r.base_offset == 0
+            got = list(iter_records(b"".join(bytes(s) for s in log.read(0, 1 << 20).slices)))
+            assert [x.value for x in got] == [bytes([i]) * 229 for i in range(17)]
+            del view
+        finally:
+            log.close()
