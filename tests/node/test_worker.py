@@ -32,6 +32,14 @@ def client(worker: WorkerProcess) -> Iterator[Client]:
     c.close()
 
 
+@pytest.fixture
+def consumer(worker: WorkerProcess) -> Iterator[Client]:
+    """A second client, for the fetch side of a test whose `client` produces."""
+    c = Client(worker.endpoint)
+    yield c
+    c.close()
+
+
 def _values(data: bytes, start: int = 0) -> list[bytes]:
     return [r.value for b in read_batches(data) for r in b if r.offset >= start]
 
@@ -67,25 +75,21 @@ def test_acks_zero_gets_no_response_but_is_appended(feed: MetadataFeed, client: 
 
 
 def test_long_poll_wakes_on_append(
-    feed: MetadataFeed, worker: WorkerProcess, client: Client
+    feed: MetadataFeed, client: Client, consumer: Client
 ) -> None:
     feed.add_topic("t")
     client.wait_ready("t", 0)
-    consumer = Client(worker.endpoint)
-    try:
-        t0 = time.monotonic()
-        consumer.send(ApiKey.FETCH, consumer.fetch_body("t", 0, 0, max_wait_ms=5000))
-        time.sleep(0.2)
-        assert not consumer.sock.poll(0)  # parked: nothing to return yet
-        client.produce("t", 0, make_batch([b"wake"]))
-        resp = consumer.recv(timeout=5)
-        elapsed = time.monotonic() - t0
-        part = resp.body["topics"][0]["partitions"][0]
-        assert part["error"] == 0
-        assert _values(b"".join(bytes(resp.data[k].buffer) for k in part["frames"])) == [b"wake"]
-        assert elapsed < 2.0, f"woke after {elapsed:.3f}s, max wait was 5s"
-    finally:
-        consumer.close()
+    t0 = time.monotonic()
+    consumer.send(ApiKey.FETCH, consumer.fetch_body("t", 0, 0, max_wait_ms=5000))
+    time.sleep(0.2)
+    assert not consumer.sock.poll(0)  # parked: nothing to return yet
+    client.produce("t", 0, make_batch([b"wake"]))
+    resp = consumer.recv(timeout=5)
+    elapsed = time.monotonic() - t0
+    part = resp.body["topics"][0]["partitions"][0]
+    assert part["error"] == 0
+    assert _values(b"".join(bytes(resp.data[k].buffer) for k in part["frames"])) == [b"wake"]
+    assert elapsed < 2.0, f"woke after {elapsed:.3f}s, max wait was 5s"
 
 
 def test_long_poll_expires_with_empty_answer(feed: MetadataFeed, client: Client) -> None:
@@ -364,11 +368,10 @@ def _doorbell_answer(receiver: DoorbellReceiver, timeout: float = 5) -> Response
 
 
 def test_fetch_naming_a_doorbell_is_answered_by_datagram_only(
-    feed: MetadataFeed, worker: WorkerProcess, client: Client
+    feed: MetadataFeed, client: Client, consumer: Client
 ) -> None:
     feed.add_topic("t")
     client.wait_ready("t", 0)
-    consumer = Client(worker.endpoint)
     receiver = DoorbellReceiver()
     try:
         # parked, then woken by an append: the answer comes on the doorbell
@@ -390,7 +393,6 @@ def test_fetch_naming_a_doorbell_is_answered_by_datagram_only(
         assert not consumer.sock.poll(300)  # and nothing through zmq for either
     finally:
         receiver.close()
-        consumer.close()
 
 
 def test_fetch_answer_goes_through_zmq_when_the_doorbell_cannot_take_it(
