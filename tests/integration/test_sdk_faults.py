@@ -129,6 +129,7 @@ def test_consumer_keeps_its_position_across_a_worker_kill9(
             got += [r.value for r in c.poll(0.3)]
         assert len(got) == 100
         c.poll(0.2)  # a long-poll fetch is now parked at the worker we kill
+        rung = c.metrics()["doorbell_answers"]
         killed = node.kill_child("worker", 0)
         node.wait_child_restarted("worker", killed, worker_id=0)
         for i in range(100, 200):
@@ -139,3 +140,5 @@ def test_consumer_keeps_its_position_across_a_worker_kill9(
             got += [r.value for r in c.poll(0.3)]
         assert got == [b"%03d" % i for i in range(200)]  # no gap, no repeat
         assert c.position(tp) == 200
+        # the restarted worker answers this (same-host) consumer's doorbell again
+        assert c.metrics()["doorbell_answers"] > rung
