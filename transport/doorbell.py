@@ -111,35 +111,37 @@ class DoorbellReceiver:
             self._sock.close()
             raise
         self._sock.setblocking(False)
-        self._buf = bytearray(MAX_DATAGRAM + 1)  # one more: a longer datagram shows as such
 
     def fileno(self) -> int:
         return self._sock.fileno()
 
-    def receive(self) -> list[list[bytes]]:
-        """Every queued answer, as its frames (others are dropped and counted)."""
-        out: list[list[bytes]] = []
+    def receive(self, limit: int = 1) -> list[list[memoryview]]:
+        """Up to `limit` queued answers, each as its frames (views of one bytes object); other
+        datagrams are dropped and counted. One by default: called when a poll said readable,
+        one is there, and the fd stays readable while more are (no receive that fails, which
+        cost a syscall and an exception per call)."""
+        out: list[list[memoryview]] = []
         sock = self._sock
-        buf = self._buf
-        while True:
+        for _ in range(limit):
             try:
-                n = sock.recv_into(buf)
+                data = sock.recv(MAX_DATAGRAM + 1)
             except (BlockingIOError, InterruptedError):
-                return out
-            if n > MAX_DATAGRAM:  # cut short by the buffer: not one a server of ours sent
+                break
+            if len(data) > MAX_DATAGRAM:  # cut short: not one a server of ours sent
                 self.dropped += 1
                 continue
             try:
-                out.append(unpack_datagram(memoryview(buf)[:n], self.token))
+                out.append(unpack_datagram(data, self.token))
             except FrameError:
                 self.dropped += 1
+        return out
 
     def close(self) -> None:
         self._sock.close()
 
 
-def unpack_datagram(data: memoryview, token: bytes) -> list[bytes]:
-    """The frames of one doorbell datagram carrying `token` (copied: the buffer is reused)."""
+def unpack_datagram(data: bytes, token: bytes) -> list[memoryview]:
+    """The frames of one doorbell datagram carrying `token`, as views of `data`."""
     if len(data) < _HEAD.size:
         raise FrameError(f"doorbell datagram of {len(data)} bytes")
     magic, version, tlen = _HEAD.unpack_from(data)
@@ -149,6 +151,7 @@ def unpack_datagram(data: memoryview, token: bytes) -> list[bytes]:
     if data[at:at + tlen] != token:
         raise FrameError("doorbell datagram with another token")
     at += tlen
+    view = memoryview(data)
     try:
         (count,) = _COUNT.unpack_from(data, at)
         at += _COUNT.size
@@ -158,7 +161,7 @@ def unpack_datagram(data: memoryview, token: bytes) -> list[bytes]:
             at += _LEN.size
             if at + n > len(data):
                 raise FrameError("doorbell datagram shorter than its frames")
-            frames.append(bytes(data[at:at + n]))
+            frames.append(view[at:at + n])
             at += n
     except struct.error as exc:
         raise FrameError(f"truncated doorbell datagram: {exc}") from None

@@ -53,7 +53,7 @@ def test_a_response_round_trips_frame_for_frame(pair) -> None:
     resp = decode_response(got[0])
     assert (resp.correlation_id, resp.body) == (77, {"topics": [{"name": "t"}]})
     assert resp.data == [bytes(data), b"second"]
-    assert receiver.receive() == []  # drained
+    assert receiver.receive() == []  # one was sent, one came
 
 
 def test_sender_refuses_what_must_go_through_zmq(pair) -> None:
@@ -75,7 +75,7 @@ def test_a_full_receive_queue_sends_through_zmq_instead(pair) -> None:
         sent += 1
         assert sent < 10_000
     assert sent >= 1
-    assert len(receiver.receive()) == sent  # every datagram that was sent arrives whole
+    assert len(receiver.receive(limit=10_000)) == sent  # every datagram sent arrives whole
 
 
 def test_datagrams_without_our_token_or_malformed_are_dropped(pair) -> None:
@@ -89,7 +89,7 @@ def test_datagrams_without_our_token_or_malformed_are_dropped(pair) -> None:
     finally:
         raw.close()
     assert sender.send(address, token, encode_response(1, 0, 6, {}))
-    got = receiver.receive()
+    got = receiver.receive(limit=10)
     assert [decode_response(f).correlation_id for f in got] == [6]
     assert receiver.dropped == 3
 
