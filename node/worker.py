@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import zmq
 
@@ -36,7 +36,12 @@ from qnode.node.shm_table import DEFAULT_CAPACITY, ShmTable, shm_name
 from qnode.storage.cleaner import Cleaner, CleanerConfig
 from qnode.storage.log_manager import LogManager
 from qnode.transport.api import WORKER_APIS, ApiKey, api_versions_body
-from qnode.transport.doorbell import DoorbellError, DoorbellSender, parse_doorbell
+from qnode.transport.doorbell import (
+    DoorbellError,
+    DoorbellSender,
+    LocalListener,
+    parse_doorbell,
+)
 from qnode.transport.errors import ErrorCode
 from qnode.transport.frame import (
     FrameError,
@@ -124,6 +129,13 @@ class WorkerConfig:
         )
 
 
+class LocalPeer(NamedTuple):
+    """Who sent a request by the local socket: the doorbell its answer goes to."""
+
+    address: bytes
+    token: bytes
+
+
 class Worker:
     """One worker: its sockets, replicas, parked fetches and the loop that serves them."""
 
@@ -158,6 +170,16 @@ class Worker:
         self.server = PartitionServer(self.replicas)
         self.waiters = FetchWaiters()
         self.doorbells = DoorbellSender()
+        # Produce requests of same-host clients by datagram (transport/doorbell.py), answered
+        # on their doorbells; None when the name cannot be bound (taken, or no Unix sockets)
+        self.local: LocalListener | None = None
+        try:
+            self.local = LocalListener(self.endpoint)
+        except OSError as exc:
+            log.warning("no local socket for %s (clients use zmq only): %s", self.endpoint, exc)
+        self.local_answers = DoorbellSender(per_destination=True)
+        self.local_lost = 0  # answers to datagram requests that could not be delivered
+        self._peers: dict[str, LocalPeer] = {}  # doorbell values already parsed
         self._corr = 0
         self._hello_corr: int | None = None
         self._hello_at = 0.0
@@ -313,7 +335,46 @@ class Worker:
             self._produce(produces)
         self._wake_dirty()
 
+    def _on_local(self) -> bool:
+        """One request from the local socket (one per loop turn: the poll reports the socket
+        again while more are queued); False when none was there."""
+        assert self.local is not None
+        try:
+            got = self.local.receive()
+        except FrameError as exc:
+            log.debug("local datagram dropped: %s", exc)
+            return True
+        if got is None:
+            return False
+        reply, frames = got
+        peer = self._peers.get(reply)
+        if peer is None:
+            try:
+                peer = LocalPeer(*parse_doorbell(reply))
+            except DoorbellError as exc:  # nowhere to answer: the client's request times out
+                log.debug("local request dropped: %s", exc)
+                return True
+            if len(self._peers) >= 1024:
+                self._peers.clear()
+            self._peers[reply] = peer
+        try:
+            req = parse_request(frames, WORKER_APIS)
+        except RequestError as exc:
+            self._reply(peer, response_for_error(exc))
+            return True
+        if req.api_key != ApiKey.PRODUCE:
+            msg = "only Produce requests may come by the local socket"
+            self._reply(peer, error_response(req.header, ErrorCode.INVALID_REQUEST, msg))
+            return True
+        self._produce([(peer, req)])
+        return True
+
     def _reply(self, identity: Any, frames: list[Any]) -> None:
+        if identity.__class__ is LocalPeer:
+            if not self.local_answers.send(identity.address, identity.token, frames):
+                self.local_lost += 1  # the client is gone: its request times out there
+                log.debug("answer to a local request not delivered")
+            return
         try:
             send_frames(self.router, [identity, *frames], NOBLOCK)
         except zmq.ZMQError as exc:  # a peer gone or over its HWM: its loss, not ours
@@ -468,6 +529,9 @@ class Worker:
         poller.register(self.coord_events, zmq.POLLIN)
         if wakeup_fd is not None:
             poller.register(wakeup_fd, zmq.POLLIN)
+        local_fd = self.local.fileno() if self.local is not None else None
+        if local_fd is not None:
+            poller.register(local_fd, zmq.POLLIN)
         self._send_hello(time.monotonic())
         busy_s = self.config.busy_poll_us / 1e6
         busy_until = 0.0
@@ -483,6 +547,10 @@ class Worker:
                 # now, not after our time slice: with the yield, e2e p50 with doorbell and
                 # busy poll 300-358 µs, without it 369-393 µs (paired runs, one node)
                 os.sched_yield()
+            if local_fd is not None and local_fd in events:
+                if busy_s:
+                    busy_until = time.monotonic() + busy_s
+                self._on_local()
             if self.router in events:
                 if busy_s:
                     busy_until = time.monotonic() + busy_s
@@ -507,6 +575,8 @@ class Worker:
         deadline = time.monotonic() + DRAIN_S
         while time.monotonic() < deadline and self.router.poll(0):
             self._on_clients()
+        while time.monotonic() < deadline and self.local is not None and self._on_local():
+            pass
         for f in self.waiters.drain():
             self._answer(f, force=True)
         clean = True
@@ -518,6 +588,9 @@ class Worker:
         finally:
             self.shm.close()
             self.doorbells.close()
+            self.local_answers.close()
+            if self.local is not None:
+                self.local.close()
             self.router.close(linger=200)
             close_monitored(self.coord, self.coord_events)
         return clean

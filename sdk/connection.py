@@ -22,6 +22,12 @@ on its next turn.
 A client may also take answers on a doorbell (transport/doorbell.py): a Unix datagram socket
 that a same-host worker sends small Fetch answers to instead of zmq. Such an answer completes
 its request as a zmq answer would; the worker then sends nothing through zmq for it.
+With a doorbell, a request sent with `local=True` (Produce) goes to a same-host worker's
+local socket as one datagram, its answer coming on the doorbell -- when nothing is in flight
+on that connection, or only such requests are. Requests on one connection stay in order: one
+that cannot go by datagram while datagram requests are unanswered waits (`deferred`) and goes
+through zmq once they are answered; datagram requests go out only behind nothing or behind
+each other, and the worker reads its local socket in order.
 """
 
 from __future__ import annotations
@@ -38,7 +44,12 @@ import zmq
 
 from qnode.sdk.errors import NetworkError, QnodeError, RequestTimeoutError, error_for
 from qnode.transport.api import api_name
-from qnode.transport.doorbell import DoorbellReceiver
+from qnode.transport.doorbell import (
+    LOCAL_IN_FLIGHT,
+    DoorbellReceiver,
+    LocalUnavailable,
+    worker_address,
+)
 from qnode.transport.frame import FrameError, Response, decode_response, encode_request
 from qnode.transport.sockets import (
     NOBLOCK,
@@ -67,10 +78,12 @@ class InFlight:
     response: Response | None = None
     error: QnodeError | None = None
     done: bool = False
+    local: bool = False  # sent by datagram to the worker's local socket
 
 
 class _Connection:
-    __slots__ = ("endpoint", "socket", "monitor", "pending", "connected", "closed", "key")
+    __slots__ = ("endpoint", "socket", "monitor", "pending", "connected", "closed", "key",
+                 "local", "local_pending", "deferred")
 
     def __init__(self, ctx: zmq.Context, endpoint: str) -> None:
         self.endpoint = endpoint
@@ -83,6 +96,12 @@ class _Connection:
         self.monitor = self.socket.get_monitor_socket(_MONITOR_EVENTS)
         self.socket.connect(endpoint)
         self.pending: dict[int, InFlight] = {}
+        # the worker's local socket, if one is here (None once a send found none)
+        self.local: bytes | None = worker_address(endpoint)
+        self.local_pending = 0  # requests in `pending` that went by datagram
+        # requests waiting for those to be answered before they go through zmq, in order:
+        # (request, its frames, whether an answer is expected)
+        self.deferred: list[tuple[InFlight, list[Any], bool]] = []
         self.connected = False
         self.closed = False
         self.key: Any = None  # what the poller watches: the socket, or its fd when shared
@@ -117,6 +136,9 @@ class NetworkClient:
         self._next_deadline_check = math.inf
         self._doorbell: DoorbellReceiver | None = None
         self.doorbell_answers = 0  # answers that came on the doorbell, not through zmq
+        self.local_sends = 0  # requests sent by datagram to a worker's local socket
+        self.deferred_sends = 0  # requests that waited for those to be answered (order)
+        self._local_in_flight = 0  # of those, unanswered (bounded: the doorbell's queue)
         self.closed = False
 
     # ------------------------------------------------------------------ connections
@@ -178,6 +200,9 @@ class NetworkClient:
         else:
             self._unwatch(conn)
             conn.close()
+        self._local_in_flight -= conn.local_pending
+        conn.local_pending = 0
+        conn.deferred.clear()
         pending = list(conn.pending.values())
         conn.pending.clear()
         for req in pending:
@@ -195,8 +220,7 @@ class NetworkClient:
 
     def enable_doorbell(self) -> str | None:
         """Bind a doorbell; returns the value a request names it with (None: none here).
-        Only for a client no other thread borrows: the datagrams are read in `handle`."""
-        assert not self.shared, "a shared client's borrowers could not see doorbell answers"
+        The owner's thread calls it (its poller watches the doorbell; `handle` reads it)."""
         if self._doorbell is None:
             try:
                 self._doorbell = DoorbellReceiver()
@@ -216,10 +240,11 @@ class NetworkClient:
     def send(self, endpoint: str, api_key: int, body: dict[str, Any],
              data: Sequence[Any] = (), *, callback: Callback | None = None,
              context: Any = None, timeout_ms: int | None = None,
-             expect_response: bool = True) -> InFlight:
+             expect_response: bool = True, local: bool = False) -> InFlight:
         """Queue a request; its InFlight completes in a later `poll()`.
 
         With `expect_response=False` (Produce acks=0) the request is done once handed to zmq.
+        `local`: it may go by datagram to a same-host worker (see the module's docstring).
         """
         if self.closed:
             raise NetworkError("client is closed")
@@ -229,6 +254,17 @@ class NetworkClient:
         req = InFlight(corr, api_key, endpoint, time.monotonic() + timeout / 1000.0, callback,
                        context)
         frames = encode_request(api_key, 0, corr, body, data, self.client_id)
+        if conn.local_pending or conn.deferred:
+            # datagram requests are unanswered: this one goes behind them
+            if local and expect_response and not conn.deferred \
+                    and self._send_local(conn, req, frames):
+                return req
+            self._track(conn, req, expect_response)
+            conn.deferred.append((req, frames, expect_response))
+            return req
+        if local and expect_response and not conn.pending and conn.local is not None \
+                and self._doorbell is not None and self._send_local(conn, req, frames):
+            return req
         try:
             send_frames(conn.socket, frames, NOBLOCK)
         except zmq.ZMQError as exc:
@@ -236,12 +272,54 @@ class NetworkClient:
             self._finish(req, None, NetworkError(f"send to {endpoint} failed: {exc}"))
             return req
         if expect_response:
-            conn.pending[corr] = req
-            if req.deadline < self._next_deadline_check:
-                self._next_deadline_check = req.deadline
+            self._track(conn, req, True)
         else:
             self._finish(req, None, None)
         return req
+
+    def _track(self, conn: _Connection, req: InFlight, expect_response: bool) -> None:
+        if expect_response:
+            conn.pending[req.correlation_id] = req
+            if req.deadline < self._next_deadline_check:
+                self._next_deadline_check = req.deadline
+
+    def _send_local(self, conn: _Connection, req: InFlight, frames: list[Any]) -> bool:
+        """Send `req` by datagram to the worker's local socket; False: it must go otherwise."""
+        bell = self._doorbell
+        address = conn.local
+        if bell is None or address is None or self._local_in_flight >= LOCAL_IN_FLIGHT:
+            return False
+        try:
+            if not bell.send_request(address, frames):
+                return False  # too large, or the worker's queue is full
+        except LocalUnavailable:
+            conn.local = None  # no worker socket here: zmq from now on
+            return False
+        req.local = True
+        conn.local_pending += 1
+        self._local_in_flight += 1
+        self.local_sends += 1
+        self._track(conn, req, True)
+        return True
+
+    def _answered_local(self, conn: _Connection) -> None:
+        """A datagram request of `conn` was answered; once none is left, what waited goes."""
+        conn.local_pending -= 1
+        self._local_in_flight -= 1
+        if conn.local_pending or not conn.deferred:
+            return
+        waiting, conn.deferred = conn.deferred, []
+        for req, frames, expect_response in waiting:
+            if req.done:
+                continue
+            try:
+                send_frames(conn.socket, frames, NOBLOCK)
+            except zmq.ZMQError as exc:
+                self._drop(conn, NetworkError(f"send to {conn.endpoint} failed: {exc}"))
+                return
+            self.deferred_sends += 1
+            if not expect_response:
+                self._finish(req, None, None)
 
     def request(self, endpoint: str, api_key: int, body: dict[str, Any],
                 data: Sequence[Any] = (), timeout_ms: int | None = None) -> Response:
@@ -323,6 +401,8 @@ class NetworkClient:
             req = conn.pending.pop(resp.correlation_id, None)
             if req is None:
                 continue  # a late answer to a request we already gave up on
+            if req.local:
+                self._answered_local(conn)
             err = None
             if resp.error_code:
                 err = error_for(resp.error_code, resp.body.get("message"))
@@ -341,6 +421,8 @@ class NetworkClient:
                 req = conn.pending.pop(corr, None)
                 if req is not None:
                     self.doorbell_answers += 1
+                    if req.local:
+                        self._answered_local(conn)
                     err = None
                     if resp.error_code:
                         err = error_for(resp.error_code, resp.body.get("message"))

@@ -87,6 +87,7 @@ class Producer:
         transactional_id: str | None = None,
         client_id: str | None = None,
         metadata_max_age_ms: int = 300000,
+        local_requests: bool = True,
     ) -> None:
         if transactional_id is not None:
             raise TransactionError(
@@ -132,7 +133,8 @@ class Producer:
             request_timeout_ms=request_timeout_ms,
             max_in_flight=max_in_flight_requests_per_connection,
             max_request_size=max_request_size, client_id=self.client_id,
-            idempotent=enable_idempotence, compression=int(self.compression)))
+            idempotent=enable_idempotence, compression=int(self.compression),
+            local_requests=local_requests))
         self._lock = self._acc.lock
         self._sticky = self._acc.sticky
         self._partitioner = StickyPartitioner()
@@ -383,6 +385,11 @@ class Producer:
         out = dict(self._acc.stats())
         # linger.ms=0: sends made by send() itself instead of the sender thread (Sender.kick)
         out["caller_passes"] = self._sender.caller_passes
+        # Produce requests sent by datagram to a same-host worker (local_requests)
+        network = self._sender.network
+        out["local_sends"] = network.local_sends if network is not None else 0
+        # requests that waited for datagram ones to be answered, to keep their order
+        out["local_deferred"] = network.deferred_sends if network is not None else 0
         return out
 
     # transactions: API.md names; the coordinator side lands with the transactions issue.

@@ -71,6 +71,7 @@ class SenderConfig:
     client_id: str
     idempotent: bool
     compression: int
+    local_requests: bool = True  # to a same-host worker by datagram (sdk/connection.py)
 
 
 class Sender(threading.Thread):
@@ -106,6 +107,7 @@ class Sender(threading.Thread):
         self.started_ok = threading.Event()
         self._client: NetworkClient | None = None  # set while the loop runs: kick() uses it
         self.caller_passes = 0  # kick() passes that sent from the caller's thread
+        self.network: NetworkClient | None = None
 
     # ------------------------------------------------------------------ other threads
     def wake(self) -> None:
@@ -161,6 +163,9 @@ class Sender(threading.Thread):
     def run(self) -> None:
         client = NetworkClient(self.cfg.client_id, self.cfg.request_timeout_ms, shared=True)
         client.register_fd(self._bell)
+        self.network = client  # for counters (producer.metrics()), also after the loop ends
+        if self.cfg.local_requests:
+            client.enable_doorbell()
         try:
             if self.cfg.idempotent:
                 try:
@@ -363,7 +368,7 @@ class Sender(threading.Thread):
                 "topics": [{"name": t, "partitions": p} for t, p in topics.items()]}
         self.in_flight_batches += sum(len(b) for _, b in parts)
         client.send(endpoint, ApiKey.PRODUCE, body, frames, callback=self._on_produce,
-                    context=parts, expect_response=cfg.acks != 0)
+                    context=parts, expect_response=cfg.acks != 0, local=cfg.local_requests)
 
     def _on_produce(self, req: InFlight) -> None:
         parts: list[tuple[PartitionKey, list[ProducerBatch]]] = req.context

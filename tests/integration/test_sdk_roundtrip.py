@@ -367,3 +367,38 @@ def test_caught_up_consumer_takes_answers_on_its_doorbell(
             assert m["doorbell_answers"] >= 20
         else:
             assert m["doorbell_answers"] == 0
+
+
+@pytest.mark.parametrize("local", [True, False])
+def test_producer_on_the_node_host_sends_by_the_local_socket_in_order(
+    bootstrap: str, admin: Admin, local: bool
+) -> None:
+    topic = f"local-{local}"
+    admin.create_topic(topic, partitions=2)
+    big = [bytes([i]) * 80_000 for i in range(3)]  # requests too large for a datagram
+    with Producer(bootstrap, linger_ms=0, local_requests=local) as p:
+        # small records as fast as they come: datagram requests pile up to the limit in
+        # flight, then wait and go through zmq behind them; large ones go through zmq too
+        futs = [p.send(topic, b"%05d" % i, partition=i % 2) for i in range(3000)]
+        futs += [p.send(topic, v, partition=0) for v in big]
+        futs += [p.send(topic, b"%05d" % i, partition=i % 2) for i in range(3000, 4000)]
+        for f in futs:
+            f.result(30)
+        sent = p.metrics()["local_sends"]
+        deferred = p.metrics()["local_deferred"]
+        for i in range(20):  # one at a time: nothing in flight, each goes by datagram
+            p.send(topic, b"late%02d" % i, partition=1).result(10)
+        late = p.metrics()["local_sends"] - sent
+    if local:
+        assert sent > 0 and late == 20  # (the order kept when requests wait: tested alone in
+        # tests/integration/test_local_requests.py)
+    else:
+        assert sent == 0 and late == 0 and deferred == 0
+    got = consume_all(bootstrap, topic, 2, 4023)
+    by_partition = {0: [], 1: []}
+    for r in got:
+        by_partition[r.partition].append(r.value)
+    assert by_partition[0] == [b"%05d" % i for i in range(0, 3000, 2)] + big + [
+        b"%05d" % i for i in range(3000, 4000, 2)]
+    assert by_partition[1] == [b"%05d" % i for i in range(1, 4000, 2)] + [
+        b"late%02d" % i for i in range(20)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +19,9 @@ from qnode.node.shm_table import ShmTableReader
 from qnode.storage.batch_builder import BatchBuilder, ControlType, build_control_batch
 from qnode.storage.batch_reader import read_batches
 from qnode.transport.api import ApiKey
-from qnode.transport.doorbell import DoorbellReceiver
+from qnode.transport.doorbell import DoorbellReceiver, pack_datagram, worker_address
 from qnode.transport.errors import ErrorCode
-from qnode.transport.frame import Response, decode_response
+from qnode.transport.frame import Response, decode_response, encode_request
 
 # `feed` and `worker` are the harness's fixtures (worker_harness.py, loaded by conftest).
 
@@ -427,3 +428,48 @@ def test_fetch_with_a_malformed_doorbell_is_invalid_request(
     assert "doorbell must be" in resp.body["message"]
     resp = client.call(ApiKey.FETCH, {**client.fetch_body("t", 0, 0), "doorbell": 5})
     assert resp.error_code == ErrorCode.INVALID_REQUEST and "doorbell" in resp.body["message"]
+
+
+def _produce_frames(corr: int, topic: str, batch: bytes) -> list:
+    body = {"acks": 1, "timeout_ms": 5000,
+            "topics": [{"name": topic, "partitions": [{"partition": 0, "frame": 0}]}]}
+    return encode_request(ApiKey.PRODUCE, 0, corr, body, [batch], "local-test")
+
+
+def test_produce_by_the_local_socket_is_appended_and_answered_on_the_doorbell(
+    feed: MetadataFeed, worker: WorkerProcess, client: Client
+) -> None:
+    feed.add_topic("t")
+    client.wait_ready("t", 0)
+    receiver = DoorbellReceiver()
+    address = worker_address(worker.endpoint)
+    try:
+        for corr, values in ((1, [b"a", b"b"]), (2, [b"c"])):
+            assert receiver.send_request(address, _produce_frames(corr, "t", make_batch(values)))
+            resp = _doorbell_answer(receiver)
+            assert resp.correlation_id == corr
+            part = resp.body["topics"][0]["partitions"][0]
+            assert part["error"] == 0 and part["base_offset"] == {1: 0, 2: 2}[corr]
+        assert _values(client.fetch("t", 0, 0)[1]) == [b"a", b"b", b"c"]
+        # only Produce may come this way; garbage and a nameless doorbell cost nothing
+        lo = {"topics": [{"name": "t", "partitions": [{"partition": 0, "timestamp": -1}]}]}
+        assert receiver.send_request(address, encode_request(ApiKey.LIST_OFFSETS, 0, 3, lo))
+        resp = _doorbell_answer(receiver)
+        assert resp.error_code == ErrorCode.INVALID_REQUEST
+        assert "only Produce" in resp.body["message"]
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            raw.sendto(b"garbage", address)
+            raw.sendto(pack_frames(b"not-a-doorbell", _produce_frames(4, "t", make_batch([b"x"]))),
+                       address)
+        finally:
+            raw.close()
+        assert receiver.send_request(address, [b"\x00"])  # a malformed request: an error answer
+        assert _doorbell_answer(receiver).error_code == ErrorCode.INVALID_REQUEST
+        assert _values(client.fetch("t", 0, 0)[1]) == [b"a", b"b", b"c"]  # x was not appended
+    finally:
+        receiver.close()
+
+
+def pack_frames(token: bytes, frames: list) -> bytes:
+    return b"".join(bytes(p) for p in pack_datagram(token, frames))

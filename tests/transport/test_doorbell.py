@@ -14,8 +14,11 @@ from qnode.transport.doorbell import (
     DoorbellError,
     DoorbellReceiver,
     DoorbellSender,
+    LocalListener,
+    LocalUnavailable,
     parse_doorbell,
     unpack_datagram,
+    worker_address,
 )
 from qnode.transport.frame import FrameError, decode_response, encode_response
 
@@ -103,3 +106,58 @@ def test_unpack_refuses_trailing_bytes_and_short_frames() -> None:
         unpack_datagram(memoryview(head + b"\x00\x01\x00"), token)
     with pytest.raises(FrameError, match="not a doorbell"):
         unpack_datagram(memoryview(b"QX\x01\x00\x00\x00"), token)
+
+
+def test_a_request_reaches_a_local_listener_with_where_to_answer() -> None:
+    listener = LocalListener("tcp://127.0.0.1:1")
+    client = DoorbellReceiver()
+    try:
+        assert listener.address == worker_address("tcp://127.0.0.1:1")
+        assert listener.receive() is None  # nothing queued: no exception
+        assert client.send_request(listener.address, [b"header", memoryview(b"body")])
+        reply, frames = listener.receive()
+        assert reply == client.value and [bytes(f) for f in frames] == [b"header", b"body"]
+        # the worker answers on the doorbell the request named, through its own socket
+        sender = DoorbellSender(per_destination=True)
+        try:
+            address, token = parse_doorbell(reply)
+            assert sender.send(address, token, encode_response(0, 0, 9, {}))
+            (answer,) = client.receive()
+            assert decode_response(answer).correlation_id == 9
+        finally:
+            sender.close()
+    finally:
+        client.close()
+        listener.close()
+
+
+def test_no_local_listener_means_local_unavailable() -> None:
+    client = DoorbellReceiver()
+    try:
+        with pytest.raises(LocalUnavailable):
+            client.send_request(worker_address("tcp://127.0.0.1:2"), [b"h"])
+        assert not client.send_request(PREFIX + b"x", [b"x" * (MAX_RESPONSE_BYTES + 1)])
+    finally:
+        client.close()
+    assert worker_address("tcp://" + "h" * 100 + ":1") is None  # no room for the name
+
+
+def test_a_second_listener_for_one_endpoint_is_refused() -> None:
+    first = LocalListener("tcp://127.0.0.1:3")
+    try:
+        with pytest.raises(OSError):
+            LocalListener("tcp://127.0.0.1:3")
+    finally:
+        first.close()
+
+
+def test_per_destination_sender_forgets_a_gone_doorbell() -> None:
+    sender = DoorbellSender(per_destination=True)
+    client = DoorbellReceiver()
+    address, token = parse_doorbell(client.value)
+    try:
+        assert sender.send(address, token, encode_response(0, 0, 1, {}))
+        client.close()
+        assert not sender.send(address, token, encode_response(0, 0, 2, {}))
+    finally:
+        sender.close()
