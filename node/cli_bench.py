@@ -307,6 +307,7 @@ def run_e2e(
     acks: str,
     rate: float,
     doorbell: bool = True,
+    local: bool = True,
 ) -> Summary:
     from qnode.sdk import Producer
 
@@ -328,7 +329,7 @@ def run_e2e(
         parent.recv()
         filler = _payload(max(0, record_size - _STAMP.size))
         progress = Progress("e2e", records)
-        with Producer(bootstrap, acks=acks, linger_ms=0) as producer:
+        with Producer(bootstrap, acks=acks, linger_ms=0, local_requests=local) as producer:
             producer.send(topic, _STAMP.pack(time.monotonic_ns()) + filler).result(30)
             interval = 1.0 / rate
             start = time.perf_counter()
@@ -341,6 +342,7 @@ def run_e2e(
                 progress.update(i + 1)
             producer.flush()
             elapsed = time.perf_counter() - start
+            local_sends = producer.metrics()["local_sends"]
         progress.update(records, force=True)
         progress.close()
         if not parent.poll(timeout_s):
@@ -355,6 +357,7 @@ def run_e2e(
     lat_us = [ns / 1000.0 for ns in lat_ns[1:]]
     return Summary(
         f"e2e at {rate:,.0f} records/s (linger.ms=0, acks={acks}, "
+        + (f"{local_sends:,} produce requests by datagram, " if local else "no local requests, ")
         + (f"{answers:,} fetch answers by doorbell" if doorbell else "no doorbell")
         + (f", node worker.busy.poll.us={busy_poll})" if busy_poll is not None else ")"),
         len(lat_us),
@@ -459,6 +462,9 @@ def bench_e2e(
     doorbell: bool = typer.Option(
         True, "--doorbell/--no-doorbell",
         help="the consumer's fetch_doorbell (same-host answers as Unix datagrams)"),
+    local: bool = typer.Option(
+        True, "--local/--no-local",
+        help="the producer's local_requests (same-host requests as Unix datagrams)"),
     bootstrap: str = BootstrapOpt,
 ) -> None:
     """End-to-end latency (send → consumer poll) at a fixed rate, linger.ms=0."""
@@ -476,6 +482,7 @@ def bench_e2e(
             acks,
             rate,
             doorbell,
+            local,
         ).render()
     )
     print(_floor_line(rate, min(records, 3000), record_size))

@@ -149,6 +149,7 @@ def test_bench_commands(bootstrap: str, tmp_path) -> None:
     assert "node worker.busy.poll.us=0" in out  # the setting the figure was taken under
     # the consumer is on the node's host: its caught-up fetches were answered by datagram
     assert int(re.search(r"([\d,]+) fetch answers by doorbell", out)[1].replace(",", "")) > 0
+    assert int(re.search(r"([\d,]+) produce requests by datagram", out)[1].replace(",", "")) > 0
     assert "floor, raw pyzmq" in out and "(300 samples)" in out
     assert b"e2e: 300/300" in res.stderr  # the progress line
     res = qnode("bench", "produce", "--prebuilt", "--seconds", "0.5", "--dd-dir", str(tmp_path),
