@@ -401,14 +401,18 @@ class NetworkClient:
             req = conn.pending.pop(resp.correlation_id, None)
             if req is None:
                 continue  # a late answer to a request we already gave up on
-            if req.local:
-                self._answered_local(conn)
-            err = None
-            if resp.error_code:
-                err = error_for(resp.error_code, resp.body.get("message"))
-            self._finish(req, resp, err)
+            self._complete(conn, req, resp)
             if conn.closed:  # a callback dropped this connection
                 return
+
+    def _complete(self, conn: _Connection, req: InFlight, resp: Response) -> None:
+        """The answer to `req` (already out of `conn.pending`) came: its callback runs."""
+        if req.local:
+            self._answered_local(conn)
+        err = None
+        if resp.error_code:
+            err = error_for(resp.error_code, resp.body.get("message"))
+        self._finish(req, resp, err)
 
     def _read_doorbell(self, bell: DoorbellReceiver) -> None:
         for frames in bell.receive():
@@ -421,12 +425,7 @@ class NetworkClient:
                 req = conn.pending.pop(corr, None)
                 if req is not None:
                     self.doorbell_answers += 1
-                    if req.local:
-                        self._answered_local(conn)
-                    err = None
-                    if resp.error_code:
-                        err = error_for(resp.error_code, resp.body.get("message"))
-                    self._finish(req, resp, err)
+                    self._complete(conn, req, resp)
                     break
 
     def _read_monitor(self, conn: _Connection) -> None:

@@ -34,6 +34,14 @@ def client(worker: WorkerProcess) -> Iterator[Client]:
 
 
 @pytest.fixture
+def receiver() -> Iterator[DoorbellReceiver]:
+    """A doorbell, as a same-host consumer or producer binds one."""
+    r = DoorbellReceiver()
+    yield r
+    r.close()
+
+
+@pytest.fixture
 def consumer(worker: WorkerProcess) -> Iterator[Client]:
     """A second client, for the fetch side of a test whose `client` produces."""
     c = Client(worker.endpoint)
@@ -369,53 +377,46 @@ def _doorbell_answer(receiver: DoorbellReceiver, timeout: float = 5) -> Response
 
 
 def test_fetch_naming_a_doorbell_is_answered_by_datagram_only(
-    feed: MetadataFeed, client: Client, consumer: Client
+    feed: MetadataFeed, client: Client, consumer: Client,
+    receiver: DoorbellReceiver,
 ) -> None:
     feed.add_topic("t")
     client.wait_ready("t", 0)
-    receiver = DoorbellReceiver()
-    try:
-        # parked, then woken by an append: the answer comes on the doorbell
-        corr = consumer.send(
-            ApiKey.FETCH, {**consumer.fetch_body("t", 0, 0, max_wait_ms=5000),
-                           "doorbell": receiver.value})
-        time.sleep(0.2)
-        client.produce("t", 0, make_batch([b"ring"]))
-        resp = _doorbell_answer(receiver)
-        assert resp.correlation_id == corr
-        part, data = fetch_reply(resp)
-        assert part["error"] == 0 and part["high_watermark"] == 1
-        assert _values(data) == [b"ring"]
-        # answered at once (data already there): the doorbell too
-        corr = consumer.send(
-            ApiKey.FETCH, {**consumer.fetch_body("t", 0, 0), "doorbell": receiver.value})
-        resp = _doorbell_answer(receiver)
-        assert resp.correlation_id == corr and _values(fetch_reply(resp)[1]) == [b"ring"]
-        assert not consumer.sock.poll(300)  # and nothing through zmq for either
-    finally:
-        receiver.close()
+    # parked, then woken by an append: the answer comes on the doorbell
+    corr = consumer.send(
+        ApiKey.FETCH, {**consumer.fetch_body("t", 0, 0, max_wait_ms=5000),
+                       "doorbell": receiver.value})
+    time.sleep(0.2)
+    client.produce("t", 0, make_batch([b"ring"]))
+    resp = _doorbell_answer(receiver)
+    assert resp.correlation_id == corr
+    part, data = fetch_reply(resp)
+    assert part["error"] == 0 and part["high_watermark"] == 1
+    assert _values(data) == [b"ring"]
+    # answered at once (data already there): the doorbell too
+    corr = consumer.send(
+        ApiKey.FETCH, {**consumer.fetch_body("t", 0, 0), "doorbell": receiver.value})
+    resp = _doorbell_answer(receiver)
+    assert resp.correlation_id == corr and _values(fetch_reply(resp)[1]) == [b"ring"]
+    assert not consumer.sock.poll(300)  # and nothing through zmq for either
 
 
 def test_fetch_answer_goes_through_zmq_when_the_doorbell_cannot_take_it(
-    feed: MetadataFeed, worker: WorkerProcess, client: Client
+    feed: MetadataFeed, worker: WorkerProcess, client: Client, receiver: DoorbellReceiver
 ) -> None:
     feed.add_topic("t")
     client.wait_ready("t", 0)
     client.produce("t", 0, make_batch([b"x" * 1000] * 80))  # an answer over 64 KiB
-    receiver = DoorbellReceiver()
     gone = DoorbellReceiver()
     gone.close()  # a consumer that went away, or one on another host
-    try:
-        body = {**client.fetch_body("t", 0, 0), "doorbell": receiver.value}
-        part, data = fetch_reply(client.call(ApiKey.FETCH, body))
-        assert part["error"] == 0 and len(_values(data)) == 80
-        client.produce("t", 0, make_batch([b"small"]))
-        body = {**client.fetch_body("t", 0, 80), "doorbell": gone.value}
-        part, data = fetch_reply(client.call(ApiKey.FETCH, body))
-        assert part["error"] == 0 and _values(data) == [b"small"]
-        assert receiver.receive() == []
-    finally:
-        receiver.close()
+    body = {**client.fetch_body("t", 0, 0), "doorbell": receiver.value}
+    part, data = fetch_reply(client.call(ApiKey.FETCH, body))
+    assert part["error"] == 0 and len(_values(data)) == 80
+    client.produce("t", 0, make_batch([b"small"]))
+    body = {**client.fetch_body("t", 0, 80), "doorbell": gone.value}
+    part, data = fetch_reply(client.call(ApiKey.FETCH, body))
+    assert part["error"] == 0 and _values(data) == [b"small"]
+    assert receiver.receive() == []
 
 
 def test_fetch_with_a_malformed_doorbell_is_invalid_request(
@@ -437,38 +438,34 @@ def _produce_frames(corr: int, topic: str, batch: bytes) -> list:
 
 
 def test_produce_by_the_local_socket_is_appended_and_answered_on_the_doorbell(
-    feed: MetadataFeed, worker: WorkerProcess, client: Client
+    feed: MetadataFeed, worker: WorkerProcess, client: Client, receiver: DoorbellReceiver
 ) -> None:
     feed.add_topic("t")
     client.wait_ready("t", 0)
-    receiver = DoorbellReceiver()
     address = worker_address(worker.endpoint)
-    try:
-        for corr, values in ((1, [b"a", b"b"]), (2, [b"c"])):
-            assert receiver.send_request(address, _produce_frames(corr, "t", make_batch(values)))
-            resp = _doorbell_answer(receiver)
-            assert resp.correlation_id == corr
-            part = resp.body["topics"][0]["partitions"][0]
-            assert part["error"] == 0 and part["base_offset"] == {1: 0, 2: 2}[corr]
-        assert _values(client.fetch("t", 0, 0)[1]) == [b"a", b"b", b"c"]
-        # only Produce may come this way; garbage and a nameless doorbell cost nothing
-        lo = {"topics": [{"name": "t", "partitions": [{"partition": 0, "timestamp": -1}]}]}
-        assert receiver.send_request(address, encode_request(ApiKey.LIST_OFFSETS, 0, 3, lo))
+    for corr, values in ((1, [b"a", b"b"]), (2, [b"c"])):
+        assert receiver.send_request(address, _produce_frames(corr, "t", make_batch(values)))
         resp = _doorbell_answer(receiver)
-        assert resp.error_code == ErrorCode.INVALID_REQUEST
-        assert "only Produce" in resp.body["message"]
-        raw = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        try:
-            raw.sendto(b"garbage", address)
-            raw.sendto(pack_frames(b"not-a-doorbell", _produce_frames(4, "t", make_batch([b"x"]))),
-                       address)
-        finally:
-            raw.close()
-        assert receiver.send_request(address, [b"\x00"])  # a malformed request: an error answer
-        assert _doorbell_answer(receiver).error_code == ErrorCode.INVALID_REQUEST
-        assert _values(client.fetch("t", 0, 0)[1]) == [b"a", b"b", b"c"]  # x was not appended
+        assert resp.correlation_id == corr
+        part = resp.body["topics"][0]["partitions"][0]
+        assert part["error"] == 0 and part["base_offset"] == {1: 0, 2: 2}[corr]
+    assert _values(client.fetch("t", 0, 0)[1]) == [b"a", b"b", b"c"]
+    # only Produce may come this way; garbage and a nameless doorbell cost nothing
+    lo = {"topics": [{"name": "t", "partitions": [{"partition": 0, "timestamp": -1}]}]}
+    assert receiver.send_request(address, encode_request(ApiKey.LIST_OFFSETS, 0, 3, lo))
+    resp = _doorbell_answer(receiver)
+    assert resp.error_code == ErrorCode.INVALID_REQUEST
+    assert "only Produce" in resp.body["message"]
+    raw = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        raw.sendto(b"garbage", address)
+        raw.sendto(pack_frames(b"not-a-doorbell", _produce_frames(4, "t", make_batch([b"x"]))),
+                   address)
     finally:
-        receiver.close()
+        raw.close()
+    assert receiver.send_request(address, [b"\x00"])  # a malformed request: an error answer
+    assert _doorbell_answer(receiver).error_code == ErrorCode.INVALID_REQUEST
+    assert _values(client.fetch("t", 0, 0)[1]) == [b"a", b"b", b"c"]  # x was not appended
 
 
 def pack_frames(token: bytes, frames: list) -> bytes:
