@@ -12,6 +12,7 @@ checkpoints, unlink the shm table, exit 0.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import gc
 import json
 import logging
@@ -148,6 +149,23 @@ class Worker:
         self.router, bound = router_server(self.ctx, bind, opts)
         host = config.advertised_host or config.listen_host
         self.endpoint = f"tcp://{host}:{bound.rsplit(':', 1)[1]}"
+        # Produce requests of same-host clients by datagram (transport/doorbell.py), answered
+        # on their doorbells; None where there are no abstract Unix sockets
+        self.local: LocalListener | None = None
+        try:
+            self.local = LocalListener(self.endpoint)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                # Same-host producers send their records to whoever holds the name: serving
+                # without it would leave them to another process, as a taken port would
+                # (which fails the start too).
+                self.router.close(linger=0)
+                raise OSError(
+                    exc.errno,
+                    f"the local socket name of {self.endpoint} is held by another process "
+                    "(two workers advertising one endpoint, or another program)",
+                ) from None
+            log.warning("no local socket for %s (clients use zmq only): %s", self.endpoint, exc)
         self.coord = dealer_client(self.ctx, config.coordinator)
         # Connection events of the coordinator DEALER: a coordinator restarted loses what was
         # in flight to it (our hello, our parked MetadataLogFetch), so once the connection is
@@ -170,13 +188,6 @@ class Worker:
         self.server = PartitionServer(self.replicas)
         self.waiters = FetchWaiters()
         self.doorbells = DoorbellSender()
-        # Produce requests of same-host clients by datagram (transport/doorbell.py), answered
-        # on their doorbells; None when the name cannot be bound (taken, or no Unix sockets)
-        self.local: LocalListener | None = None
-        try:
-            self.local = LocalListener(self.endpoint)
-        except OSError as exc:
-            log.warning("no local socket for %s (clients use zmq only): %s", self.endpoint, exc)
         self.local_answers = DoorbellSender(per_destination=True)
         self.local_lost = 0  # answers to datagram requests that could not be delivered
         self._peers: dict[str, LocalPeer] = {}  # doorbell values already parsed

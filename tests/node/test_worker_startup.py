@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from pathlib import Path
 
+import pytest
 from worker_harness import Client, MetadataFeed, WorkerProcess, make_batch
 
 from qnode.transport.api import ApiKey
+from qnode.transport.doorbell import LocalListener
 from qnode.transport.errors import ErrorCode
 
 PARTITIONS = 200
@@ -105,3 +108,27 @@ def test_hello_again_as_soon_as_a_restarted_coordinator_is_reachable(tmp_path: P
         w.kill()
         if second is not None:
             second.close()
+
+
+def test_a_worker_whose_local_socket_name_is_taken_refuses_to_start(
+    feed: MetadataFeed, tmp_path: Path
+) -> None:
+    # Same-host producers send records to whoever holds the name: a worker that went on
+    # without it would leave them to another process.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    squatter = LocalListener(f"tcp://127.0.0.1:{port}")
+    try:
+        w = WorkerProcess(feed, tmp_path / "data", port=port)
+        try:
+            with pytest.raises(RuntimeError, match="did not say hello"):
+                w.start(timeout=10)
+            assert w.proc is not None and w.proc.wait(10) != 0
+            assert "local socket name of tcp://127.0.0.1:" in w.output()
+            assert "held by another process" in w.output()
+        finally:
+            w.kill()
+            w.unlink_shm()
+    finally:
+        squatter.close()
