@@ -202,8 +202,10 @@ class NetworkClient:
             conn.close()
         self._local_in_flight -= conn.local_pending
         conn.local_pending = 0
+        # waiting ones that expect no answer are in no `pending`: they fail here too
+        pending = [req for req, _, expect in conn.deferred if not expect]
         conn.deferred.clear()
-        pending = list(conn.pending.values())
+        pending += conn.pending.values()
         conn.pending.clear()
         for req in pending:
             self._finish(req, None, error)

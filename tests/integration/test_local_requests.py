@@ -44,3 +44,28 @@ def test_a_request_too_large_for_a_datagram_waits_for_the_datagram_one_before_it
     finally:
         client.close()
         raw.close()
+
+
+def test_a_dropped_connection_fails_waiting_requests_too(
+    feed: MetadataFeed, worker: WorkerProcess
+) -> None:
+    feed.add_topic("t")
+    raw = Client(worker.endpoint)
+    client = NetworkClient("local-test", 10000)
+    try:
+        raw.wait_ready("t", 0)
+        assert client.enable_doorbell() is not None
+        first = client.send(worker.endpoint, ApiKey.PRODUCE, _body("t"), [make_batch([b"1"])],
+                            local=True)
+        waiting = [
+            client.send(worker.endpoint, ApiKey.PRODUCE, _body("t"), [make_batch([b"2"])]),
+            client.send(worker.endpoint, ApiKey.PRODUCE, {**_body("t"), "acks": 0},
+                        [make_batch([b"3"])], expect_response=False),
+        ]
+        assert first.local and not any(r.done for r in waiting)  # behind the datagram one
+        client.disconnect(worker.endpoint)
+        assert all(r.done and r.error is not None for r in [first, *waiting])
+        assert client.deferred_sends == 0
+    finally:
+        client.close()
+        raw.close()
