@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from qnode.transport.doorbell import Doorbell
+
 PartitionKey = tuple[str, int]
 
 
@@ -26,7 +28,7 @@ class ParkedFetch:
     body: dict[str, Any]
     deadline: float  # monotonic seconds
     keys: tuple[PartitionKey, ...]
-    doorbell: tuple[bytes, bytes] | None = None  # (address, token): answer as a datagram
+    doorbell: Doorbell | None = None  # the consumer's: answer there as a datagram
     done: bool = field(default=False)
 
 

@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import zmq
 
@@ -38,6 +38,7 @@ from qnode.storage.cleaner import Cleaner, CleanerConfig
 from qnode.storage.log_manager import LogManager
 from qnode.transport.api import WORKER_APIS, ApiKey, api_versions_body
 from qnode.transport.doorbell import (
+    Doorbell,
     DoorbellError,
     DoorbellSender,
     LocalListener,
@@ -130,13 +131,6 @@ class WorkerConfig:
         )
 
 
-class LocalPeer(NamedTuple):
-    """Who sent a request by the local socket: the doorbell its answer goes to."""
-
-    address: bytes
-    token: bytes
-
-
 class Worker:
     """One worker: its sockets, replicas, parked fetches and the loop that serves them."""
 
@@ -190,7 +184,7 @@ class Worker:
         self.doorbells = DoorbellSender()
         self.local_answers = DoorbellSender(per_destination=True)
         self.local_lost = 0  # answers to datagram requests that could not be delivered
-        self._peers: dict[str, LocalPeer] = {}  # doorbell values already parsed
+        self._peers: dict[str, Doorbell] = {}  # doorbell values already parsed
         self._corr = 0
         self._hello_corr: int | None = None
         self._hello_at = 0.0
@@ -358,16 +352,11 @@ class Worker:
         if got is None:
             return False
         reply, frames = got
-        peer = self._peers.get(reply)
-        if peer is None:
-            try:
-                peer = LocalPeer(*parse_doorbell(reply))
-            except DoorbellError as exc:  # nowhere to answer: the client's request times out
-                log.debug("local request dropped: %s", exc)
-                return True
-            if len(self._peers) >= 1024:
-                self._peers.clear()
-            self._peers[reply] = peer
+        try:
+            peer = self._peer(reply)
+        except DoorbellError as exc:  # nowhere to answer: the client's request times out
+            log.debug("local request dropped: %s", exc)
+            return True
         try:
             req = parse_request(frames, WORKER_APIS)
         except RequestError as exc:
@@ -380,8 +369,19 @@ class Worker:
         self._produce([(peer, req)])
         return True
 
+    def _peer(self, doorbell: str) -> Doorbell:
+        """The doorbell a request names (parsed once per client: a consumer names it in every
+        Fetch, a producer in every datagram request). Raises DoorbellError."""
+        peer = self._peers.get(doorbell)
+        if peer is None:
+            peer = parse_doorbell(doorbell)
+            if len(self._peers) >= 1024:
+                self._peers.clear()
+            self._peers[doorbell] = peer
+        return peer
+
     def _reply(self, identity: Any, frames: list[Any]) -> None:
-        if identity.__class__ is LocalPeer:
+        if identity.__class__ is Doorbell:
             if not self.local_answers.send(identity.address, identity.token, frames):
                 self.local_lost += 1  # the client is gone: its request times out there
                 log.debug("answer to a local request not delivered")
@@ -437,7 +437,7 @@ class Worker:
         bell = body["doorbell"]
         if bell is not None:
             try:
-                bell = parse_doorbell(bell)
+                bell = self._peer(bell)
             except DoorbellError as exc:
                 header = RequestHeader(ApiKey.FETCH, version, corr, "")
                 self._reply(identity, error_response(header, ErrorCode.INVALID_REQUEST, str(exc)))
@@ -451,12 +451,10 @@ class Worker:
         deadline = time.monotonic() + body["max_wait_ms"] / 1000
         self.waiters.park(ParkedFetch(identity, version, corr, body, deadline, keys, bell))
 
-    def _reply_fetch(
-        self, identity: bytes, bell: tuple[bytes, bytes] | None, frames: list[Any]
-    ) -> None:
+    def _reply_fetch(self, identity: bytes, bell: Doorbell | None, frames: list[Any]) -> None:
         """A Fetch answer: as a datagram to the consumer's doorbell when it names one and the
         datagram goes (same host, small answer), else through zmq."""
-        if bell is not None and self.doorbells.send(bell[0], bell[1], frames):
+        if bell is not None and self.doorbells.send(bell.address, bell.token, frames):
             return
         self._reply(identity, frames)
 
@@ -558,13 +556,13 @@ class Worker:
                 # now, not after our time slice: with the yield, e2e p50 with doorbell and
                 # busy poll 300-358 µs, without it 369-393 µs (paired runs, one node)
                 os.sched_yield()
-            if local_fd is not None and local_fd in events:
-                if busy_s:
-                    busy_until = time.monotonic() + busy_s
+            local = local_fd is not None and local_fd in events
+            clients = self.router in events
+            if busy_s and (local or clients):
+                busy_until = time.monotonic() + busy_s
+            if local:
                 self._on_local()
-            if self.router in events:
-                if busy_s:
-                    busy_until = time.monotonic() + busy_s
+            if clients:
                 self._on_clients()
             if self.coord_events in events:
                 self._on_coord_event(time.monotonic())

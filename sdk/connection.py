@@ -138,7 +138,6 @@ class NetworkClient:
         self.doorbell_answers = 0  # answers that came on the doorbell, not through zmq
         self.local_sends = 0  # requests sent by datagram to a worker's local socket
         self.deferred_sends = 0  # requests that waited for those to be answered (order)
-        self._local_in_flight = 0  # of those, unanswered (bounded: the doorbell's queue)
         self.closed = False
 
     # ------------------------------------------------------------------ connections
@@ -200,8 +199,6 @@ class NetworkClient:
         else:
             self._unwatch(conn)
             conn.close()
-        self._local_in_flight -= conn.local_pending
-        conn.local_pending = 0
         # waiting ones that expect no answer are in no `pending`: they fail here too
         pending = [req for req, _, expect in conn.deferred if not expect]
         conn.deferred.clear()
@@ -264,8 +261,8 @@ class NetworkClient:
             self._track(conn, req, expect_response)
             conn.deferred.append((req, frames, expect_response))
             return req
-        if local and expect_response and not conn.pending and conn.local is not None \
-                and self._doorbell is not None and self._send_local(conn, req, frames):
+        if local and expect_response and not conn.pending \
+                and self._send_local(conn, req, frames):
             return req
         try:
             send_frames(conn.socket, frames, NOBLOCK)
@@ -289,7 +286,9 @@ class NetworkClient:
         """Send `req` by datagram to the worker's local socket; False: it must go otherwise."""
         bell = self._doorbell
         address = conn.local
-        if bell is None or address is None or self._local_in_flight >= LOCAL_IN_FLIGHT:
+        # bounded across connections: every answer lands in the one doorbell's queue
+        if bell is None or address is None \
+                or sum(c.local_pending for c in self._conns.values()) >= LOCAL_IN_FLIGHT:
             return False
         try:
             if not bell.send_request(address, frames):
@@ -299,7 +298,6 @@ class NetworkClient:
             return False
         req.local = True
         conn.local_pending += 1
-        self._local_in_flight += 1
         self.local_sends += 1
         self._track(conn, req, True)
         return True
@@ -307,7 +305,6 @@ class NetworkClient:
     def _answered_local(self, conn: _Connection) -> None:
         """A datagram request of `conn` was answered; once none is left, what waited goes."""
         conn.local_pending -= 1
-        self._local_in_flight -= 1
         if conn.local_pending or not conn.deferred:
             return
         waiting, conn.deferred = conn.deferred, []

@@ -29,6 +29,7 @@ import socket
 import struct
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from qnode.transport.frame import FrameError, FrameLike, as_buffer
 
@@ -55,14 +56,22 @@ class LocalUnavailable(OSError):
     """No worker local socket of that name on this host."""
 
 
-def parse_doorbell(value: str) -> tuple[bytes, bytes]:
-    """The (abstract address, token) a request's doorbell value names."""
+class Doorbell(NamedTuple):
+    """Where a request's answer may go: a client's abstract address, and the token the
+    datagram must carry."""
+
+    address: bytes
+    token: bytes
+
+
+def parse_doorbell(value: str) -> Doorbell:
+    """The doorbell a request's doorbell value names."""
     ident, sep, token = value.partition(":")
     if not sep or not _ID.fullmatch(ident) or not _TOKEN.fullmatch(token):
         raise DoorbellError(
             'doorbell must be "<id>:<token>", id 1-64 of [A-Za-z0-9_-], token 16-64 '
             f"lowercase hex digits, not {value[:80]!r}")
-    return PREFIX + ident.encode(), token.encode()
+    return Doorbell(PREFIX + ident.encode(), token.encode())
 
 
 def pack_datagram(token: bytes, frames: Sequence[FrameLike]) -> list[bytes | memoryview] | None:
