@@ -10,6 +10,7 @@ import threading
 import time
 from typing import Any
 
+from conftest import proc_stat
 from worker_harness import Client, fetch_reply, make_batch
 
 from qnode.node.shm_table import ShmTableReader, shm_name
@@ -131,7 +132,7 @@ def test_worker_kill_9_mid_produce_keeps_acknowledged_records(node_factory) -> N
 
 
 def _cpu_seconds(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    fields = proc_stat(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
