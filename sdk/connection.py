@@ -94,7 +94,13 @@ class _Connection:
         self.socket.setsockopt(zmq.RECONNECT_IVL, 50)
         self.socket.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         self.monitor = self.socket.get_monitor_socket(_MONITOR_EVENTS)
-        self.socket.connect(endpoint)
+        try:
+            self.socket.connect(endpoint)
+        except zmq.ZMQError as exc:
+            # an endpoint zmq refuses (bad address from metadata): left open, these two
+            # sockets would make the context's term() wait forever at close
+            close_monitored(self.socket, self.monitor)
+            raise NetworkError(f"cannot connect to {endpoint!r}: {exc}") from None
         self.pending: dict[int, InFlight] = {}
         # the worker's local socket, if one is here (None once a send found none)
         self.local: bytes | None = worker_address(endpoint)
@@ -247,11 +253,15 @@ class NetworkClient:
         """
         if self.closed:
             raise NetworkError("client is closed")
-        conn = self._connection(endpoint)
         corr = next(self._corr) & 0xFFFFFFFF
         timeout = self.request_timeout_ms if timeout_ms is None else timeout_ms
         req = InFlight(corr, api_key, endpoint, time.monotonic() + timeout / 1000.0, callback,
                        context)
+        try:
+            conn = self._connection(endpoint)
+        except NetworkError as exc:  # as a failed send: the request fails, nothing raises
+            self._finish(req, None, exc)
+            return req
         frames = encode_request(api_key, 0, corr, body, data, self.client_id)
         if conn.local_pending or conn.deferred:
             # datagram requests are unanswered: this one goes behind them

@@ -15,10 +15,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qnode.sdk.connection import NetworkClient
-from qnode.sdk.errors import NetworkError, QnodeError, UnknownTopicError, error_for
+from qnode.sdk.errors import (
+    InvalidConfigError,
+    NetworkError,
+    QnodeError,
+    UnknownTopicError,
+    error_for,
+)
 from qnode.sdk.types import TopicPartition
 from qnode.transport.api import ApiKey
 from qnode.transport.errors import ErrorCode
+from qnode.transport.sockets import split_endpoint
 
 DEFAULT_BOOTSTRAP = "tcp://127.0.0.1:9700"
 
@@ -58,10 +65,24 @@ def parse_bootstrap(bootstrap: str | Iterable[str] | None) -> list[str]:
             continue
         if "://" not in item:
             item = "tcp://" + item
+        check_endpoint(item)
         out.append(item)
     if not out:
-        raise ValueError(f"no endpoint in bootstrap {bootstrap!r}")
+        raise InvalidConfigError(f"no endpoint in bootstrap {bootstrap!r}")
     return out
+
+
+def check_endpoint(endpoint: str) -> None:
+    """Raise InvalidConfigError unless `endpoint` is tcp://host:port (port 1-65535): a bad
+    one must fail where the user wrote it, not as a zmq error deep in a send."""
+    try:
+        scheme, host, port = split_endpoint(endpoint)
+    except ValueError:
+        port = None
+        scheme = host = ""
+    if scheme != "tcp" or not host or port is None or not 0 < port < 65536:
+        raise InvalidConfigError(f"bootstrap endpoint {endpoint!r} is not tcp://host:port "
+                         "(port 1-65535)")
 
 
 def parse_topic(entry: dict[str, Any]) -> TopicInfo:

@@ -176,3 +176,11 @@ def test_consume_as_a_group_resumes_from_its_commit(bootstrap: str) -> None:
                 bootstrap=bootstrap)
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines() == [b"4"]  # the first run's offsets were committed
+
+
+@pytest.mark.parametrize("command", [("topic", "list"), ("produce", "t"), ("consume", "t"),
+                                     ("cluster", "status")])
+def test_bad_bootstrap_is_one_line_error(command: tuple[str, ...]) -> None:
+    """A mistyped endpoint: one line naming it, at once (`topic list` used to hang at exit)."""
+    res = qnode(*command, "--bootstrap", "localhost", stdin=b"", timeout=30)
+    assert_one_line_error(res, "tcp://localhost", "tcp://host:port")

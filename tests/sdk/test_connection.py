@@ -216,3 +216,16 @@ def test_shared_client_lent_between_waits() -> None:
         c.close()
         os.close(bell)
         peer.close()
+
+
+def test_endpoint_zmq_refuses_fails_the_request_and_close_returns() -> None:
+    """An endpoint zmq cannot connect to (say, bad metadata) fails that request like a lost
+    connection; its half-made sockets are closed, so close() (context term) does not hang."""
+    c = NetworkClient(request_timeout_ms=2000)
+    req = c.send("tcp://127.0.0.1:notaport", ApiKey.METADATA, {})
+    assert req.done and isinstance(req.error, NetworkError)
+    assert "notaport" in str(req.error)
+    done = threading.Event()
+    closer = threading.Thread(target=lambda: (c.close(), done.set()), daemon=True)
+    closer.start()
+    assert done.wait(10), "close() hung on the refused endpoint's sockets"

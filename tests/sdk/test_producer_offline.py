@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from qnode.sdk import Consumer, Producer, TopicPartition
+from qnode.sdk import Admin, Consumer, Producer, TopicPartition
 from qnode.sdk.errors import (
     ConsumerStateError,
     InvalidConfigError,
@@ -83,3 +83,15 @@ def test_bad_consumer_config() -> None:
         Consumer(bootstrap=dead_endpoint(), isolation_level="dirty")
     with pytest.raises(QnodeError):
         Consumer(bootstrap=dead_endpoint(), auto_offset_reset="middle")
+
+
+@pytest.mark.parametrize("bootstrap", [
+    "bogus", "tcp://127.0.0.1:notaport", "tcp://:9700", "udp://127.0.0.1:9700",
+    "tcp://127.0.0.1:0", "tcp://127.0.0.1:70000", "tcp://127.0.0.1:*", " , "])
+def test_bad_bootstrap_is_refused_up_front(bootstrap: str) -> None:
+    """Each client names the endpoint at construction (it used to be a zmq error in the
+    sender thread, or a CLI that hung at exit on the half-made socket)."""
+    for make in (lambda: Producer(bootstrap), lambda: Consumer(bootstrap=bootstrap),
+                 lambda: Admin(bootstrap)):
+        with pytest.raises(InvalidConfigError, match="bootstrap"):
+            make()
