@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import resource
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from qnode.coordinator.server import CoordinatorServer, signal_pipe
 from qnode.coordinator.store import MetadataStore
 from qnode.coordinator.worker_api import Propagation, WorkerApi
 from qnode.node.config import NodeConfig
+from qnode.storage.log_manager import partition_capacity
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,13 @@ def _load_plugins(coordinator: Coordinator) -> None:
         log.info("coordinator module %s installed", name)
 
 
+def worker_partition_capacity() -> int | None:
+    """Partitions a worker can keep open: workers raise their open-file limit to the hard
+    limit this process was started with (node/worker.py), so that is the one that counts."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return None if hard == resource.RLIM_INFINITY else partition_capacity(hard)
+
+
 def run_coordinator(config: NodeConfig, notify: Callable[[str], None] = lambda line: None) -> int:
     """Run the coordinator until SIGTERM/SIGINT. `notify(line)` reports readiness to the supervisor:
     "coordinator ready <endpoint>", then "worker <id> <pid>" once a worker said hello and
@@ -80,7 +89,7 @@ def run_coordinator(config: NodeConfig, notify: Callable[[str], None] = lambda l
         mlog, quorum, config.get("metadata.log.max.record.bytes.between.snapshots")
     )
     quorum.start_election()
-    controller = Controller(config, store)
+    controller = Controller(config, store, worker_partition_capacity())
     if quorum.is_leader:
         controller.start()
     else:

@@ -372,9 +372,9 @@ def run_e2e(
 @bench_app.command("produce")
 @friendly_errors
 def bench_produce(
-    records: int = typer.Option(1_000_000, "--records", "-n"),
-    record_size: int = typer.Option(100, "--record-size", "-s"),
-    partitions: int = typer.Option(8, "--partitions", "-p"),
+    records: int = typer.Option(1_000_000, "--records", "-n", min=1),
+    record_size: int = typer.Option(100, "--record-size", "-s", min=1),
+    partitions: int = typer.Option(8, "--partitions", "-p", min=1),
     acks: str = typer.Option("1", "--acks"),
     linger_ms: float = typer.Option(5, "--linger-ms"),
     batch_size: int = typer.Option(262144, "--batch-size"),
@@ -426,9 +426,9 @@ def bench_produce(
 @bench_app.command("consume")
 @friendly_errors
 def bench_consume(
-    records: int = typer.Option(1_000_000, "--records", "-n"),
-    record_size: int = typer.Option(100, "--record-size", "-s"),
-    partitions: int = typer.Option(8, "--partitions", "-p"),
+    records: int = typer.Option(1_000_000, "--records", "-n", min=1),
+    record_size: int = typer.Option(100, "--record-size", "-s", min=1),
+    partitions: int = typer.Option(8, "--partitions", "-p", min=1),
     fetch_max_bytes: int = typer.Option(52428800, "--fetch-max-bytes"),
     max_partition_fetch_bytes: int = typer.Option(4194304, "--max-partition-fetch-bytes"),
     topic: str = typer.Option(
@@ -453,9 +453,9 @@ def bench_consume(
 @bench_app.command("e2e")
 @friendly_errors
 def bench_e2e(
-    records: int = typer.Option(10_000, "--records", "-n"),
-    record_size: int = typer.Option(100, "--record-size", "-s"),
-    partitions: int = typer.Option(1, "--partitions", "-p"),
+    records: int = typer.Option(10_000, "--records", "-n", min=1),
+    record_size: int = typer.Option(100, "--record-size", "-s", min=1),
+    partitions: int = typer.Option(1, "--partitions", "-p", min=1),
     acks: str = typer.Option("1", "--acks"),
     rate: float = typer.Option(1000, "--rate", help="records/s sent"),
     topic: str = typer.Option(None, "--topic"),

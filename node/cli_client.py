@@ -128,8 +128,11 @@ def topic_create(
     """Create a topic."""
     with _admin(bootstrap) as admin:
         admin.create_topic(name, partitions, replication_factor, parse_configs(config))
+    # -1 takes the node's num.partitions / default.replication.factor (Kafka's convention)
+    count = "the node's default number of" if partitions == -1 else str(partitions)
+    rf = "the node's default" if replication_factor == -1 else str(replication_factor)
     print(
-        f"created topic {name} ({partitions} partitions, replication factor {replication_factor})"
+        f"created topic {name} ({count} partitions, replication factor {rf})"
     )
 
 

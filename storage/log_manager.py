@@ -34,6 +34,23 @@ from qnode.storage.recovery import fsync_dir
 from qnode.storage.retention import apply_retention
 from qnode.storage.segment_deleter import SegmentDeleter
 
+# Open files one partition holds: its active segment's .log, .index and .timeindex, each open
+# once for writes and once more inside its mapping (Python's mmap keeps a dup of the fd), and a
+# .log per sealed segment: 7 for a partition that has rolled once (counted on a live node:
+# 6 per partition with one segment, one more per sealed segment).
+OPEN_FILES_PER_PARTITION = 7
+# left for sockets, checkpoints, snapshots and the interpreter: this many, or a quarter of a
+# small limit (a hard limit of 1024 still leaves room for ~100 partitions a worker)
+RESERVED_FILES = 1024
+
+
+def partition_capacity(open_file_limit: int) -> int:
+    """How many partitions one process can keep open under an RLIMIT_NOFILE of
+    `open_file_limit`: past it, opening a segment fails with EMFILE (Too many open files)."""
+    reserved = min(RESERVED_FILES, open_file_limit // 4)
+    return max(0, (open_file_limit - reserved) // OPEN_FILES_PER_PARTITION)
+
+
 RECOVERY_POINT_CHECKPOINT = "recovery-point-offset-checkpoint"
 HIGH_WATERMARK_CHECKPOINT = "replication-offset-checkpoint"
 LOG_START_CHECKPOINT = "log-start-offset-checkpoint"

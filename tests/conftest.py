@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import queue
+import resource
 import signal
 import socket
 import subprocess
@@ -122,8 +123,10 @@ class NodeProcess:
         config: dict[str, Any] | None = None,
         port: int | None = None,
         extra_args: list[str] | None = None,
+        open_files: int | None = None,
     ) -> None:
         self.base_dir = base_dir
+        self.open_files = open_files  # the node's RLIMIT_NOFILE (soft and hard), if set
         self.data_dir = base_dir / "data"
         self.workers = workers
         self.node_id = node_id
@@ -174,6 +177,7 @@ class NodeProcess:
             stdin=subprocess.DEVNULL,
             text=True,
             cwd=self.base_dir,
+            preexec_fn=None if self.open_files is None else self._limit_open_files,
         )
         log.close()
         self.returncode = None
@@ -185,6 +189,10 @@ class NodeProcess:
         threading.Thread(target=self._read_stdout, args=(self.proc, self._lines),
                          daemon=True).start()
         return self.proc
+
+    def _limit_open_files(self) -> None:  # in the child, before exec
+        assert self.open_files is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 
     def _read_stdout(self, proc: subprocess.Popen, lines: queue.Queue[str | None]) -> None:
         assert proc.stdout is not None

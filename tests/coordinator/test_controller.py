@@ -17,10 +17,16 @@ from qnode.coordinator.metadata_log import MetadataLog
 from qnode.coordinator.quorum import Quorum
 from qnode.coordinator.store import MetadataStore
 from qnode.node.config import load_config
+from qnode.storage.log_manager import (
+    OPEN_FILES_PER_PARTITION,
+    RESERVED_FILES,
+    partition_capacity,
+)
 from qnode.transport.errors import ErrorCode
 
 
-def make_controller(d: Path, workers: int = 3, **overrides) -> tuple[Controller, MetadataLog]:
+def make_controller(d: Path, workers: int = 3, capacity: int | None = None,
+                    **overrides) -> tuple[Controller, MetadataLog]:
     config = load_config(
         None, {"data.dir": str(d), "workers": workers, "listen": "tcp://127.0.0.1:1", **overrides}
     )
@@ -28,7 +34,7 @@ def make_controller(d: Path, workers: int = 3, **overrides) -> tuple[Controller,
     quorum = Quorum(0, frozenset({0}), mlog, d / "meta" / "quorum-state")
     store = MetadataStore(mlog, quorum, 1 << 30)
     quorum.start_election()
-    controller = Controller(config, store)
+    controller = Controller(config, store, capacity)
     controller.start()
     return controller, mlog
 
@@ -116,3 +122,27 @@ def test_a_topic_of_many_partitions_is_one_atomic_batch(tmp_path: Path) -> None:
     c2, mlog2 = make_controller(tmp_path, workers=2)
     assert len(c2.topic("wide").partitions) == 20_000
     mlog2.close()
+
+
+def test_partitions_past_a_workers_open_file_capacity_are_refused(tmp_path: Path) -> None:
+    """A worker keeps ~7 files open per partition: past what its open-file limit allows, the
+    create is refused whole, naming the limit and the way out; nothing is written."""
+    c, mlog = make_controller(tmp_path, workers=2, capacity=100)
+    c.create_topic(TopicSpec("fits", 150))  # 75 per worker
+    before = mlog.end_offset
+    with pytest.raises(ControllerError) as err:
+        c.create_topic(TopicSpec("wide", 60))  # would make 105 on each worker
+    assert err.value.code == ErrorCode.INVALID_PARTITIONS
+    assert "at most 100" in err.value.message and "ulimit -n" in err.value.message
+    with pytest.raises(ControllerError):  # validate_only says the same
+        c.create_topic(TopicSpec("wide", 60), validate_only=True)
+    assert mlog.end_offset == before and "wide" not in c.image.topics
+    c.create_topic(TopicSpec("rest", 50))  # exactly to the limit: 100 each
+    assert sorted(c.image.partition_counts(0).values()) == [100, 100]
+    mlog.close()
+
+
+def test_capacity_from_the_open_file_limit() -> None:
+    assert partition_capacity(20_000) == (20_000 - RESERVED_FILES) // OPEN_FILES_PER_PARTITION
+    assert partition_capacity(1024) == (1024 - 256) // OPEN_FILES_PER_PARTITION  # ~100
+    assert partition_capacity(0) == 0

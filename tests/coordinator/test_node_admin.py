@@ -53,3 +53,29 @@ def test_produce_right_after_create_and_delete(node, raw_client_factory) -> None
     p0 = produce_one(raw_client_factory(parts[0]["endpoint"]), "fresh0", 0)
     assert p0["error"] in (ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, ErrorCode.NOT_LEADER_OR_FOLLOWER)
     node.stop()
+
+
+def test_partitions_past_the_open_file_limit_are_refused(node_factory, raw_client_factory
+                                                         ) -> None:
+    """Under RLIMIT_NOFILE 2048 a worker keeps (2048 - 512) // 7 = 219 partitions open: a
+    topic that would put more on one is refused with the limit named, and the node, which
+    used to hit EMFILE and stop answering, serves the topics that fit."""
+    node = node_factory(workers=2, open_files=2048)
+    admin = raw_client_factory(node.bootstrap)
+
+    def create(name: str, n: int) -> dict:
+        body = {"topics": [{"name": name, "num_partitions": n, "replication_factor": 1,
+                            "configs": {}}]}
+        return admin.call(ApiKey.CREATE_TOPICS, body).body["topics"][0]
+
+    refused = create("wide", 500)
+    assert refused["error"] == ErrorCode.INVALID_PARTITIONS
+    assert "at most 219" in refused["message"] and "ulimit -n" in refused["message"]
+    assert create("fits", 200)["error"] == 0  # 100 a worker
+    md = admin.call(ApiKey.METADATA, {"topics": None}).body
+    assert {t["name"] for t in md["topics"]} >= {"fits"}
+    assert "wide" not in {t["name"] for t in md["topics"]}
+    fits = next(t for t in md["topics"] if t["name"] == "fits")
+    p = fits["partitions"][0]
+    worker = raw_client_factory(p["endpoint"])
+    assert produce_one(worker, "fits", p["partition"])["error"] == 0
