@@ -54,6 +54,7 @@ class AdminApi:
         s.register(ApiKey.METADATA, self.metadata)
         s.register(ApiKey.CREATE_TOPICS, self.create_topics)
         s.register(ApiKey.DELETE_TOPICS, self.delete_topics)
+        s.register(ApiKey.CREATE_PARTITIONS, self.create_partitions)
         s.register(ApiKey.DESCRIBE_CONFIGS, self.describe_configs)
         s.register(ApiKey.INCREMENTAL_ALTER_CONFIGS, self.incremental_alter_configs)
         s.register(ApiKey.INIT_PRODUCER_ID, self.init_producer_id)
@@ -188,6 +189,24 @@ class AdminApi:
                 self.controller.delete_topic(name)
                 results.append({"name": name, "error": 0, "message": None})
                 changed = True
+            except ControllerError as exc:
+                results.append({"name": name, "error": int(exc.code), "message": exc.message})
+            except NotControllerError as exc:
+                results.append(
+                    {"name": name, "error": int(ErrorCode.NOT_CONTROLLER), "message": str(exc)}
+                )
+        self._answer_when_applied(call, {"topics": results}, changed, timeout)
+
+    def create_partitions(self, call: Call) -> None:
+        b = call.request.body
+        timeout = self._timeout(b)
+        results, changed = [], False
+        for t in b["topics"]:
+            name = t["name"]
+            try:
+                self.controller.create_partitions(name, t["count"], b["validate_only"])
+                results.append({"name": name, "error": 0, "message": None})
+                changed = changed or not b["validate_only"]
             except ControllerError as exc:
                 results.append({"name": name, "error": int(exc.code), "message": exc.message})
             except NotControllerError as exc:

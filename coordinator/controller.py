@@ -184,24 +184,60 @@ class Controller:
             )
         configs = self.validate_configs(spec.configs or {})
         records = [rec.topic(spec.name, new_topic_id(), configs, internal)]
-        counts = self._worker_loads()
-        me = self.config.node_id
-        start = live.index(me) if me in live else 0
-        for i in range(partitions):
-            # Replicas round-robin over live nodes, leaders spread like Kafka's assignment.
-            replicas = [live[(start + i + j) % len(live)] for j in range(rf)]
-            worker = self._least_loaded(counts)
-            counts[worker] += 1
-            records.append(
-                rec.partition(spec.name, i, replicas, list(replicas), replicas[0], 0, worker)
-            )
-        self._check_capacity(partitions, counts)
+        records += self._place(spec.name, range(partitions), rf, live)
         if validate_only:
             return
         self.store.append(records)
         log.info(
             "created topic %s: %d partitions, replication factor %d", spec.name, partitions, rf
         )
+
+    def _place(self, topic: str, partitions: range, rf: int, live: list[int]) -> list[dict]:
+        """Partition records for new partitions of `topic`: replicas round-robin over live
+        nodes (leaders spread like Kafka's assignment), each on this node's least-loaded
+        worker. Raises ControllerError when a worker could not keep them open."""
+        counts = self._worker_loads()
+        me = self.config.node_id
+        start = live.index(me) if me in live else 0
+        out = []
+        for i in partitions:
+            replicas = [live[(start + i + j) % len(live)] for j in range(rf)]
+            worker = self._least_loaded(counts)
+            counts[worker] += 1
+            out.append(rec.partition(topic, i, replicas, list(replicas), replicas[0], 0, worker))
+        self._check_capacity(len(partitions), counts)
+        return out
+
+    def create_partitions(self, name: str, count: int, validate_only: bool = False) -> None:
+        """Grow topic `name` to `count` partitions (Kafka's CreatePartitions: never shrinks;
+        keyed records of the new partition count hash elsewhere, as in Kafka)."""
+        t = self.topic(name)
+        if t.internal:
+            raise ControllerError(
+                ErrorCode.INVALID_REQUEST, f"{name!r} is an internal topic: its partitions are "
+                "the node's to set")
+        have = len(t.partitions)
+        if count <= have:
+            raise ControllerError(
+                ErrorCode.INVALID_PARTITIONS,
+                f"topic {name!r} has {have} partitions: the count can only grow, and "
+                f"{count} is not more" if count < have else
+                f"topic {name!r} already has {count} partitions")
+        if count > MAX_PARTITIONS_PER_TOPIC:
+            raise ControllerError(
+                ErrorCode.INVALID_PARTITIONS,
+                f"count {count}: allowed up to {MAX_PARTITIONS_PER_TOPIC}")
+        rf = len(t.partitions[0].replicas) if 0 in t.partitions else 1
+        live = self.live_nodes()
+        if rf > len(live):
+            raise ControllerError(
+                ErrorCode.INVALID_REPLICATION_FACTOR,
+                f"topic {name!r} has replication factor {rf}, live nodes: {len(live)}")
+        records = self._place(name, range(have, count), rf, live)
+        if validate_only:
+            return
+        self.store.append(records)
+        log.info("topic %s: %d partitions, was %d", name, count, have)
 
     def _check_capacity(self, added: int, counts: dict[int, int]) -> None:
         """Refuse partitions that a worker could not keep open: past its open-file limit every

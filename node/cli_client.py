@@ -199,15 +199,26 @@ def topic_alter(
     config: list[str] = typer.Option(
         None, "--config", "-c", help="k=v to set, k= to remove an override (repeatable)"
     ),
+    partitions: int = typer.Option(
+        None, "--partitions", "-p",
+        help="grow the topic to this many partitions (never fewer; keys then hash anew)"),
     bootstrap: str = BootstrapOpt,
 ) -> None:
-    """Change topic configs."""
+    """Change topic configs, or grow its partition count."""
     configs = parse_configs(config)
-    if not configs:
-        raise ValueError("nothing to alter: give --config k=v")
+    if not configs and partitions is None:
+        raise ValueError("nothing to alter: give --config k=v or --partitions N")
+    done = []
     with _admin(bootstrap) as admin:
-        admin.alter_topic_config(name, {k: (v if v != "" else None) for k, v in configs.items()})
-    print(f"altered topic {name}: " + ", ".join(f"{k}={v}" for k, v in configs.items()))
+        if partitions is not None:
+            admin.create_partitions(name, partitions)
+            done.append(f"{partitions} partitions")
+        if configs:
+            admin.alter_topic_config(
+                name, {k: (v if v != "" else None) for k, v in configs.items()})
+            done += [f"{k}={v}" if v != "" else f"{k} back to the node default"
+                     for k, v in configs.items()]
+    print(f"altered topic {name}: " + ", ".join(done))
 
 
 # ---------------------------------------------------------------------------------- produce

@@ -129,6 +129,19 @@ class Admin:
                 raise RequestTimeoutError(f"topic {name!r} not ready after {timeout} s")
             time.sleep(0.02)
 
+    def create_partitions(self, name: str, count: int, *, validate_only: bool = False,
+                          wait: bool = True, timeout: float | None = None) -> None:
+        """Grow a topic to `count` partitions (only ever more, as in Kafka: keyed records then
+        hash over the new count). With `wait`, returns once every partition has a leader."""
+        body = {"topics": [{"name": name, "count": int(count)}], "validate_only": validate_only}
+        resp = self._call(ApiKey.CREATE_PARTITIONS, body, timeout)
+        for entry in resp.body.get("topics") or []:
+            self._check(entry, f"topic {name!r}")
+        if wait and not validate_only:
+            self._wait_for(name, lambda info: info is not None
+                           and len(info.partitions) >= count and all(
+                               p.leader >= 0 and p.endpoint for p in info.partitions), timeout)
+
     def delete_topic(self, name: str, *, wait: bool = True, timeout: float | None = None) -> None:
         resp = self._call(ApiKey.DELETE_TOPICS, {"topics": [name]}, timeout)
         for entry in resp.body.get("topics") or []:

@@ -98,6 +98,7 @@ class Consumer:
             "partition_assignment_strategy": partition_assignment_strategy,
             "request_timeout_ms": request_timeout_ms, "retry_backoff_ms": retry_backoff_ms,
             "client_id": self.client_id, "bootstrap": bootstrap,
+            "metadata_max_age_ms": metadata_max_age_ms,
         }
         self.max_poll_records = max_poll_records
         self.default_api_timeout = default_api_timeout_ms / 1000.0

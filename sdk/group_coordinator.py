@@ -62,6 +62,8 @@ class GroupCoordinator:
                     config.get("partition_assignment_strategy")),
                 retry_backoff_ms=config.get("retry_backoff_ms", 100),
                 request_timeout_ms=config.get("request_timeout_ms", 30000),
+                # how often the group looks for new partitions (and pattern matches)
+                metadata_max_age_ms=config.get("metadata_max_age_ms", 300000),
                 client_id=config.get("client_id") or "qnode-consumer")
         except ValueError as exc:
             raise InvalidConfigError(str(exc)) from None

@@ -60,6 +60,11 @@ CREATE_TOPICS_V0 = {
     "validate_only": Default(bool, False),
 }
 DELETE_TOPICS_V0 = {"topics": ListOf(str)}
+# Kafka's CreatePartitions: grow each topic to `count` partitions (never shrink)
+CREATE_PARTITIONS_V0 = {
+    "topics": ListOf({"name": str, "count": int}),
+    "validate_only": Default(bool, False),
+}
 DESCRIBE_CONFIGS_V0 = {
     "resources": ListOf({"type": str, "name": str, "keys": Opt(ListOf(str))}),
 }
@@ -142,6 +147,7 @@ REQUEST_SCHEMAS: Mapping[tuple[int, int], dict[str, Any]] = {
     (ApiKey.LIST_GROUPS, 0): LIST_GROUPS_V0,
     (ApiKey.API_VERSIONS, 0): API_VERSIONS_V0,
     (ApiKey.CREATE_TOPICS, 0): CREATE_TOPICS_V0,
+    (ApiKey.CREATE_PARTITIONS, 0): CREATE_PARTITIONS_V0,
     (ApiKey.DELETE_TOPICS, 0): DELETE_TOPICS_V0,
     (ApiKey.DELETE_RECORDS, 0): DELETE_RECORDS_V0,
     (ApiKey.INIT_PRODUCER_ID, 0): INIT_PRODUCER_ID_V0,

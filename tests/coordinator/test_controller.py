@@ -146,3 +146,32 @@ def test_capacity_from_the_open_file_limit() -> None:
     assert partition_capacity(20_000) == (20_000 - RESERVED_FILES) // OPEN_FILES_PER_PARTITION
     assert partition_capacity(1024) == (1024 - 256) // OPEN_FILES_PER_PARTITION  # ~100
     assert partition_capacity(0) == 0
+
+
+def test_create_partitions_grows_a_topic_and_never_shrinks_it(tmp_path: Path) -> None:
+    c, mlog = make_controller(tmp_path, workers=2, capacity=100)
+    c.create_topic(TopicSpec("t", 3))
+    first = {p.partition: p.worker for p in c.partitions_of(c.topic("t"))}
+    c.create_partitions("t", 7)
+    parts = c.partitions_of(c.topic("t"))
+    assert [p.partition for p in parts] == list(range(7))
+    assert {p.partition: p.worker for p in parts[:3]} == first  # the old ones stay put
+    assert sorted(c.image.partition_counts(0).values()) == [3, 4]  # least loaded first
+    assert all(p.leader == 0 and p.leader_epoch == 0 for p in parts[3:])
+    before = mlog.end_offset
+    for count, words in ((7, "already has 7"), (5, "can only grow"), (100_001, "allowed up to"),
+                         (300, "at most 100")):
+        with pytest.raises(ControllerError) as err:
+            c.create_partitions("t", count)
+        assert err.value.code == ErrorCode.INVALID_PARTITIONS and words in err.value.message
+    with pytest.raises(ControllerError) as err:
+        c.create_partitions("nosuch", 3)
+    assert err.value.code == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+    c.ensure_internal_topic("__consumer_offsets", 2, {})
+    before = mlog.end_offset
+    with pytest.raises(ControllerError) as err:
+        c.create_partitions("__consumer_offsets", 4)
+    assert err.value.code == ErrorCode.INVALID_REQUEST
+    c.create_partitions("t", 9, validate_only=True)
+    assert mlog.end_offset == before and len(c.topic("t").partitions) == 7
+    mlog.close()

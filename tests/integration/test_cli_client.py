@@ -61,6 +61,14 @@ def test_topic_commands(bootstrap: str) -> None:
     assert res.returncode == 0, res.stderr
     assert "retention.ms=1000" in qnode("topic", "describe", "orders",
                                         bootstrap=bootstrap).stdout.decode()
+    res = qnode("topic", "alter", "orders", "--partitions", "5", bootstrap=bootstrap)
+    assert res.returncode == 0 and b"5 partitions" in res.stdout, res.stderr
+    assert "Partitions: 5" in qnode("topic", "describe", "orders",
+                                    bootstrap=bootstrap).stdout.decode()
+    assert_one_line_error(qnode("topic", "alter", "orders", "--partitions", "4",
+                                bootstrap=bootstrap), "INVALID_PARTITIONS", "only grow")
+    res = qnode("topic", "alter", "orders", "--config", "retention.ms=", bootstrap=bootstrap)
+    assert b"retention.ms back to the node default" in res.stdout, res.stderr
     assert_one_line_error(qnode("topic", "create", "orders", bootstrap=bootstrap),
                           "TOPIC_ALREADY_EXISTS")
     assert qnode("topic", "delete", "orders", bootstrap=bootstrap).returncode == 0

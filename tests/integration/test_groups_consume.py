@@ -204,3 +204,26 @@ def test_member_that_stops_polling_loses_its_partitions(node):
     finally:
         a.close()
         b.close()
+
+
+def test_grown_topic_new_partitions_serve_and_reach_the_group(node):
+    """Admin.create_partitions: the new partitions take records at once, and a subscribed
+    group picks them up at its next metadata refresh (a rebalance, as in Kafka)."""
+    produce(node.bootstrap, "growing", 20, 2)
+    c = Consumer(bootstrap=node.bootstrap, group_id="grow", auto_offset_reset="earliest",
+                 metadata_max_age_ms=300, **FAST)
+    try:
+        c.subscribe(["growing"])
+        got = drain([c], 20)[c.client_id]
+        with Admin(bootstrap=node.bootstrap) as admin:
+            admin.create_partitions("growing", 5)
+            assert len(admin.describe_topic("growing").partitions) == 5
+        with Producer(bootstrap=node.bootstrap, acks="all") as p:
+            for i in range(20, 35):
+                p.send("growing", value=b"%d" % i, partition=2 + i % 3)
+            p.flush()
+        got = drain([c], 35, got={c.client_id: got})[c.client_id]
+        assert sorted(values(got)) == list(range(35))
+        assert c.assignment() == {TopicPartition("growing", p) for p in range(5)}
+    finally:
+        c.close()
