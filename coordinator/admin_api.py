@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from qnode.coordinator.controller import Controller, ControllerError, TopicSpec
@@ -164,49 +165,35 @@ class AdminApi:
 
     def create_topics(self, call: Call) -> None:
         b = call.request.body
-        timeout = self._timeout(b)
-        results, changed = [], False
+        ops = []
         for t in b["topics"]:
             spec = TopicSpec(t["name"], t["num_partitions"], t["replication_factor"], t["configs"])
-            try:
-                self.controller.create_topic(spec, validate_only=b["validate_only"])
-                results.append({"name": spec.name, "error": 0, "message": None})
-                changed = changed or not b["validate_only"]
-            except ControllerError as exc:
-                results.append({"name": spec.name, "error": int(exc.code), "message": exc.message})
-            except NotControllerError as exc:
-                results.append(
-                    {"name": spec.name, "error": int(ErrorCode.NOT_CONTROLLER), "message": str(exc)}
-                )
-        self._answer_when_applied(call, {"topics": results}, changed, timeout)
+            ops.append((spec.name, partial(self.controller.create_topic, spec,
+                                           validate_only=b["validate_only"])))
+        self._topic_ops(call, ops, writes=not b["validate_only"])
 
     def delete_topics(self, call: Call) -> None:
-        b = call.request.body
-        timeout = self._timeout(b)
-        results, changed = [], False
-        for name in b["topics"]:
-            try:
-                self.controller.delete_topic(name)
-                results.append({"name": name, "error": 0, "message": None})
-                changed = True
-            except ControllerError as exc:
-                results.append({"name": name, "error": int(exc.code), "message": exc.message})
-            except NotControllerError as exc:
-                results.append(
-                    {"name": name, "error": int(ErrorCode.NOT_CONTROLLER), "message": str(exc)}
-                )
-        self._answer_when_applied(call, {"topics": results}, changed, timeout)
+        names = call.request.body["topics"]
+        self._topic_ops(call, [(n, partial(self.controller.delete_topic, n)) for n in names],
+                        writes=True)
 
     def create_partitions(self, call: Call) -> None:
         b = call.request.body
-        timeout = self._timeout(b)
+        ops = [(t["name"], partial(self.controller.create_partitions, t["name"], t["count"],
+                                   b["validate_only"])) for t in b["topics"]]
+        self._topic_ops(call, ops, writes=not b["validate_only"])
+
+    def _topic_ops(self, call: Call, ops: list[tuple[str, Callable[[], None]]],
+                   writes: bool) -> None:
+        """Run each topic's controller operation; answer `{"topics": [{"name", "error",
+        "message"}]}` once the workers applied what changed (see `_answer_when_applied`)."""
+        timeout = self._timeout(call.request.body)
         results, changed = [], False
-        for t in b["topics"]:
-            name = t["name"]
+        for name, op in ops:
             try:
-                self.controller.create_partitions(name, t["count"], b["validate_only"])
+                op()
                 results.append({"name": name, "error": 0, "message": None})
-                changed = changed or not b["validate_only"]
+                changed = changed or writes
             except ControllerError as exc:
                 results.append({"name": name, "error": int(exc.code), "message": exc.message})
             except NotControllerError as exc:
