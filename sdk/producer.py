@@ -55,6 +55,13 @@ def _positive(name: str, value: float, allow_zero: bool = True) -> None:
         raise InvalidConfigError(f"{name}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
 
 
+def _bad_timestamp(value: object) -> Exception:
+    if value.__class__ is not int:
+        return TypeError(f"timestamp_ms must be an int (ms since the epoch) or None, "
+                         f"not {type(value).__name__}")
+    return ValueError(f"timestamp_ms must be >= 0, not {value}")
+
+
 def _normalize_headers(headers: Headers | Mapping[str, bytes | None] | None) -> Headers | None:
     if not headers:
         return None
@@ -160,6 +167,10 @@ class Producer:
         """
         if timestamp_ms is None:
             timestamp_ms = _time_ns() // 1_000_000
+        elif timestamp_ms.__class__ is not int or timestamp_ms < 0:
+            # as Kafka's producer: a record's timestamp is never negative (-1 means "none" in
+            # a batch header, and the time index orders by it)
+            raise _bad_timestamp(timestamp_ms)
         batch = None
         if partition is None and key is None and headers is None \
                 and value.__class__ is bytes:

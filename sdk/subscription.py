@@ -65,6 +65,8 @@ class SubscriptionState:
 
     # ------------------------------------------------------------------ positions
     def seek(self, tp: TopicPartition, offset: int) -> None:
+        if offset.__class__ is not int:  # bool and float are refused too: an offset is exact
+            raise TypeError(f"seek offset must be an int, not {type(offset).__name__}")
         if offset < 0:
             raise ValueError(f"seek offset must be >= 0, not {offset}")
         st = self.state(tp)

@@ -95,3 +95,30 @@ def test_bad_bootstrap_is_refused_up_front(bootstrap: str) -> None:
                  lambda: Admin(bootstrap)):
         with pytest.raises(InvalidConfigError, match="bootstrap"):
             make()
+
+
+@pytest.mark.parametrize(("ts", "error"), [(-5, ValueError), ("x", TypeError),
+                                           (1.5, TypeError), (True, TypeError)])
+def test_bad_timestamp_is_refused_before_anything_is_queued(ts: object, error: type) -> None:
+    """As Kafka's producer: a record's timestamp is ms since the epoch, never negative."""
+    p = Producer(dead_endpoint(), max_block_ms=300)
+    try:
+        with pytest.raises(error, match="timestamp_ms"):
+            p.send("t", b"v", timestamp_ms=ts)  # type: ignore[arg-type]
+    finally:
+        p.close()
+
+
+def test_seek_refuses_offsets_that_are_not_non_negative_ints() -> None:
+    c = Consumer(bootstrap=dead_endpoint())
+    try:
+        tp = TopicPartition("t", 0)
+        c.assign([tp])
+        for bad, error in (("5", TypeError), (2.0, TypeError), (True, TypeError),
+                           (-1, ValueError)):
+            with pytest.raises(error, match="seek offset"):
+                c.seek(tp, bad)  # type: ignore[arg-type]
+        c.seek(tp, 7)
+        assert c.position(tp) == 7
+    finally:
+        c.close()
