@@ -86,7 +86,7 @@ def test_overrides_win_and_round_trip_json(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "text,needles",
     [
-        ("workers = 0", ["'workers'", "0", "an integer >= 1"]),
+        ("workers = 0", ["'workers'", "0", "an integer from 1 to 1024"]),
         ('workers = "two"', ["'workers'", "'two'"]),
         ('listen = "localhost:9700"', ["'listen'", "localhost:9700", "tcp://HOST:PORT"]),
         ('cleanup.policy = "forever"', ["'cleanup.policy'", "forever", "delete, compact"]),
