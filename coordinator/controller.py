@@ -29,6 +29,7 @@ from qnode.node.config import (
     kafka_string,
     validate_topic_config,
 )
+from qnode.node.shm_table import DEFAULT_CAPACITY as SHM_TABLE_ROWS
 from qnode.storage.log_manager import OPEN_FILES_PER_PARTITION
 from qnode.transport.errors import ErrorCode
 
@@ -244,11 +245,16 @@ class Controller:
         log it opens, rolls or checkpoints fails with EMFILE (found with 20,000 partitions
         under a limit of 20,000 files: the workers' checkpoints failed, the node stopped
         answering). Kafka leaves this to the operator; a refusal names the way out."""
-        limit = self.max_partitions_per_worker
-        if limit is None:
-            return
         most = max(counts.values(), default=0)
-        if most > limit:
+        if most > SHM_TABLE_ROWS:  # each partition of a worker has a row in its shm table
+            raise ControllerError(
+                ErrorCode.INVALID_PARTITIONS,
+                f"{added} more partitions would put {most} on one worker of node "
+                f"{self.config.node_id}, which holds at most {SHM_TABLE_ROWS} (the rows of its "
+                f"shared-memory partition table): add workers or use fewer partitions",
+            )
+        limit = self.max_partitions_per_worker
+        if limit is not None and most > limit:
             raise ControllerError(
                 ErrorCode.INVALID_PARTITIONS,
                 f"{added} more partitions would put {most} on one worker of node "

@@ -17,6 +17,7 @@ from qnode.coordinator.metadata_log import MetadataLog
 from qnode.coordinator.quorum import Quorum
 from qnode.coordinator.store import MetadataStore
 from qnode.node.config import load_config
+from qnode.node.shm_table import DEFAULT_CAPACITY as SHM_TABLE_ROWS
 from qnode.storage.log_manager import (
     OPEN_FILES_PER_PARTITION,
     RESERVED_FILES,
@@ -174,4 +175,13 @@ def test_create_partitions_grows_a_topic_and_never_shrinks_it(tmp_path: Path) ->
     assert err.value.code == ErrorCode.INVALID_REQUEST
     c.create_partitions("t", 9, validate_only=True)
     assert mlog.end_offset == before and len(c.topic("t").partitions) == 7
+    mlog.close()
+
+
+def test_a_worker_never_gets_more_partitions_than_its_shm_table_has_rows(tmp_path: Path) -> None:
+    c, mlog = make_controller(tmp_path, workers=1)  # no open-file limit given
+    with pytest.raises(ControllerError) as err:
+        c.create_topic(TopicSpec("huge", SHM_TABLE_ROWS + 1))
+    assert err.value.code == ErrorCode.INVALID_PARTITIONS
+    assert f"at most {SHM_TABLE_ROWS}" in err.value.message and "add workers" in err.value.message
     mlog.close()
