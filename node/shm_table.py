@@ -5,8 +5,9 @@ log start, leader epoch, active segment base and segment generation. Any process
 (`ShmTableReader`: the coordinator for Metadata offsets, the CLI, a local consumer) reads a
 consistent row without asking the worker.
 
-Layout: a 64-byte header (magic, layout version, capacity, row size, owner pid, incarnation)
-then `capacity` rows of `ROW_SIZE` bytes. Row: seq u64 | topic hash u64 | partition i32 |
+Layout: a 64-byte header (magic, layout version, capacity, row size, owner pid, incarnation,
+rows handed out, and a counter the writer bumps each time a row is taken or freed) then
+`capacity` rows of `ROW_SIZE` bytes. Row: seq u64 | topic hash u64 | partition i32 |
 in-use u32 | leo, hw, lso, log_start, segment base, segment generation i64 | leader epoch i32 |
 pad | topic name length u16 + UTF-8 name (truncated to what fits; the hash is the key).
 
@@ -36,7 +37,10 @@ HEADER = struct.Struct("<8sIIIIQ")  # magic, layout version, capacity, row size,
 HEADER_SIZE = 64
 USED = struct.Struct("<I")  # rows ever handed out (readers scan no further)
 USED_OFFSET = HEADER.size
-LAYOUT_VERSION = 1
+# bumped after each allocate/free: a reader rescans the rows for a partition it cannot find
+# only when this moved since its last scan (a miss used to rescan every row, every time)
+SLOTS_CHANGED_WORD = 40 >> 3
+LAYOUT_VERSION = 2
 ROW_SIZE = 256
 KEY = struct.Struct("<QiI")  # topic hash, partition, in use  (at row offset 8)
 VALUES = struct.Struct("<qqqqqqi4x")  # leo hw lso log_start seg_base seg_gen epoch (offset 24)
@@ -143,6 +147,7 @@ class ShmTable:
         struct.pack_into(f"<H{len(name)}s", self._mm, off + ROW.size - 2, len(name), name)
         self._end(slot, off)
         self._slots[key] = slot
+        self._words[SLOTS_CHANGED_WORD] += 1
         return slot
 
     def free(self, topic: str, partition: int) -> None:
@@ -155,6 +160,7 @@ class ShmTable:
         KEY.pack_into(self._mm, off + 8, 0, 0, 0)
         self._end(slot, off)
         self._free.append(slot)
+        self._words[SLOTS_CHANGED_WORD] += 1
 
     # -- updates -------------------------------------------------------------------------
 
@@ -239,6 +245,8 @@ class ShmTableReader:
         self.owner_pid = pid
         self.incarnation = incarnation
         self._index: dict[tuple[int, int], int] = {}
+        self._scanned_at = -1  # SLOTS_CHANGED at the start of the last full scan
+        self.scans = 0
 
     def is_stale(self) -> bool:
         """True when the owner was replaced (restart) or removed the table: re-open by name."""
@@ -276,20 +284,33 @@ class ShmTableReader:
 
     def get(self, topic: str, partition: int) -> PartitionState | None:
         """The consistent state of (topic, partition), or None if this table does not hold it."""
-        th = topic_hash(topic)
-        slot = self._index.get((th, partition))
-        if slot is not None:
-            row, name = self._read_row(slot)
-            if row[3] and row[1] == th and row[2] == partition:
-                return self._state(row, name)
-            del self._index[(th, partition)]  # freed or reused: rescan
+        key = (topic_hash(topic), partition)
+        slot = self._index.get(key)
+        if slot is None:
+            changed = self._words[SLOTS_CHANGED_WORD]
+            if changed == self._scanned_at:
+                return None  # no row was taken or freed since a scan that did not find it
+            self._scan(changed)
+            slot = self._index.get(key)
+            if slot is None:
+                return None
+        row, name = self._read_row(slot)
+        if row[3] and row[1] == key[0] and row[2] == partition:
+            return self._state(row, name)
+        del self._index[key]  # freed or reused since: look again
+        return self.get(topic, partition)
+
+    def _scan(self, changed: int) -> None:
+        """Index every row in use. Read the counter first: a row taken during the scan moves
+        it past `changed`, so the next miss scans again."""
+        self.scans += 1
+        index = {}
         for slot in range(self._used()):
-            row, name = self._read_row(slot)
+            row, _ = self._read_row(slot)
             if row[3]:
-                self._index[(row[1], row[2])] = slot
-                if row[1] == th and row[2] == partition:
-                    return self._state(row, name)
-        return None
+                index[(row[1], row[2])] = slot
+        self._index = index
+        self._scanned_at = changed
 
     def __iter__(self) -> Iterator[PartitionState]:
         """Every partition in the table (a full scan)."""

@@ -83,6 +83,31 @@ def test_publish_read_free_reuse_and_unlink(name: str) -> None:
         ShmTableReader(name)
 
 
+def test_reader_scans_the_rows_once_per_change_not_once_per_lookup(name: str) -> None:
+    """Metadata with offsets asks for every partition: the first lookup used to scan rows up
+    to the one it wanted, and a partition not (yet) in the table scanned them all, each time
+    (1.4 ms a miss at 2,000 rows; `cluster status` took 3.4 s right after a 4,000-partition
+    create). Now one scan per change of the table's rows."""
+    with ShmTable(name, capacity=4096) as table:
+        for p in range(2000):
+            table.allocate("wide", p)
+        with ShmTableReader(name) as reader:
+            assert all(reader.get("wide", p) is not None for p in range(2000))
+            assert reader.scans == 1
+            assert all(reader.get("wide", p) is None for p in range(2000, 2100))  # not there
+            assert reader.scans == 1
+            table.allocate("wide", 2000)  # a new row: the next miss looks again, once
+            assert reader.get("wide", 2000) is not None
+            assert reader.get("wide", 2001) is None and reader.get("wide", 2002) is None
+            assert reader.scans == 2
+            table.free("wide", 5)
+            slot = table.allocate("other", 0)  # takes the freed row
+            assert slot == table.slot_of("other", 0)
+            assert reader.get("wide", 5) is None
+            st = reader.get("other", 0)
+            assert st is not None and st.topic == "other"
+
+
 def test_recreate_replaces_a_crashed_owners_table_and_readers_see_stale(name: str) -> None:
     old = ShmTable(name, capacity=2)
     old.update(old.allocate("t", 0), 5, 5, 5, 0, 0, 0, 0)
