@@ -67,6 +67,7 @@ from qnode.transport.sockets import (
     recv_frames,
     router_server,
     send_frames,
+    split_endpoint,
 )
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,9 @@ class WorkerConfig:
     batch: int = 64  # client messages handled per loop iteration
     busy_poll_us: int = 0  # worker.busy.poll.us: keep polling this long after a request
     log_level: str = "INFO"
+    # ports a random bind must not take: the node's and its peers' bootstrap ports (a worker
+    # may start before its coordinator binds; tests pick such ports from the random range)
+    reserved_ports: list[int] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -128,6 +132,8 @@ class WorkerConfig:
             topic_defaults=dict(node.topic_defaults),
             max_request_bytes=node.socket_request_max_bytes,
             busy_poll_us=node.get("worker.busy.poll.us"),
+            reserved_ports=sorted({port for ep in (node.listen, *(p.endpoint for p in node.peers))
+                                   if (port := split_endpoint(ep)[2])}),
         )
 
 
@@ -140,7 +146,7 @@ class Worker:
         self.stopping = False
         opts = SocketOptions(max_msg_bytes=config.max_request_bytes)
         bind = f"tcp://{config.listen_host}:{config.port}"
-        self.router, bound = router_server(self.ctx, bind, opts)
+        self.router, bound = router_server(self.ctx, bind, opts, avoid=config.reserved_ports)
         host = config.advertised_host or config.listen_host
         self.endpoint = f"tcp://{host}:{bound.rsplit(':', 1)[1]}"
         # Produce requests of same-host clients by datagram (transport/doorbell.py), answered

@@ -8,7 +8,8 @@ Clients reconnect with backoff on their own (zmq does it; we only bound the inte
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import random
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,16 +99,35 @@ def _common(sock: zmq.Socket, opts: SocketOptions) -> None:
         sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
 
 
-def bind_random(sock: zmq.Socket, host: str = "127.0.0.1") -> str:
-    """Bind `sock` to a free port on `host`; return the endpoint clients should connect to."""
-    port = sock.bind_to_random_port(f"tcp://{host}")
-    return f"tcp://{host}:{port}"
+RANDOM_PORTS = range(49152, 65536)  # the IANA dynamic range, as pyzmq's bind_to_random_port
+
+
+def bind_random(sock: zmq.Socket, host: str = "127.0.0.1", avoid: Collection[int] = ()) -> str:
+    """Bind `sock` to a free port on `host`, none of `avoid` (never bound even for a moment:
+    a peer could connect to it meanwhile); return the endpoint clients should connect to."""
+    if all(p in avoid for p in RANDOM_PORTS):
+        raise zmq.ZMQBindError(f"every port of {RANDOM_PORTS} is to be avoided")
+    for _ in range(100):  # bind attempts; an avoided port is drawn again, not tried
+        port = random.choice(RANDOM_PORTS)
+        while port in avoid:
+            port = random.choice(RANDOM_PORTS)
+        try:
+            sock.bind(f"tcp://{host}:{port}")
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EADDRINUSE:
+                raise
+            continue
+        return f"tcp://{host}:{port}"
+    raise zmq.ZMQBindError(f"no free port on {host} after 100 tries")
 
 
 def router_server(
-    ctx: zmq.Context, bind: str, opts: SocketOptions | None = None
+    ctx: zmq.Context, bind: str, opts: SocketOptions | None = None,
+    avoid: Collection[int] = (),
 ) -> tuple[zmq.Socket, str]:
-    """A ROUTER bound to `bind`; `tcp://host:0` or `tcp://host:*` takes a free port.
+    """A ROUTER bound to `bind`; `tcp://host:0` or `tcp://host:*` takes a free port, never
+    one in `avoid` (ports other servers of the node are about to bind: a worker that took its
+    coordinator's port before the coordinator bound it made the node fail to start).
 
     Returns the socket and the endpoint actually bound (with the real port).
     """
@@ -118,7 +138,7 @@ def router_server(
         sock.setsockopt(zmq.MAXMSGSIZE, opts.max_msg_bytes)
         scheme, host, port = split_endpoint(bind)
         if scheme == "tcp" and not port:
-            endpoint = bind_random(sock, host)
+            endpoint = bind_random(sock, host, avoid)
         else:
             sock.bind(bind)
             endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)

@@ -7,6 +7,7 @@ import zmq
 
 from qnode.transport.sockets import (
     NOBLOCK,
+    RANDOM_PORTS,
     SocketOptions,
     dealer_client,
     has_message,
@@ -103,3 +104,30 @@ def test_send_frames_refuses_a_non_buffer_before_sending_anything() -> None:
         cli.close(0)
         srv.close(0)
         ctx.term()
+
+
+def test_random_bind_never_takes_an_avoided_port() -> None:
+    """A worker binds a random port while its coordinator may not have bound the node's yet:
+    it must never take that one (seen in CI: the worker answered the other workers' hellos
+    on the coordinator's port, and the coordinator could not bind)."""
+    ctx = zmq.Context()
+    try:
+        window = set(range(60000, 60040))
+        avoid = set(RANDOM_PORTS) - window
+        for _ in range(5):
+            sock, endpoint = router_server(ctx, "tcp://127.0.0.1:*", avoid=avoid)
+            assert split_endpoint(endpoint)[2] in window
+            sock.close(0)
+    finally:
+        ctx.term()
+
+
+def test_worker_reserves_the_nodes_and_peers_bootstrap_ports(tmp_path) -> None:
+    from qnode.node.config import load_config
+    from qnode.node.worker import WorkerConfig
+
+    node = load_config(None, {"data.dir": str(tmp_path), "listen": "tcp://127.0.0.1:51234",
+                              "peers": ["1@tcp://127.0.0.1:51235", "2@tcp://127.0.0.1:51236"]})
+    wc = WorkerConfig.from_node_config(node, 0, node.listen)
+    assert wc.reserved_ports == [51234, 51235, 51236]
+    assert WorkerConfig.from_json(wc.to_json()).reserved_ports == wc.reserved_ports
