@@ -218,12 +218,14 @@ class Controller:
                 ErrorCode.INVALID_REQUEST, f"{name!r} is an internal topic: its partitions are "
                 "the node's to set")
         have = len(t.partitions)
-        if count <= have:
+        if count == have:
+            raise ControllerError(
+                ErrorCode.INVALID_PARTITIONS, f"topic {name!r} already has {count} partitions")
+        if count < have:
             raise ControllerError(
                 ErrorCode.INVALID_PARTITIONS,
                 f"topic {name!r} has {have} partitions: the count can only grow, and "
-                f"{count} is not more" if count < have else
-                f"topic {name!r} already has {count} partitions")
+                f"{count} is not more")
         if count > MAX_PARTITIONS_PER_TOPIC:
             raise ControllerError(
                 ErrorCode.INVALID_PARTITIONS,

@@ -214,10 +214,10 @@ def topic_alter(
             admin.create_partitions(name, partitions)
             done.append(f"{partitions} partitions")
         if configs:
-            admin.alter_topic_config(
-                name, {k: (v if v != "" else None) for k, v in configs.items()})
-            done += [f"{k}={v}" if v != "" else f"{k} back to the node default"
-                     for k, v in configs.items()]
+            changes = {k: v or None for k, v in configs.items()}  # k= removes the override
+            admin.alter_topic_config(name, changes)
+            done += [f"{k}={v}" if v is not None else f"{k} back to the node default"
+                     for k, v in changes.items()]
     print(f"altered topic {name}: " + ", ".join(done))
 
 

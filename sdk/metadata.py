@@ -78,8 +78,7 @@ def check_endpoint(endpoint: str) -> None:
     try:
         scheme, host, port = split_endpoint(endpoint)
     except ValueError:
-        port = None
-        scheme = host = ""
+        scheme, host, port = "", "", None
     if scheme != "tcp" or not host or port is None or not 0 < port < 65536:
         raise InvalidConfigError(f"bootstrap endpoint {endpoint!r} is not tcp://host:port "
                          "(port 1-65535)")
