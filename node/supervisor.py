@@ -141,7 +141,6 @@ class Supervisor:
         child.proc = None
         if child.role == "worker":
             self.hello.discard(child.worker_id)
-            unlink_shm(node_shm_names(self.config.node_id, self.config.data_dir, child.worker_id))
         if self.stopping:
             log.info("%s (pid %d) exited with %s", child.name, pid, _describe(code))
             return
@@ -259,10 +258,15 @@ class Supervisor:
 
     def _reap(self) -> None:
         for child in self.children:
-            if child.proc is not None:
-                code = child.proc.poll()
-                if code is not None:
-                    self._on_exit(child, code)
+            proc = child.proc
+            if proc is None or not _exited(proc):
+                continue
+            if child.role == "worker":
+                # Unlinked while the dead worker is still a zombie: whoever learns of its death
+                # from its pid (the coordinator's kill(pid, 0)) must not find its table named.
+                unlink_shm(
+                    node_shm_names(self.config.node_id, self.config.data_dir, child.worker_id))
+            self._on_exit(child, proc.wait())
 
     def _restart_due(self) -> None:
         now = time.monotonic()
@@ -293,6 +297,16 @@ class Supervisor:
         unlink_shm(node_shm_names(self.config.node_id, self.config.data_dir))
         log.info("node %d stopped%s", self.config.node_id, "" if clean else " (not cleanly)")
         return 0 if clean else 1
+
+
+def _exited(proc: subprocess.Popen) -> bool:
+    """Whether the child has exited, without reaping it (its pid stays taken until wait())."""
+    if proc.returncode is not None:
+        return True
+    try:
+        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:  # reaped already (by Popen itself): wait() returns its code
+        return True
 
 
 def _signal(proc: subprocess.Popen, sig: int) -> None:
